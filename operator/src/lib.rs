@@ -1,0 +1,5 @@
+//! The tokenplane operator. So far: generation of the CRD manifests from the
+//! types in `tokenplane-api`.
+#![forbid(unsafe_code)]
+
+pub mod crdgen;

@@ -1,0 +1,210 @@
+//! The authorization server: token, introspection, revocation, metadata and
+//! JWKS endpoints over one store and one key set.
+
+pub mod auth;
+pub mod error;
+pub mod form;
+mod introspect;
+mod metadata;
+pub mod metrics;
+mod revoke;
+mod token;
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, PRAGMA, WWW_AUTHENTICATE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body;
+
+use crate::keys::KeySet;
+use crate::store::{Store, StoreError};
+use error::OAuthError;
+use form::Form;
+use metrics::Metrics;
+
+/// Largest form body accepted; OAuth2 requests are a few hundred bytes.
+pub const MAX_BODY: usize = 16 * 1024;
+
+/// What an issuer serves, fixed at start.
+pub struct Settings {
+    /// The `iss` of every token and the base of every endpoint URL.
+    pub issuer: String,
+    /// Access token lifetime in seconds.
+    pub access_token_ttl: u64,
+}
+
+pub struct Issuer<S> {
+    store: S,
+    keys: KeySet,
+    settings: Settings,
+    metadata: Bytes,
+    metrics: Metrics,
+}
+
+type Reply = Response<Full<Bytes>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The form POST endpoints.
+enum Post {
+    Token,
+    Introspect,
+    Revoke,
+}
+
+impl From<StoreError> for OAuthError {
+    fn from(e: StoreError) -> Self {
+        tracing::warn!(error = %e, "store unavailable");
+        OAuthError::temporarily_unavailable("the token store is unavailable; retry shortly")
+    }
+}
+
+impl<S: Store> Issuer<S> {
+    pub fn new(store: S, keys: KeySet, settings: Settings) -> Self {
+        let metadata = metadata::document(&settings.issuer);
+        Self { store, keys, settings, metadata, metrics: Metrics::new() }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Serves one request. Never fails: every error becomes an RFC 6749 body.
+    pub async fn handle<B>(&self, req: Request<B>) -> Reply
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let started = Instant::now();
+        let (endpoint, result) = self.route(req).await;
+        let reply = result.unwrap_or_else(|e| {
+            self.metrics.error(endpoint, e.code);
+            error_reply(&e)
+        });
+        self.metrics.request(endpoint, reply.status().as_u16(), started.elapsed().as_secs_f64());
+        reply
+    }
+
+    async fn route<B>(&self, req: Request<B>) -> (&'static str, Result<Reply, OAuthError>)
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let get = req.method() == Method::GET || req.method() == Method::HEAD;
+        match req.uri().path() {
+            "/oauth2/token" => ("token", self.post(req, Post::Token).await),
+            "/oauth2/introspect" => ("introspect", self.post(req, Post::Introspect).await),
+            "/oauth2/revoke" => ("revoke", self.post(req, Post::Revoke).await),
+            "/.well-known/oauth-authorization-server" => {
+                ("metadata", only_get(get).map(|()| json(StatusCode::OK, self.metadata.clone(), "public, max-age=300")))
+            }
+            "/.well-known/jwks.json" => {
+                ("jwks", only_get(get).map(|()| json(StatusCode::OK, self.keys.jwks(), "public, max-age=60")))
+            }
+            "/healthz" => ("healthz", only_get(get).map(|()| text(StatusCode::OK, "ok\n".into()))),
+            "/readyz" => ("readyz", self.ready(get).await),
+            "/metrics" => ("metrics", only_get(get).map(|()| self.metrics_reply())),
+            _ => ("other", Err(OAuthError::not_found())),
+        }
+    }
+
+    /// Reads a form POST and hands it to its endpoint.
+    async fn post<B>(&self, req: Request<B>, endpoint: Post) -> Result<Reply, OAuthError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        if req.method() != Method::POST {
+            return Err(OAuthError::method_not_allowed("POST"));
+        }
+        form::check_content_type(req.headers().get(CONTENT_TYPE))?;
+        let (parts, body) = req.into_parts();
+        let body = read_body(&parts.headers, body).await?;
+        let form = Form::parse(&body, &["resource"])?;
+        let headers = &parts.headers;
+        match endpoint {
+            Post::Token => token::handle(self, headers, &form).await,
+            Post::Introspect => introspect::handle(self, headers, &form).await,
+            Post::Revoke => revoke::handle(self, headers, &form).await,
+        }
+    }
+
+    async fn ready(&self, get: bool) -> Result<Reply, OAuthError> {
+        only_get(get)?;
+        self.store.ping().await?;
+        Ok(text(StatusCode::OK, "ok\n".into()))
+    }
+
+    fn metrics_reply(&self) -> Reply {
+        let mut reply = Response::new(Full::new(Bytes::from(self.metrics.encode())));
+        reply.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        reply
+    }
+}
+
+fn only_get(get: bool) -> Result<(), OAuthError> {
+    if get { Ok(()) } else { Err(OAuthError::method_not_allowed("GET, HEAD")) }
+}
+
+async fn read_body<B>(headers: &http::HeaderMap, body: B) -> Result<Bytes, OAuthError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(OAuthError::payload_too_large(MAX_BODY));
+    }
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(OAuthError::payload_too_large(MAX_BODY)),
+        Err(e) => Err(OAuthError::invalid_request(format!("could not read the request body: {e}"))),
+    }
+}
+
+/// A JSON reply with the given `Cache-Control`.
+fn json(status: StatusCode, body: Bytes, cache: &'static str) -> Reply {
+    let mut reply = Response::new(Full::new(body));
+    *reply.status_mut() = status;
+    let h = reply.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static(cache));
+    reply
+}
+
+/// A JSON reply that no cache may keep (RFC 6749 §5.1).
+fn no_store(body: Vec<u8>) -> Reply {
+    let mut reply = json(StatusCode::OK, body.into(), "no-store");
+    reply.headers_mut().insert(PRAGMA, HeaderValue::from_static("no-cache"));
+    reply
+}
+
+fn text(status: StatusCode, body: Bytes) -> Reply {
+    let mut reply = Response::new(Full::new(body));
+    *reply.status_mut() = status;
+    reply.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    reply
+}
+
+fn error_reply(e: &OAuthError) -> Reply {
+    let mut reply = json(e.status, e.body().into(), "no-store");
+    let h = reply.headers_mut();
+    h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+    match e.status {
+        StatusCode::UNAUTHORIZED => {
+            h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tokenplane\""));
+        }
+        StatusCode::SERVICE_UNAVAILABLE => {
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        _ => {}
+    }
+    if let Some(allow) = e.allow {
+        h.insert(ALLOW, HeaderValue::from_static(allow));
+    }
+    reply
+}

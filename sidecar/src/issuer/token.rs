@@ -1,0 +1,153 @@
+//! The token endpoint (RFC 6749 §3.2) and the client_credentials grant (§4.4).
+
+use aws_lc_rs::rand;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::HeaderMap;
+use serde::Serialize;
+use tokenplane_api::claims::{AccessTokenClaims, Audience};
+use tokenplane_api::client::ClientRecord;
+use tokenplane_api::oauth2client::GrantType;
+
+use super::error::OAuthError;
+use super::form::Form;
+use super::{Issuer, Reply, auth, no_store};
+use crate::clock::unix_now;
+use crate::store::Store;
+
+#[derive(Serialize)]
+struct TokenResponse<'a> {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<&'a str>,
+}
+
+pub(super) async fn handle<S: Store>(issuer: &Issuer<S>, headers: &HeaderMap, form: &Form<'_>) -> Result<Reply, OAuthError> {
+    let grant = form.require("grant_type")?;
+    let now = unix_now();
+    let creds = auth::credentials(headers, form)?;
+    let client = auth::authenticate(&issuer.store, &creds, now).await?;
+    match grant {
+        "client_credentials" => client_credentials(issuer, &client, form, now),
+        "password" | "implicit" => Err(OAuthError::unsupported_grant_type(format!(
+            "the {grant} grant is forbidden by RFC 9700; use client_credentials, or authorization_code with PKCE"
+        ))),
+        other => Err(OAuthError::unsupported_grant_type(format!(
+            "grant_type {other} is not supported; supported: client_credentials"
+        ))),
+    }
+}
+
+fn client_credentials<S: Store>(issuer: &Issuer<S>, client: &ClientRecord, form: &Form<'_>, now: u64) -> Result<Reply, OAuthError> {
+    if !client.allows(GrantType::ClientCredentials) {
+        return Err(OAuthError::unauthorized_client("this client is not registered for the client_credentials grant"));
+    }
+    let scope = granted_scope(form.get("scope"), client)?;
+    let aud = audience(form.all("resource"), client)?;
+    let ttl = issuer.settings.access_token_ttl;
+    let claims = AccessTokenClaims {
+        iss: issuer.settings.issuer.clone(),
+        sub: client.client_id.clone(),
+        aud,
+        exp: now + ttl,
+        iat: now,
+        jti: new_jti(),
+        client_id: client.client_id.clone(),
+        scope,
+    };
+    let body = TokenResponse {
+        access_token: issuer.keys.sign(&claims),
+        token_type: "Bearer",
+        expires_in: ttl,
+        scope: claims.scope.as_deref(),
+    };
+    issuer.metrics.issued(GrantType::ClientCredentials.as_str());
+    Ok(no_store(serde_json::to_vec(&body).expect("token response serializes")))
+}
+
+/// 128 random bits: a token id nobody can guess or collide with.
+fn new_jti() -> String {
+    let mut bytes = [0u8; 16];
+    rand::fill(&mut bytes).expect("system randomness");
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The scopes to grant: those requested, each registered, or the client's
+/// defaults. `None` when nothing is granted.
+fn granted_scope(requested: Option<&str>, client: &ClientRecord) -> Result<Option<String>, OAuthError> {
+    let Some(requested) = requested else {
+        return Ok(Some(client.default_scopes.join(" ")).filter(|s| !s.is_empty()));
+    };
+    let mut granted: Vec<&str> = Vec::new();
+    for scope in requested.split(' ').filter(|s| !s.is_empty()) {
+        if !client.scopes.iter().any(|s| s == scope) {
+            return Err(OAuthError::invalid_scope(format!("scope {scope} is not registered for this client")));
+        }
+        if !granted.contains(&scope) {
+            granted.push(scope);
+        }
+    }
+    Ok(Some(granted.join(" ")).filter(|s| !s.is_empty()))
+}
+
+/// The `aud` of the token: the requested resources (RFC 8707), each
+/// registered, or the client's only audience.
+fn audience<'a>(requested: impl Iterator<Item = &'a str>, client: &ClientRecord) -> Result<Audience, OAuthError> {
+    let mut auds: Vec<String> = Vec::new();
+    for resource in requested {
+        if !client.audiences.iter().any(|a| a == resource) {
+            return Err(OAuthError::invalid_target(format!("resource {resource} is not a registered audience of this client")));
+        }
+        if !auds.iter().any(|a| a == resource) {
+            auds.push(resource.to_owned());
+        }
+    }
+    match (auds.len(), client.audiences.as_slice()) {
+        (0, [only]) => Ok(Audience::One(only.clone())),
+        (0, _) => Err(OAuthError::invalid_target(
+            "this client has several audiences: name one with the resource parameter (RFC 8707)",
+        )),
+        (1, _) => Ok(Audience::One(auds.remove(0))),
+        _ => Ok(Audience::Many(auds)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenplane_api::OAuth2ClientSpec;
+
+    fn client(scopes: &[&str], defaults: &[&str], audiences: &[&str]) -> ClientRecord {
+        let spec: OAuth2ClientSpec = serde_json::from_value(serde_json::json!({
+            "scopes": scopes, "defaultScopes": defaults, "audiences": audiences,
+            "policyRef": {"name": "p"},
+        }))
+        .unwrap();
+        ClientRecord::new("c.ns".into(), &spec, vec![])
+    }
+
+    #[test]
+    fn scopes_are_checked_deduplicated_and_defaulted() {
+        let c = client(&["read", "write"], &["read"], &["a"]);
+        assert_eq!(granted_scope(Some("write read write"), &c).unwrap().as_deref(), Some("write read"));
+        assert_eq!(granted_scope(None, &c).unwrap().as_deref(), Some("read"));
+        assert_eq!(granted_scope(Some("admin"), &c).unwrap_err().code, "invalid_scope");
+        let none = client(&["read"], &[], &["a"]);
+        assert_eq!(granted_scope(None, &none).unwrap(), None);
+    }
+
+    #[test]
+    fn audience_comes_from_resource_or_the_only_registration() {
+        let one = client(&[], &[], &["https://a"]);
+        assert_eq!(audience(std::iter::empty(), &one).unwrap(), Audience::One("https://a".into()));
+        let two = client(&[], &[], &["https://a", "https://b"]);
+        assert_eq!(audience(std::iter::empty(), &two).unwrap_err().code, "invalid_target");
+        assert_eq!(
+            audience(["https://b", "https://a", "https://b"].into_iter(), &two).unwrap(),
+            Audience::Many(vec!["https://b".into(), "https://a".into()])
+        );
+        assert_eq!(audience(["https://c"].into_iter(), &two).unwrap_err().code, "invalid_target");
+    }
+}

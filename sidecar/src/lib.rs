@@ -1,0 +1,10 @@
+//! tokenplane's data plane: the issuer (authorization server) and, later,
+//! the workload agent, served by one small hyper binary.
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod issuer;
+pub mod keys;
+pub mod manifests;
+pub mod server;
+pub mod store;

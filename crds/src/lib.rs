@@ -3,13 +3,15 @@
 //! the standalone issuer apply to them, the records the issuer serves from its
 //! store, and the claims of the access tokens it signs. No I/O lives here.
 #![forbid(unsafe_code)]
+// kube's `printcolumn(name = .., type_ = ..)` repeats keys across columns by design.
+#![allow(clippy::duplicated_attributes)]
 
 pub mod claims;
-pub mod duration;
 pub mod client;
+pub mod duration;
 pub mod oauth2client;
-pub mod redis;
 pub mod redirect;
+pub mod redis;
 pub mod tokenpolicy;
 pub mod validation;
 
@@ -23,7 +25,10 @@ pub const GROUP: &str = "tokenplane.io";
 pub const VERSION: &str = "v1alpha1";
 
 /// The CustomResourceDefinitions of every kind, with the file each is kept in under `crds/`.
-pub fn crds() -> Vec<(&'static str, k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition)> {
+pub fn crds() -> Vec<(
+    &'static str,
+    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+)> {
     use kube::CustomResourceExt;
     vec![
         ("oauth2client.yaml", OAuth2Client::crd()),

@@ -99,8 +99,12 @@ fn default_grant_types() -> Vec<GrantType> {
     doc = "An OAuth2 client registration: grants, scopes, audiences and redirect URIs, with credentials issued into a Secret.",
     printcolumn(name = "Client ID", type_ = "string", json_path = ".status.clientId"),
     printcolumn(name = "Policy", type_ = "string", json_path = ".spec.policyRef.name"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("!self.grantTypes.exists(g, g == 'authorization_code') || size(self.redirectUris) > 0").message("the authorization_code grant needs at least one redirect URI").field_path(".redirectUris"))]
 #[x_kube(validation = Rule::new("!self.grantTypes.exists(g, g == 'refresh_token') || self.grantTypes.exists(g, g == 'authorization_code')").message("refresh tokens are only issued with the authorization_code grant (RFC 6749 §4.4.3)").field_path(".grantTypes"))]

@@ -3,8 +3,7 @@
 
 use url::{Host, Url};
 
-pub const FRAGMENT: &str =
-    "redirect URIs must not contain a fragment (RFC 6749 §3.1.2); remove the '#' part";
+pub const FRAGMENT: &str = "redirect URIs must not contain a fragment (RFC 6749 §3.1.2); remove the '#' part";
 pub const WILDCARD: &str =
     "redirect URIs are matched exactly (RFC 9700 §2.1); wildcards are not allowed, list every URI";
 pub const SCHEME: &str = "a redirect URI must be https, http on a loopback host (localhost, 127.0.0.1, [::1]), \

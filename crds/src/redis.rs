@@ -1,9 +1,9 @@
 //! `RedisSentinelCluster`: the highly available store behind the issuers and agents.
 
+use crate::duration::Duration;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use crate::duration::Duration;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -56,12 +56,7 @@ fn default_fsync() -> String {
 
 impl Default for Persistence {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            size: default_size(),
-            storage_class_name: None,
-            append_fsync: default_fsync(),
-        }
+        Self { enabled: true, size: default_size(), storage_class_name: None, append_fsync: default_fsync() }
     }
 }
 
@@ -99,10 +94,7 @@ fn default_overlap() -> Duration {
 
 impl Default for Acl {
     fn default() -> Self {
-        Self {
-            password_rotation_interval: default_password_rotation(),
-            password_overlap: default_overlap(),
-        }
+        Self { password_rotation_interval: default_password_rotation(), password_overlap: default_overlap() }
     }
 }
 
@@ -166,8 +158,12 @@ fn default_backup_size() -> Quantity {
     doc = "A Redis master, its replicas and three or more Sentinels, with one ACL user per role.",
     printcolumn(name = "Master", type_ = "string", json_path = ".status.master"),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.readyReplicas"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("self.minReplicasToAcknowledge < self.replicas").message("minReplicasToAcknowledge must be below replicas: the master does not count").field_path(".minReplicasToAcknowledge"))]
 #[serde(rename_all = "camelCase")]

@@ -1,8 +1,8 @@
 //! `TokenPolicy`: how tokens are made, and the issuer that makes them.
 
+use crate::duration::Duration;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use crate::duration::Duration;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -222,8 +222,12 @@ impl Default for IssuerDeployment {
     doc = "Token lifetimes, signing keys and their rotation, rate limits and login for one issuer.",
     printcolumn(name = "Algorithm", type_ = "string", json_path = ".spec.signing.algorithm"),
     printcolumn(name = "Active Key", type_ = "string", json_path = ".status.activeKeyId"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("!has(self.issuerDeployment) || self.issuerDeployment.maxReplicas >= self.issuerDeployment.replicas").message("maxReplicas must be at least replicas").field_path(".issuerDeployment.maxReplicas"))]
 #[serde(rename_all = "camelCase")]
@@ -306,9 +310,11 @@ pub struct TokenPolicyStatus {
 impl TokenPolicy {
     /// The Secret with this policy's private signing keys.
     pub fn keys_secret_name(&self) -> String {
-        self.spec.signing.keys_secret_name.clone().unwrap_or_else(|| {
-            format!("{}-signing-keys", self.metadata.name.as_deref().unwrap_or_default())
-        })
+        self.spec
+            .signing
+            .keys_secret_name
+            .clone()
+            .unwrap_or_else(|| format!("{}-signing-keys", self.metadata.name.as_deref().unwrap_or_default()))
     }
 }
 
@@ -317,9 +323,7 @@ impl TokenPolicySpec {
     pub fn validate(&self) -> Result<(), InvalidSpec> {
         let mut errors = Errors::default();
         let l = &self.lifetimes;
-        let within = |d: &Duration, lo: u64, hi: u64| {
-            (lo..=hi).contains(&d.as_secs())
-        };
+        let within = |d: &Duration, lo: u64, hi: u64| (lo..=hi).contains(&d.as_secs());
         errors.check(
             within(&l.access_token, 60, 24 * 3600),
             "spec.lifetimes.accessToken",

@@ -8,8 +8,22 @@ use tokenplane_api::{OAuth2Client, OAuth2ClientSpec, TokenPolicy, TokenPolicySpe
 
 /// Formats kube-apiserver knows; any other is rejected or ignored.
 const KNOWN_FORMATS: &[&str] = &[
-    "int32", "int64", "float", "double", "byte", "date", "date-time", "password", "uri",
-    "email", "hostname", "ipv4", "ipv6", "cidr", "mac", "uuid",
+    "int32",
+    "int64",
+    "float",
+    "double",
+    "byte",
+    "date",
+    "date-time",
+    "password",
+    "uri",
+    "email",
+    "hostname",
+    "ipv4",
+    "ipv6",
+    "cidr",
+    "mac",
+    "uuid",
 ];
 
 fn schemas() -> Vec<(&'static str, Value)> {
@@ -36,10 +50,10 @@ fn check_structural(path: &str, node: &Value, problems: &mut Vec<String>) {
     if !typed {
         problems.push(format!("{path}: no type"));
     }
-    if let Some(format) = obj.get("format").and_then(Value::as_str) {
-        if !KNOWN_FORMATS.contains(&format) {
-            problems.push(format!("{path}: unknown format {format}"));
-        }
+    if let Some(format) = obj.get("format").and_then(Value::as_str)
+        && !KNOWN_FORMATS.contains(&format)
+    {
+        problems.push(format!("{path}: unknown format {format}"));
     }
     if obj.contains_key("properties") && obj.contains_key("additionalProperties") {
         problems.push(format!("{path}: both properties and additionalProperties"));

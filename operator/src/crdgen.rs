@@ -16,8 +16,7 @@ pub fn render() -> Result<Vec<(&'static str, String)>, serde_norway::Error> {
 pub fn write(dir: &Path) -> anyhow::Result<()> {
     for (file, yaml) in render()? {
         let path = dir.join(file);
-        std::fs::write(&path, yaml)
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        std::fs::write(&path, yaml).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }
     Ok(())
 }

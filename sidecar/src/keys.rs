@@ -13,9 +13,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use jsonwebtoken::jwk::{
-    AlgorithmParameters, CommonParameters, EllipticCurve, EllipticCurveKeyParameters, EllipticCurveKeyType, Jwk,
-    JwkSet, KeyAlgorithm, OctetKeyPairParameters, OctetKeyPairType, PublicKeyUse, RSAKeyParameters, RSAKeyType,
-    ThumbprintHash,
+    AlgorithmParameters, CommonParameters, EllipticCurve, EllipticCurveKeyParameters, EllipticCurveKeyType,
+    Jwk, JwkSet, KeyAlgorithm, OctetKeyPairParameters, OctetKeyPairType, PublicKeyUse, RSAKeyParameters,
+    RSAKeyType, ThumbprintHash,
 };
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Serialize;
@@ -51,7 +51,9 @@ impl KeyPair {
                 .map(Self::Ed25519)
                 .or_else(|_| EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der).map(Self::Es256))
                 .or_else(|_| RsaKeyPair::from_pkcs8(der).map(Self::Rs256))
-                .map_err(|_| invalid("PKCS#8 key is neither Ed25519, ECDSA P-256 nor RSA (2048 bits or more)")),
+                .map_err(|_| {
+                    invalid("PKCS#8 key is neither Ed25519, ECDSA P-256 nor RSA (2048 bits or more)")
+                }),
             "RSA PRIVATE KEY" => {
                 RsaKeyPair::from_der(der).map(Self::Rs256).map_err(|_| invalid("unusable PKCS#1 RSA key"))
             }
@@ -66,9 +68,9 @@ impl KeyPair {
             SigningAlgorithm::ES256 => {
                 Self::Es256(EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).map_err(|_| failed())?)
             }
-            SigningAlgorithm::RS256 => Self::Rs256(
-                RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).map_err(|_| failed())?,
-            ),
+            SigningAlgorithm::RS256 => {
+                Self::Rs256(RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).map_err(|_| failed())?)
+            }
         })
     }
 
@@ -113,7 +115,11 @@ impl KeyPair {
             }
             Self::Rs256(k) => {
                 let c = RsaPublicKeyComponents::<Vec<u8>>::from(k.public_key());
-                AlgorithmParameters::RSA(RSAKeyParameters { key_type: RSAKeyType::RSA, n: b64(&c.n), e: b64(&c.e) })
+                AlgorithmParameters::RSA(RSAKeyParameters {
+                    key_type: RSAKeyType::RSA,
+                    n: b64(&c.n),
+                    e: b64(&c.e),
+                })
             }
         }
     }
@@ -274,7 +280,10 @@ mod tests {
         let keys = KeySet::generate(SigningAlgorithm::EdDSA).unwrap();
         let token = keys.sign(&claims(u64::MAX / 2));
         let (head, sig) = token.rsplit_once('.').unwrap();
-        let forged = format!("{head}.{}", if sig.starts_with('A') { sig.replacen('A', "B", 1) } else { sig.replacen(&sig[..1], "A", 1) });
+        let forged = format!(
+            "{head}.{}",
+            if sig.starts_with('A') { sig.replacen('A', "B", 1) } else { sig.replacen(&sig[..1], "A", 1) }
+        );
         assert!(matches!(keys.verify(&forged), Err(InvalidToken::Rejected(_))));
         assert!(matches!(keys.verify(&keys.sign(&claims(10))), Err(InvalidToken::Rejected(_))));
         let other = KeySet::generate(SigningAlgorithm::EdDSA).unwrap();

@@ -85,20 +85,19 @@ async fn run_issuer(args: IssuerArgs) -> anyhow::Result<()> {
             KeySet::generate(spec.signing.algorithm).context("cannot generate a signing key")?
         }
     };
-    let issuer_url = args
-        .issuer
-        .or_else(|| spec.issuer_url.clone())
-        .unwrap_or_else(|| format!("http://{}", args.listen));
-    let settings = Settings { issuer: issuer_url.clone(), access_token_ttl: spec.lifetimes.access_token.as_secs() };
+    let issuer_url =
+        args.issuer.or_else(|| spec.issuer_url.clone()).unwrap_or_else(|| format!("http://{}", args.listen));
+    let settings =
+        Settings { issuer: issuer_url.clone(), access_token_ttl: spec.lifetimes.access_token.as_secs() };
     let store = MemoryStore::default();
     let clients = loaded.clients.len();
     for client in loaded.clients {
         store.put_client(client).await?;
     }
     let issuer = Arc::new(Issuer::new(store, keys, settings));
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}; is another process using it? (--listen)", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
+        format!("cannot listen on {}; is another process using it? (--listen)", args.listen)
+    })?;
     tracing::info!(
         listen = %listener.local_addr()?,
         issuer = %issuer_url,
@@ -112,7 +111,8 @@ async fn run_issuer(args: IssuerArgs) -> anyhow::Result<()> {
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = ctrl_c => {},
         _ = term.recv() => {},

@@ -67,7 +67,8 @@ pub fn load_dir(dir: &Path) -> Result<Manifests, ManifestError> {
     files.sort();
     let mut manifests = Manifests::default();
     for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|source| ManifestError::Read { path: file.clone(), source })?;
+        let text = std::fs::read_to_string(&file)
+            .map_err(|source| ManifestError::Read { path: file.clone(), source })?;
         manifests.add_file(&file, &text)?;
     }
     Ok(manifests)
@@ -88,11 +89,13 @@ impl Manifests {
         for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
             let origin = Origin { file: file.to_owned(), document: i + 1 };
             let invalid = |message: String| ManifestError::Invalid { origin: origin.clone(), message };
-            let value = serde_norway::Value::deserialize(doc).map_err(|e| invalid(format!("not valid YAML: {e}")))?;
+            let value =
+                serde_norway::Value::deserialize(doc).map_err(|e| invalid(format!("not valid YAML: {e}")))?;
             if value.is_null() {
                 continue;
             }
-            let meta = TypeMeta::deserialize(&value).map_err(|e| invalid(format!("not a Kubernetes object: {e}")))?;
+            let meta = TypeMeta::deserialize(&value)
+                .map_err(|e| invalid(format!("not a Kubernetes object: {e}")))?;
             match (meta.api_version.as_str(), meta.kind.as_str()) {
                 ("tokenplane.io/v1alpha1", "OAuth2Client") => {
                     let client: Loaded<OAuth2Client> = typed(origin, value)?;
@@ -110,7 +113,9 @@ impl Manifests {
                 }
                 ("v1", "Secret") => self.secrets.push(typed(origin, value)?),
                 (api, kind) if api.starts_with("tokenplane.io/") && kind != "RedisSentinelCluster" => {
-                    return Err(invalid(format!("unknown tokenplane kind {kind} in {api}; expected tokenplane.io/v1alpha1 OAuth2Client or TokenPolicy")));
+                    return Err(invalid(format!(
+                        "unknown tokenplane kind {kind} in {api}; expected tokenplane.io/v1alpha1 OAuth2Client or TokenPolicy"
+                    )));
                 }
                 (api, kind) => tracing::debug!(%origin, api, kind, "not used in standalone mode; skipped"),
             }
@@ -120,7 +125,10 @@ impl Manifests {
 }
 
 /// Deserializes an object, naming the offending field on error.
-fn typed<T: DeserializeOwned + kube::Resource>(origin: Origin, value: serde_norway::Value) -> Result<Loaded<T>, ManifestError> {
+fn typed<T: DeserializeOwned + kube::Resource>(
+    origin: Origin,
+    value: serde_norway::Value,
+) -> Result<Loaded<T>, ManifestError> {
     let object: T = serde_path_to_error::deserialize(value).map_err(|e| ManifestError::Invalid {
         origin: origin.clone(),
         message: format!("{}: {}", e.path(), e.inner()),
@@ -154,10 +162,10 @@ pub struct Standalone {
 /// Picks the policy to serve (`wanted` is `name` or `namespace/name`, needed
 /// when the folder has several) and resolves the clients that use it.
 pub fn resolve(mut m: Manifests, wanted: Option<&str>) -> Result<Standalone, ManifestError> {
-    for dupes in [keys(&m.clients), keys(&m.policies), keys(&m.secrets)] {
-        if let Some(key) = dupes {
-            return Err(ManifestError::Inconsistent(format!("{key} is defined twice; keep one")));
-        }
+    if let Some(key) =
+        [duplicate(&m.clients), duplicate(&m.policies), duplicate(&m.secrets)].into_iter().flatten().next()
+    {
+        return Err(ManifestError::Inconsistent(format!("{key} is defined twice; keep one")));
     }
     let index = pick_policy(&m.policies, wanted)?;
     let policy = m.policies.swap_remove(index);
@@ -174,13 +182,15 @@ pub fn resolve(mut m: Manifests, wanted: Option<&str>) -> Result<Standalone, Man
     }
     let keys_secret = format!("{}/{}", policy.namespace, policy.object.keys_secret_name());
     let keys = match secrets.get(&keys_secret) {
-        Some(secret) => Some(signing_keys(secret).map_err(|source| ManifestError::Keys { secret: keys_secret, source })?),
+        Some(secret) => {
+            Some(signing_keys(secret).map_err(|source| ManifestError::Keys { secret: keys_secret, source })?)
+        }
         None => None,
     };
     Ok(Standalone { policy, clients, keys })
 }
 
-fn keys<T>(objects: &[Loaded<T>]) -> Option<String> {
+fn duplicate<T>(objects: &[Loaded<T>]) -> Option<String> {
     let mut seen = HashSet::new();
     objects.iter().map(Loaded::key).find(|k| !seen.insert(k.clone()))
 }
@@ -188,10 +198,14 @@ fn keys<T>(objects: &[Loaded<T>]) -> Option<String> {
 fn pick_policy(policies: &[Loaded<TokenPolicy>], wanted: Option<&str>) -> Result<usize, ManifestError> {
     let all = || policies.iter().map(Loaded::key).collect::<Vec<_>>().join(", ");
     match wanted {
-        Some(w) => policies
-            .iter()
-            .position(|p| p.key() == w || (!w.contains('/') && p.name == w))
-            .ok_or_else(|| ManifestError::Inconsistent(format!("TokenPolicy {w} is not in the manifests; found: [{}]", all()))),
+        Some(w) => {
+            policies.iter().position(|p| p.key() == w || (!w.contains('/') && p.name == w)).ok_or_else(|| {
+                ManifestError::Inconsistent(format!(
+                    "TokenPolicy {w} is not in the manifests; found: [{}]",
+                    all()
+                ))
+            })
+        }
         None if policies.len() == 1 => Ok(0),
         None if policies.is_empty() => Err(ManifestError::Inconsistent(
             "no TokenPolicy in the manifests; add one (see config/samples/tokenpolicy.yaml)".into(),
@@ -213,7 +227,10 @@ fn secret_entries(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
     entries
 }
 
-fn client_record(client: &Loaded<OAuth2Client>, secrets: &BTreeMap<String, &Loaded<Secret>>) -> Result<ClientRecord, ManifestError> {
+fn client_record(
+    client: &Loaded<OAuth2Client>,
+    secrets: &BTreeMap<String, &Loaded<Secret>>,
+) -> Result<ClientRecord, ManifestError> {
     let client_id = OAuth2Client::client_id_for(&client.name, &client.namespace);
     let spec = &client.object.spec;
     if spec.token_endpoint_auth_method == AuthMethod::None {
@@ -248,7 +265,8 @@ fn client_record(client: &Loaded<OAuth2Client>, secrets: &BTreeMap<String, &Load
 /// A keys Secret: `<kid>.pem` entries, and `active` naming the signing kid.
 fn signing_keys(secret: &Loaded<Secret>) -> Result<KeySet, KeyError> {
     let entries = secret_entries(&secret.object);
-    let active = entries.get("active").map(|a| String::from_utf8_lossy(a).trim().to_owned()).unwrap_or_default();
+    let active =
+        entries.get("active").map(|a| String::from_utf8_lossy(a).trim().to_owned()).unwrap_or_default();
     let pairs = entries
         .iter()
         .filter_map(|(k, pem)| Some((k.strip_suffix(".pem")?.to_owned(), pem)))

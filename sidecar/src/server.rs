@@ -20,7 +20,11 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `issuer` on `listener` until `shutdown` resolves, then drains.
-pub async fn serve<S: Store>(listener: TcpListener, issuer: Arc<Issuer<S>>, shutdown: impl Future<Output = ()>) {
+pub async fn serve<S: Store>(
+    listener: TcpListener,
+    issuer: Arc<Issuer<S>>,
+    shutdown: impl Future<Output = ()>,
+) {
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);

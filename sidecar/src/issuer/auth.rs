@@ -49,7 +49,11 @@ pub fn credentials(headers: &HeaderMap, form: &Form<'_>) -> Result<Credentials, 
 }
 
 fn basic(value: &[u8], body_client_id: Option<&str>) -> Result<Credentials, OAuthError> {
-    let malformed = || OAuthError::invalid_client("malformed Authorization header: expected Basic with base64 of client_id:client_secret");
+    let malformed = || {
+        OAuthError::invalid_client(
+            "malformed Authorization header: expected Basic with base64 of client_id:client_secret",
+        )
+    };
     let (scheme, encoded) = value.split_at(value.iter().position(|b| *b == b' ').ok_or_else(malformed)?);
     if !scheme.eq_ignore_ascii_case(b"basic") {
         return Err(malformed());
@@ -66,7 +70,9 @@ fn basic(value: &[u8], body_client_id: Option<&str>) -> Result<Credentials, OAut
     };
     let client_id = unescape(&decoded[..colon])?;
     if body_client_id.is_some_and(|id| id != client_id) {
-        return Err(OAuthError::invalid_request("client_id in the body differs from the Authorization header"));
+        return Err(OAuthError::invalid_request(
+            "client_id in the body differs from the Authorization header",
+        ));
     }
     Ok(Credentials {
         client_id,
@@ -103,7 +109,9 @@ pub async fn authenticate<S: Store>(
 }
 
 fn rejected() -> OAuthError {
-    OAuthError::invalid_client("client authentication failed: unknown client, wrong secret, or not the registered authentication method")
+    OAuthError::invalid_client(
+        "client authentication failed: unknown client, wrong secret, or not the registered authentication method",
+    )
 }
 
 #[cfg(test)]
@@ -121,7 +129,14 @@ mod tests {
         // "a%3Ab:s+1" -> id "a:b", secret "s 1"
         let value = format!("Basic {}", STANDARD.encode("a%3Ab:s+1"));
         let c = credentials(&headers(&value), &Form::default()).unwrap();
-        assert_eq!(c, Credentials { client_id: "a:b".into(), secret: Some("s 1".into()), method: AuthMethod::ClientSecretBasic });
+        assert_eq!(
+            c,
+            Credentials {
+                client_id: "a:b".into(),
+                secret: Some("s 1".into()),
+                method: AuthMethod::ClientSecretBasic
+            }
+        );
     }
 
     #[test]
@@ -134,7 +149,11 @@ mod tests {
     #[test]
     fn malformed_basic_is_invalid_client() {
         for bad in ["Basic", "Basic !!!", "Bearer abc", &format!("Basic {}", STANDARD.encode("nocolon"))] {
-            assert_eq!(credentials(&headers(bad), &Form::default()).unwrap_err().code, "invalid_client", "{bad}");
+            assert_eq!(
+                credentials(&headers(bad), &Form::default()).unwrap_err().code,
+                "invalid_client",
+                "{bad}"
+            );
         }
     }
 

@@ -69,7 +69,11 @@ impl OAuthError {
     }
 
     pub fn not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /.well-known/oauth-authorization-server")
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such endpoint; see /.well-known/oauth-authorization-server",
+        )
     }
 
     /// The store could not answer; nothing was issued or changed.

@@ -49,15 +49,10 @@ impl<'a> Form<'a> {
 
 /// Checks the request's media type before its body is read.
 pub fn check_content_type(value: Option<&http::HeaderValue>) -> Result<(), OAuthError> {
-    let essence = value
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(str::trim);
+    let essence = value.and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next()).map(str::trim);
     match essence {
         Some(t) if t.eq_ignore_ascii_case("application/x-www-form-urlencoded") => Ok(()),
-        _ => Err(OAuthError::invalid_request(
-            "send parameters as an application/x-www-form-urlencoded body",
-        )),
+        _ => Err(OAuthError::invalid_request("send parameters as an application/x-www-form-urlencoded body")),
     }
 }
 

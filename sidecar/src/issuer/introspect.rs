@@ -21,7 +21,11 @@ struct Active<'a> {
 
 const INACTIVE: &[u8] = br#"{"active":false}"#;
 
-pub(super) async fn handle<S: Store>(issuer: &Issuer<S>, headers: &HeaderMap, form: &Form<'_>) -> Result<Reply, OAuthError> {
+pub(super) async fn handle<S: Store>(
+    issuer: &Issuer<S>,
+    headers: &HeaderMap,
+    form: &Form<'_>,
+) -> Result<Reply, OAuthError> {
     let creds = auth::credentials(headers, form)?;
     if creds.secret.is_none() {
         return Err(OAuthError::invalid_client("introspection requires client authentication with a secret"));
@@ -38,7 +42,10 @@ pub(super) async fn handle<S: Store>(issuer: &Issuer<S>, headers: &HeaderMap, fo
 
 /// The claims of `token` if it is one of ours, unexpired, not revoked, and
 /// its client still exists and is enabled.
-pub(super) async fn live_claims<S: Store>(issuer: &Issuer<S>, token: &str) -> Result<Option<AccessTokenClaims>, OAuthError> {
+pub(super) async fn live_claims<S: Store>(
+    issuer: &Issuer<S>,
+    token: &str,
+) -> Result<Option<AccessTokenClaims>, OAuthError> {
     let claims = match issuer.keys.verify(token) {
         Ok(c) if c.iss == issuer.settings.issuer => c,
         Ok(_) => return Ok(None),

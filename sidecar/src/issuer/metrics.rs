@@ -38,24 +38,35 @@ pub struct Metrics {
     revocations: Counter,
 }
 
-impl Metrics {
-    pub fn new() -> Self {
+impl Default for Metrics {
+    fn default() -> Self {
         let mut registry = Registry::with_prefix("tokenplane_issuer");
         let issued = Family::default();
         registry.register("tokens_issued", "Access tokens issued, by grant type", issued.clone());
         let errors = Family::default();
-        registry.register("oauth_errors", "OAuth2 error responses, by endpoint and error code", errors.clone());
-        let latency = Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        registry.register(
+            "oauth_errors",
+            "OAuth2 error responses, by endpoint and error code",
+            errors.clone(),
+        );
+        let latency =
+            Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         registry.register(
             "http_request_duration_seconds",
             "Time from request head to response, by endpoint and status",
             latency.clone(),
         );
         let revocations = Counter::default();
-        registry.register("revocations", "Tokens revoked through the revocation endpoint", revocations.clone());
+        registry.register(
+            "revocations",
+            "Tokens revoked through the revocation endpoint",
+            revocations.clone(),
+        );
         Self { registry, issued, errors, latency, revocations }
     }
+}
 
+impl Metrics {
     pub fn issued(&self, grant_type: &'static str) {
         self.issued.get_or_create(&GrantLabels { grant_type }).inc();
     }

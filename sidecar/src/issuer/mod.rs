@@ -63,7 +63,7 @@ impl From<StoreError> for OAuthError {
 impl<S: Store> Issuer<S> {
     pub fn new(store: S, keys: KeySet, settings: Settings) -> Self {
         let metadata = metadata::document(&settings.issuer);
-        Self { store, keys, settings, metadata, metrics: Metrics::new() }
+        Self { store, keys, settings, metadata, metrics: Metrics::default() }
     }
 
     pub fn store(&self) -> &S {
@@ -96,9 +96,10 @@ impl<S: Store> Issuer<S> {
             "/oauth2/token" => ("token", self.post(req, Post::Token).await),
             "/oauth2/introspect" => ("introspect", self.post(req, Post::Introspect).await),
             "/oauth2/revoke" => ("revoke", self.post(req, Post::Revoke).await),
-            "/.well-known/oauth-authorization-server" => {
-                ("metadata", only_get(get).map(|()| json(StatusCode::OK, self.metadata.clone(), "public, max-age=300")))
-            }
+            "/.well-known/oauth-authorization-server" => (
+                "metadata",
+                only_get(get).map(|()| json(StatusCode::OK, self.metadata.clone(), "public, max-age=300")),
+            ),
             "/.well-known/jwks.json" => {
                 ("jwks", only_get(get).map(|()| json(StatusCode::OK, self.keys.jwks(), "public, max-age=60")))
             }

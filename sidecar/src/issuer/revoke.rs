@@ -9,7 +9,11 @@ use super::{Issuer, Reply, auth, no_store};
 use crate::clock::unix_now;
 use crate::store::Store;
 
-pub(super) async fn handle<S: Store>(issuer: &Issuer<S>, headers: &HeaderMap, form: &Form<'_>) -> Result<Reply, OAuthError> {
+pub(super) async fn handle<S: Store>(
+    issuer: &Issuer<S>,
+    headers: &HeaderMap,
+    form: &Form<'_>,
+) -> Result<Reply, OAuthError> {
     let creds = auth::credentials(headers, form)?;
     let client = auth::authenticate(&issuer.store, &creds, unix_now()).await?;
     let token = form.require("token")?;

@@ -24,7 +24,11 @@ struct TokenResponse<'a> {
     scope: Option<&'a str>,
 }
 
-pub(super) async fn handle<S: Store>(issuer: &Issuer<S>, headers: &HeaderMap, form: &Form<'_>) -> Result<Reply, OAuthError> {
+pub(super) async fn handle<S: Store>(
+    issuer: &Issuer<S>,
+    headers: &HeaderMap,
+    form: &Form<'_>,
+) -> Result<Reply, OAuthError> {
     let grant = form.require("grant_type")?;
     let now = unix_now();
     let creds = auth::credentials(headers, form)?;
@@ -40,9 +44,16 @@ pub(super) async fn handle<S: Store>(issuer: &Issuer<S>, headers: &HeaderMap, fo
     }
 }
 
-fn client_credentials<S: Store>(issuer: &Issuer<S>, client: &ClientRecord, form: &Form<'_>, now: u64) -> Result<Reply, OAuthError> {
+fn client_credentials<S: Store>(
+    issuer: &Issuer<S>,
+    client: &ClientRecord,
+    form: &Form<'_>,
+    now: u64,
+) -> Result<Reply, OAuthError> {
     if !client.allows(GrantType::ClientCredentials) {
-        return Err(OAuthError::unauthorized_client("this client is not registered for the client_credentials grant"));
+        return Err(OAuthError::unauthorized_client(
+            "this client is not registered for the client_credentials grant",
+        ));
     }
     let scope = granted_scope(form.get("scope"), client)?;
     let aud = audience(form.all("resource"), client)?;
@@ -83,7 +94,9 @@ fn granted_scope(requested: Option<&str>, client: &ClientRecord) -> Result<Optio
     let mut granted: Vec<&str> = Vec::new();
     for scope in requested.split(' ').filter(|s| !s.is_empty()) {
         if !client.scopes.iter().any(|s| s == scope) {
-            return Err(OAuthError::invalid_scope(format!("scope {scope} is not registered for this client")));
+            return Err(OAuthError::invalid_scope(format!(
+                "scope {scope} is not registered for this client"
+            )));
         }
         if !granted.contains(&scope) {
             granted.push(scope);
@@ -94,11 +107,16 @@ fn granted_scope(requested: Option<&str>, client: &ClientRecord) -> Result<Optio
 
 /// The `aud` of the token: the requested resources (RFC 8707), each
 /// registered, or the client's only audience.
-fn audience<'a>(requested: impl Iterator<Item = &'a str>, client: &ClientRecord) -> Result<Audience, OAuthError> {
+fn audience<'a>(
+    requested: impl Iterator<Item = &'a str>,
+    client: &ClientRecord,
+) -> Result<Audience, OAuthError> {
     let mut auds: Vec<String> = Vec::new();
     for resource in requested {
         if !client.audiences.iter().any(|a| a == resource) {
-            return Err(OAuthError::invalid_target(format!("resource {resource} is not a registered audience of this client")));
+            return Err(OAuthError::invalid_target(format!(
+                "resource {resource} is not a registered audience of this client"
+            )));
         }
         if !auds.iter().any(|a| a == resource) {
             auds.push(resource.to_owned());

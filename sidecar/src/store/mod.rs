@@ -19,7 +19,10 @@ pub struct StoreError(pub String);
 /// The issuer's state. Every method is atomic on its own.
 pub trait Store: Send + Sync + 'static {
     /// A client registration by client id.
-    fn client(&self, client_id: &str) -> impl Future<Output = Result<Option<Arc<ClientRecord>>, StoreError>> + Send;
+    fn client(
+        &self,
+        client_id: &str,
+    ) -> impl Future<Output = Result<Option<Arc<ClientRecord>>, StoreError>> + Send;
 
     /// Creates or replaces a registration.
     fn put_client(&self, record: ClientRecord) -> impl Future<Output = Result<(), StoreError>> + Send;

@@ -1,0 +1,148 @@
+//! A standalone issuer on a loopback port, loaded from manifests written to a
+//! temp dir, driven over real HTTP.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokenplane_sidecar::issuer::{Issuer, Settings};
+use tokenplane_sidecar::keys::KeySet;
+use tokenplane_sidecar::store::{MemoryStore, Store};
+use tokenplane_sidecar::{manifests, server};
+use tokio::sync::oneshot;
+
+pub const SVC_SECRET: &str = "svc-secret-0123456789abcdefghijklmnopqrstuv";
+pub const POSTER_SECRET: &str = "poster-secret-0123456789abcdefghijklmnopqrs";
+pub const OFF_SECRET: &str = "off-secret-0123456789abcdefghijklmnopqrstuvw";
+pub const MULTI_SECRET: &str = "multi-secret-0123456789abcdefghijklmnopqrst";
+
+/// A policy and five clients covering every registration shape.
+pub fn manifests() -> String {
+    let secret = |name: &str, id: &str, secret: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}-oauth2-credentials, namespace: team}}\n\
+             stringData: {{client_id: {id}, client_secret: {secret}}}\n"
+        )
+    };
+    let client = |name: &str, spec: &str| {
+        format!(
+            "---\napiVersion: tokenplane.io/v1alpha1\nkind: OAuth2Client\nmetadata: {{name: {name}, namespace: team}}\n\
+             spec:\n  policyRef: {{name: main}}\n{spec}"
+        )
+    };
+    [
+        "apiVersion: tokenplane.io/v1alpha1\nkind: TokenPolicy\nmetadata: {name: main, namespace: team}\n\
+         spec:\n  lifetimes: {accessToken: 5m}\n"
+            .to_owned(),
+        client("svc", "  scopes: [read, write]\n  defaultScopes: [read]\n  audiences: [https://api.test]\n"),
+        secret("svc", "svc.team", SVC_SECRET),
+        client(
+            "poster",
+            "  tokenEndpointAuthMethod: client_secret_post\n  scopes: [read]\n  audiences: [https://api.test]\n",
+        ),
+        secret("poster", "poster.team", POSTER_SECRET),
+        client("multi", "  audiences: [https://a.test, https://b.test]\n"),
+        secret("multi", "multi.team", MULTI_SECRET),
+        client(
+            "spa",
+            "  tokenEndpointAuthMethod: none\n  grantTypes: [authorization_code]\n  \
+             redirectUris: [https://spa.test/cb]\n  audiences: [https://api.test]\n",
+        ),
+        client("off", "  disabled: true\n  audiences: [https://api.test]\n"),
+        secret("off", "off.team", OFF_SECRET),
+    ]
+    .concat()
+}
+
+pub struct TestIssuer {
+    pub base: String,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TestIssuer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Starts an issuer serving `yaml` (written to a file in a fresh temp dir).
+pub async fn start_with(yaml: &str) -> TestIssuer {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("manifests.yaml"), yaml).unwrap();
+    let loaded = manifests::resolve(manifests::load_dir(dir.path()).unwrap(), None).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let keys = match loaded.keys {
+        Some(keys) => keys,
+        None => KeySet::generate(loaded.policy.object.spec.signing.algorithm).unwrap(),
+    };
+    let settings = Settings {
+        issuer: base.clone(),
+        access_token_ttl: loaded.policy.object.spec.lifetimes.access_token.as_secs(),
+    };
+    let store = MemoryStore::default();
+    for client in loaded.clients {
+        store.put_client(client).await.unwrap();
+    }
+    let issuer = Arc::new(Issuer::new(store, keys, settings));
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server::serve(listener, issuer, async move {
+        let _ = stopped.await;
+    }));
+    TestIssuer { base, http: reqwest::Client::new(), stop: Some(stop), _dir: dir }
+}
+
+pub async fn start() -> TestIssuer {
+    start_with(&manifests()).await
+}
+
+/// How a request authenticates.
+pub enum Auth<'a> {
+    Basic(&'a str, &'a str),
+    None,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub json: Value,
+}
+
+impl TestIssuer {
+    pub async fn post(&self, path: &str, auth: Auth<'_>, form: &[(&str, &str)]) -> Reply {
+        let mut req = self.http.post(format!("{}{path}", self.base)).form(form);
+        if let Auth::Basic(id, secret) = auth {
+            req = req.basic_auth(id, Some(secret));
+        }
+        let resp = req.send().await.unwrap();
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        let text = resp.text().await.unwrap();
+        let json = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() };
+        Reply { status, headers, json }
+    }
+
+    /// A client_credentials token for the `svc` client.
+    pub async fn svc_token(&self, extra: &[(&str, &str)]) -> String {
+        let mut form = vec![("grant_type", "client_credentials")];
+        form.extend_from_slice(extra);
+        let r = self.post("/oauth2/token", Auth::Basic("svc.team", SVC_SECRET), &form).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+        r.json["access_token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn introspect(&self, token: &str) -> Value {
+        let r =
+            self.post("/oauth2/introspect", Auth::Basic("svc.team", SVC_SECRET), &[("token", token)]).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+        r.json
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(format!("{}{path}", self.base)).send().await.unwrap()
+    }
+}

@@ -49,12 +49,14 @@ async fn requested_scopes_and_resource_shape_the_token() {
     assert_eq!(claims["aud"], serde_json::json!(["https://a.test", "https://b.test"]));
 }
 
-/// (what is wrong, request, expected status, expected error code)
+/// What is wrong, the request, the expected status and error code.
+type Case<'a> = (&'a str, Auth<'a>, Vec<(&'a str, &'a str)>, StatusCode, &'a str);
+
 #[tokio::test]
 async fn every_bad_request_gets_its_rfc_6749_error() {
     let issuer = start().await;
     let svc = || Auth::Basic("svc.team", SVC_SECRET);
-    let cases: Vec<(&str, Auth, Vec<(&str, &str)>, StatusCode, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "wrong secret",
             Auth::Basic("svc.team", "nope"),

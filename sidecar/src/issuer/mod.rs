@@ -184,6 +184,13 @@ fn no_store(body: Vec<u8>) -> Reply {
     reply
 }
 
+/// An empty `200` that no cache may keep.
+fn empty_no_store() -> Reply {
+    let mut reply = Response::new(Full::new(Bytes::new()));
+    reply.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    reply
+}
+
 fn text(status: StatusCode, body: Bytes) -> Reply {
     let mut reply = Response::new(Full::new(body));
     *reply.status_mut() = status;

@@ -5,7 +5,7 @@ use http::HeaderMap;
 use super::error::OAuthError;
 use super::form::Form;
 use super::introspect::live_claims;
-use super::{Issuer, Reply, auth, no_store};
+use super::{Issuer, Reply, auth, empty_no_store};
 use crate::clock::unix_now;
 use crate::store::Store;
 
@@ -21,7 +21,7 @@ pub(super) async fn handle<S: Store>(
     let Some(claims) = live_claims(issuer, token).await? else {
         // Unknown, expired or already revoked: nothing to do, and the caller
         // learns nothing (RFC 7009 §2.2).
-        return Ok(no_store(Vec::new()));
+        return Ok(empty_no_store());
     };
     if claims.client_id != client.client_id {
         return Err(OAuthError::unauthorized_client("this token was issued to another client"));
@@ -29,5 +29,5 @@ pub(super) async fn handle<S: Store>(
     issuer.store.revoke(&claims.jti, claims.exp).await?;
     issuer.metrics.revoked();
     tracing::info!(client_id = %client.client_id, jti = %claims.jti, "token revoked");
-    Ok(no_store(Vec::new()))
+    Ok(empty_no_store())
 }

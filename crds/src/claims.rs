@@ -37,4 +37,7 @@ pub struct AccessTokenClaims {
     /// Space-separated granted scopes; absent when none were granted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// When the person logged in; absent for client_credentials tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<u64>,
 }

@@ -9,6 +9,7 @@
 pub mod claims;
 pub mod client;
 pub mod duration;
+pub mod grant;
 pub mod oauth2client;
 pub mod redirect;
 pub mod redis;

@@ -43,9 +43,64 @@ pub fn check(uri: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Whether a redirect URI presented at the authorization endpoint matches a
+/// registered one: character for character, except that the port of a
+/// loopback host may differ (RFC 8252 §7.3, RFC 9700 §2.1).
+pub fn matches(registered: &str, presented: &str) -> bool {
+    if registered == presented {
+        return true;
+    }
+    let (Ok(r), Ok(p)) = (Url::parse(registered), Url::parse(presented)) else {
+        return false;
+    };
+    r.scheme() == "http"
+        && r.host().is_some_and(|h| is_loopback_host(&h))
+        && without_port(registered, &r) == without_port(presented, &p)
+}
+
+/// The URI text with its port removed, so the rest is compared as written.
+fn without_port(text: &str, url: &Url) -> Option<String> {
+    let host = url.host_str()?;
+    let authority = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    let start = text.find("://")? + 3;
+    text[start..]
+        .starts_with(&authority)
+        .then(|| format!("{}{host}{}", &text[..start], &text[start + authority.len()..]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn matching_is_exact_but_for_the_loopback_port() {
+        let reg = "https://app.example.com/cb";
+        assert!(matches(reg, reg));
+        for near_miss in [
+            "https://app.example.com/cb/",
+            "https://APP.example.com/cb",
+            "https://app.example.com/CB",
+            "https://app.example.com/cb/extra",
+            "https://app.example.com/cb?x=1",
+            "https://user@app.example.com/cb",
+            "https://app.example.com:8443/cb",
+            "https://app.example.com.evil.com/cb",
+            "http://app.example.com/cb",
+        ] {
+            assert!(!matches(reg, near_miss), "{near_miss}");
+        }
+        assert!(matches("http://127.0.0.1/cb", "http://127.0.0.1:51004/cb"));
+        assert!(matches("http://127.0.0.1:8000/cb", "http://127.0.0.1:9000/cb"));
+        assert!(matches("http://[::1]/cb", "http://[::1]:4000/cb"));
+        assert!(!matches("http://127.0.0.1/cb", "http://127.0.0.1:51004/cb2"));
+        assert!(!matches("http://127.0.0.1/cb", "http://127.0.0.2:51004/cb"));
+        assert!(!matches("http://127.0.0.1/cb", "http://user@127.0.0.1:5/cb"));
+        assert!(matches("http://localhost/cb", "http://localhost:5000/cb"));
+        assert!(!matches("http://localhost/cb", "http://127.0.0.1:5000/cb"), "the host itself must match");
+    }
 
     #[test]
     fn accepts_what_rfc_9700_allows() {

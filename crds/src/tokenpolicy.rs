@@ -43,7 +43,8 @@ pub struct Lifetimes {
     #[serde(default = "default_access")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1m') && duration(self) <= duration('24h')").message("access tokens must live between 1m and 24h; keep them short (RFC 9700 §2.2)"))]
     pub access_token: Duration,
-    /// Refresh token lifetime, renewed at each rotation.
+    /// Refresh token lifetime, renewed at each rotation (refresh tokens
+    /// always rotate; reusing a rotated one revokes its whole family).
     #[serde(default = "default_refresh")]
     #[x_kube(validation = Rule::new("duration(self) <= duration('8760h')").message("refresh tokens may live at most 8760h (one year)"))]
     pub refresh_token: Duration,
@@ -115,26 +116,6 @@ impl Default for Signing {
             propagation_timeout: default_propagation(),
             keys_secret_name: None,
         }
-    }
-}
-
-/// Refresh token behaviour.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RefreshTokens {
-    /// Rotate on every use; reuse of a rotated token revokes its whole family.
-    /// Public clients rotate whatever this says (RFC 9700 §4.14.2).
-    #[serde(default = "yes")]
-    pub rotate: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl Default for RefreshTokens {
-    fn default() -> Self {
-        Self { rotate: true }
     }
 }
 
@@ -245,9 +226,6 @@ pub struct TokenPolicySpec {
     /// Signing keys and rotation.
     #[serde(default)]
     pub signing: Signing,
-    /// Refresh token rotation.
-    #[serde(default)]
-    pub refresh_tokens: RefreshTokens,
     /// Rate limits at the token endpoint; none when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<RateLimits>,

@@ -261,6 +261,7 @@ mod tests {
             jti: "j".into(),
             client_id: "c".into(),
             scope: None,
+            auth_time: None,
         }
     }
 

@@ -6,5 +6,6 @@ pub mod clock;
 pub mod issuer;
 pub mod keys;
 pub mod manifests;
+pub mod opaque;
 pub mod server;
 pub mod store;

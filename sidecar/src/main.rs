@@ -49,6 +49,10 @@ struct IssuerArgs {
     /// TokenPolicy to serve, as NAME or NAMESPACE/NAME, when the folder has several.
     #[arg(long, env = "TOKENPLANE_POLICY")]
     policy: Option<String>,
+    /// File holding the bearer token of the admin API the login app calls
+    /// (at least 32 characters); without it there is no admin API.
+    #[arg(long, env = "TOKENPLANE_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -89,8 +93,10 @@ async fn run_issuer(args: IssuerArgs) -> anyhow::Result<()> {
     };
     let issuer_url =
         args.issuer.or_else(|| spec.issuer_url.clone()).unwrap_or_else(|| format!("http://{}", args.listen));
-    let settings =
-        Settings { issuer: issuer_url.clone(), access_token_ttl: spec.lifetimes.access_token.as_secs() };
+    let mut settings = Settings::from_policy(issuer_url.clone(), spec);
+    if let Some(path) = &args.admin_token_file {
+        settings.admin_token_hash = Some(admin_token_hash(path)?);
+    }
     let store = MemoryStore::default();
     let clients = loaded.clients.len();
     for client in loaded.clients {
@@ -109,6 +115,20 @@ async fn run_issuer(args: IssuerArgs) -> anyhow::Result<()> {
     );
     server::serve(listener, issuer, shutdown_signal()).await;
     Ok(())
+}
+
+/// Reads the admin token and keeps only its hash.
+fn admin_token_hash(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!("cannot read the admin token from {} (--admin-token-file)", path.display())
+    })?;
+    let token = text.trim();
+    anyhow::ensure!(
+        token.len() >= 32,
+        "the admin token in {} is shorter than 32 characters; use 256 random bits",
+        path.display()
+    );
+    Ok(tokenplane_sidecar::opaque::hash(token))
 }
 
 async fn shutdown_signal() {

@@ -16,7 +16,7 @@ pub struct OAuthError {
 }
 
 impl OAuthError {
-    fn new(status: StatusCode, code: &'static str, description: impl Into<Cow<'static, str>>) -> Self {
+    pub fn new(status: StatusCode, code: &'static str, description: impl Into<Cow<'static, str>>) -> Self {
         Self { status, code, description: description.into(), allow: None }
     }
 
@@ -39,6 +39,15 @@ impl OAuthError {
 
     pub fn unsupported_grant_type(d: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "unsupported_grant_type", d)
+    }
+
+    pub fn unsupported_response_type(d: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "unsupported_response_type", d)
+    }
+
+    /// The person or the login app said no (RFC 6749 §4.1.2.1).
+    pub fn access_denied(d: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "access_denied", d)
     }
 
     pub fn invalid_scope(d: impl Into<Cow<'static, str>>) -> Self {

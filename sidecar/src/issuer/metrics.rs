@@ -36,6 +36,7 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     latency: Family<RequestLabels, Histogram, fn() -> Histogram>,
     revocations: Counter,
+    replays: Family<GrantLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -62,7 +63,13 @@ impl Default for Metrics {
             "Tokens revoked through the revocation endpoint",
             revocations.clone(),
         );
-        Self { registry, issued, errors, latency, revocations }
+        let replays = Family::default();
+        registry.register(
+            "grant_replays",
+            "Authorization codes redeemed twice and rotated refresh tokens reused: each revoked its grant",
+            replays.clone(),
+        );
+        Self { registry, issued, errors, latency, revocations, replays }
     }
 }
 
@@ -77,6 +84,10 @@ impl Metrics {
 
     pub fn request(&self, endpoint: &'static str, status: u16, seconds: f64) {
         self.latency.get_or_create(&RequestLabels { endpoint, status }).observe(seconds);
+    }
+
+    pub fn replayed(&self, grant_type: &'static str) {
+        self.replays.get_or_create(&GrantLabels { grant_type }).inc();
     }
 
     pub fn revoked(&self) {

@@ -2,9 +2,11 @@
 //! JWKS endpoints over one store and one key set.
 
 pub mod auth;
+mod authorize;
 pub mod error;
 pub mod form;
 mod introspect;
+mod login;
 mod metadata;
 pub mod metrics;
 mod revoke;
@@ -27,12 +29,39 @@ use metrics::Metrics;
 /// Largest form body accepted; OAuth2 requests are a few hundred bytes.
 pub const MAX_BODY: usize = 16 * 1024;
 
-/// What an issuer serves, fixed at start.
+/// What an issuer serves, fixed at start. Lifetimes are in seconds.
 pub struct Settings {
     /// The `iss` of every token and the base of every endpoint URL.
     pub issuer: String,
-    /// Access token lifetime in seconds.
     pub access_token_ttl: u64,
+    /// Lifetime of each refresh token, renewed at every rotation.
+    pub refresh_token_ttl: u64,
+    /// Absolute lifetime of a refresh-token family, if any.
+    pub refresh_family_ttl: Option<u64>,
+    pub code_ttl: u64,
+    /// The login app's page; without it the code flow is unavailable.
+    pub login_url: Option<String>,
+    /// The consent page; the login page when unset.
+    pub consent_url: Option<String>,
+    /// base64url SHA-256 of the admin API's bearer token; no admin API without it.
+    pub admin_token_hash: Option<String>,
+}
+
+impl Settings {
+    /// Settings from a TokenPolicy, for the issuer identifier `issuer`.
+    pub fn from_policy(issuer: String, spec: &tokenplane_api::TokenPolicySpec) -> Self {
+        let l = &spec.lifetimes;
+        Self {
+            issuer,
+            access_token_ttl: l.access_token.as_secs(),
+            refresh_token_ttl: l.refresh_token.as_secs(),
+            refresh_family_ttl: l.refresh_token_family.map(|d| d.as_secs()),
+            code_ttl: l.authorization_code.as_secs(),
+            login_url: spec.login.as_ref().map(|l| l.login_url.clone()),
+            consent_url: spec.login.as_ref().and_then(|l| l.consent_url.clone()),
+            admin_token_hash: None,
+        }
+    }
 }
 
 pub struct Issuer<S> {
@@ -92,7 +121,12 @@ impl<S: Store> Issuer<S> {
         B::Error: Into<BoxError>,
     {
         let get = req.method() == Method::GET || req.method() == Method::HEAD;
-        match req.uri().path() {
+        let path = req.uri().path();
+        if path.starts_with("/admin/") {
+            return ("admin", self.admin(req).await);
+        }
+        match path {
+            "/oauth2/authorize" => ("authorize", self.authorize(get, req.uri().query()).await),
             "/oauth2/token" => ("token", self.post(req, Post::Token).await),
             "/oauth2/introspect" => ("introspect", self.post(req, Post::Introspect).await),
             "/oauth2/revoke" => ("revoke", self.post(req, Post::Revoke).await),
@@ -108,6 +142,22 @@ impl<S: Store> Issuer<S> {
             "/metrics" => ("metrics", only_get(get).map(|()| self.metrics_reply())),
             _ => ("other", Err(OAuthError::not_found())),
         }
+    }
+
+    async fn authorize(&self, get: bool, query: Option<&str>) -> Result<Reply, OAuthError> {
+        only_get(get)?;
+        Ok(authorize::handle(self, query.unwrap_or_default()).await)
+    }
+
+    async fn admin<B>(&self, req: Request<B>) -> Result<Reply, OAuthError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let (parts, body) = req.into_parts();
+        let body = read_body(&parts.headers, body).await?;
+        let query = parts.uri.query().unwrap_or_default();
+        login::handle(self, &parts.method, parts.uri.path(), query, &parts.headers, &body).await
     }
 
     /// Reads a form POST and hands it to its endpoint.
@@ -175,6 +225,11 @@ fn json(status: StatusCode, body: Bytes, cache: &'static str) -> Reply {
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static(cache));
     reply
+}
+
+/// A JSON reply of `value` that no cache may keep.
+fn json_reply<T: serde::Serialize>(value: &T) -> Reply {
+    no_store(serde_json::to_vec(value).expect("reply serializes"))
 }
 
 /// A JSON reply that no cache may keep (RFC 6749 §5.1).

@@ -1,58 +1,223 @@
-//! The standalone store: everything in process memory, gone at exit.
+//! The standalone store: everything in process memory, gone at exit. One
+//! lock per concern; the grant state shares one so that redemption and
+//! rotation are atomic.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use tokenplane_api::client::ClientRecord;
+use tokenplane_api::grant::{CodeGrant, Issued, PendingAuthorization, RefreshFamily};
 
-use super::{Store, StoreError};
+use super::{Redemption, Result, Rotation, Store};
 use crate::clock::unix_now;
 
-#[derive(Default)]
-pub struct MemoryStore {
-    clients: RwLock<HashMap<String, Arc<ClientRecord>>>,
-    revoked: Mutex<Revoked>,
-}
-
-/// Revoked token ids with their expiry. Expired marks are swept when the map
-/// has doubled since the last sweep, so memory stays bounded by live tokens.
-#[derive(Default)]
-struct Revoked {
-    until: HashMap<String, u64>,
+/// A map whose entries die at their expiry. Expired entries are invisible at
+/// once and swept when the map has doubled since the last sweep, so memory
+/// stays bounded by live entries.
+struct Expiring<K, V> {
+    entries: HashMap<K, (V, u64)>,
     sweep_at: usize,
 }
 
-impl Revoked {
-    fn insert(&mut self, jti: &str, expires_at: u64, now: u64) {
-        self.until.insert(jti.to_owned(), expires_at);
-        if self.until.len() > self.sweep_at {
-            self.until.retain(|_, exp| *exp > now);
-            self.sweep_at = (self.until.len() * 2).max(1024);
+impl<K, V> Default for Expiring<K, V> {
+    fn default() -> Self {
+        Self { entries: HashMap::new(), sweep_at: 0 }
+    }
+}
+
+impl<K: Eq + Hash, V> Expiring<K, V> {
+    fn insert(&mut self, key: K, value: V, expires_at: u64, now: u64) {
+        self.entries.insert(key, (value, expires_at));
+        if self.entries.len() > self.sweep_at {
+            self.entries.retain(|_, (_, exp)| *exp > now);
+            self.sweep_at = (self.entries.len() * 2).max(1024);
+        }
+    }
+
+    fn get<Q: Eq + Hash + ?Sized>(&self, key: &Q, now: u64) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.entries.get(key).filter(|(_, exp)| *exp > now).map(|(v, _)| v)
+    }
+
+    fn remove<Q: Eq + Hash + ?Sized>(&mut self, key: &Q, now: u64) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.entries.remove(key).filter(|(_, exp)| *exp > now).map(|(v, _)| v)
+    }
+}
+
+enum CodeState {
+    Unspent(CodeGrant),
+    Spent(Issued),
+}
+
+#[derive(Default)]
+struct Grants {
+    revoked: Expiring<String, ()>,
+    pending: Expiring<String, PendingAuthorization>,
+    consents: Expiring<(String, String), Vec<String>>,
+    codes: Expiring<String, CodeState>,
+    families: Expiring<String, RefreshFamily>,
+    /// Every refresh token hash of a live family, current or rotated.
+    family_of: Expiring<String, String>,
+}
+
+impl Grants {
+    fn revoke_family(&mut self, id: &str, now: u64) {
+        let Some((family, _)) = self.families.entries.get_mut(id) else { return };
+        family.revoked = true;
+        for (jti, exp) in family.access_tokens.clone() {
+            self.revoked.insert(jti, (), exp, now);
         }
     }
 }
 
+#[derive(Default)]
+pub struct MemoryStore {
+    clients: RwLock<HashMap<String, Arc<ClientRecord>>>,
+    grants: Mutex<Grants>,
+}
+
+impl MemoryStore {
+    fn grants(&self) -> MutexGuard<'_, Grants> {
+        self.grants.lock().expect("grant state lock")
+    }
+}
+
 impl Store for MemoryStore {
-    async fn client(&self, client_id: &str) -> Result<Option<Arc<ClientRecord>>, StoreError> {
+    async fn client(&self, client_id: &str) -> Result<Option<Arc<ClientRecord>>> {
         Ok(self.clients.read().expect("client map lock").get(client_id).cloned())
     }
 
-    async fn put_client(&self, record: ClientRecord) -> Result<(), StoreError> {
+    async fn put_client(&self, record: ClientRecord) -> Result<()> {
         let mut clients = self.clients.write().expect("client map lock");
         clients.insert(record.client_id.clone(), Arc::new(record));
         Ok(())
     }
 
-    async fn revoke(&self, jti: &str, expires_at: u64) -> Result<(), StoreError> {
-        self.revoked.lock().expect("revocation lock").insert(jti, expires_at, unix_now());
+    async fn revoke(&self, jti: &str, expires_at: u64) -> Result<()> {
+        self.grants().revoked.insert(jti.to_owned(), (), expires_at, unix_now());
         Ok(())
     }
 
-    async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
-        Ok(self.revoked.lock().expect("revocation lock").until.contains_key(jti))
+    async fn is_revoked(&self, jti: &str) -> Result<bool> {
+        Ok(self.grants().revoked.get(jti, unix_now()).is_some())
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn put_pending(
+        &self,
+        challenge: &str,
+        pending: &PendingAuthorization,
+        expires_at: u64,
+    ) -> Result<()> {
+        self.grants().pending.insert(challenge.to_owned(), pending.clone(), expires_at, unix_now());
+        Ok(())
+    }
+
+    async fn pending(&self, challenge: &str) -> Result<Option<PendingAuthorization>> {
+        Ok(self.grants().pending.get(challenge, unix_now()).cloned())
+    }
+
+    async fn take_pending(&self, challenge: &str) -> Result<Option<PendingAuthorization>> {
+        Ok(self.grants().pending.remove(challenge, unix_now()))
+    }
+
+    async fn consented_scopes(&self, subject: &str, client_id: &str) -> Result<Vec<String>> {
+        let key = (subject.to_owned(), client_id.to_owned());
+        Ok(self.grants().consents.get(&key, unix_now()).cloned().unwrap_or_default())
+    }
+
+    async fn remember_consent(
+        &self,
+        subject: &str,
+        client_id: &str,
+        scopes: &[String],
+        expires_at: u64,
+    ) -> Result<()> {
+        let key = (subject.to_owned(), client_id.to_owned());
+        self.grants().consents.insert(key, scopes.to_vec(), expires_at, unix_now());
+        Ok(())
+    }
+
+    async fn put_code(&self, code_hash: &str, grant: &CodeGrant, expires_at: u64) -> Result<()> {
+        let state = CodeState::Unspent(grant.clone());
+        self.grants().codes.insert(code_hash.to_owned(), state, expires_at, unix_now());
+        Ok(())
+    }
+
+    async fn redeem_code(&self, code_hash: &str, plan: &Issued) -> Result<Redemption> {
+        let now = unix_now();
+        let mut grants = self.grants();
+        let Some((state, exp)) = grants.codes.entries.get_mut(code_hash).filter(|(_, exp)| *exp > now) else {
+            return Ok(Redemption::Unknown);
+        };
+        // A spent code is remembered as long as the tokens it produced live.
+        let spent = CodeState::Spent(plan.clone());
+        Ok(match std::mem::replace(state, spent) {
+            CodeState::Unspent(grant) => {
+                *exp = plan.exp;
+                Redemption::Granted(grant)
+            }
+            CodeState::Spent(first) => {
+                *state = CodeState::Spent(first.clone());
+                Redemption::Replayed(first)
+            }
+        })
+    }
+
+    async fn create_family(&self, family: &RefreshFamily) -> Result<()> {
+        let now = unix_now();
+        let mut grants = self.grants();
+        let exp = family.current_expires_at;
+        grants.family_of.insert(family.current.clone(), family.id.clone(), exp, now);
+        grants.families.insert(family.id.clone(), family.clone(), exp, now);
+        Ok(())
+    }
+
+    async fn family_of(&self, token_hash: &str) -> Result<Option<RefreshFamily>> {
+        let now = unix_now();
+        let grants = self.grants();
+        let id = grants.family_of.get(token_hash, now);
+        Ok(id.and_then(|id| grants.families.get(id, now)).cloned())
+    }
+
+    async fn rotate_refresh(
+        &self,
+        presented: &str,
+        next: &str,
+        next_expires_at: u64,
+        access: (&str, u64),
+    ) -> Result<Rotation> {
+        let now = unix_now();
+        let mut grants = self.grants();
+        let Some(id) = grants.family_of.get(presented, now).cloned() else { return Ok(Rotation::Unknown) };
+        let Some((family, _)) = grants.families.entries.get(&id) else { return Ok(Rotation::Unknown) };
+        if family.revoked || family.current != presented {
+            grants.revoke_family(&id, now);
+            let family = grants.families.entries[&id].0.clone();
+            return Ok(Rotation::Reused(family));
+        }
+        let mut family = family.clone();
+        family.current = next.to_owned();
+        family.current_expires_at = next_expires_at;
+        family.access_tokens.retain(|(_, exp)| *exp > now);
+        family.access_tokens.push((access.0.to_owned(), access.1));
+        grants.family_of.insert(presented.to_owned(), id.clone(), next_expires_at, now);
+        grants.family_of.insert(next.to_owned(), id.clone(), next_expires_at, now);
+        grants.families.insert(id, family.clone(), next_expires_at, now);
+        Ok(Rotation::Rotated(family))
+    }
+
+    async fn revoke_family(&self, family_id: &str) -> Result<()> {
+        self.grants().revoke_family(family_id, unix_now());
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
         Ok(())
     }
 }
@@ -62,17 +227,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn expired_revocations_are_swept_once_the_map_doubles() {
-        let mut r = Revoked::default();
+    fn expired_entries_are_invisible_and_swept_once_the_map_doubles() {
+        let mut m: Expiring<String, ()> = Expiring::default();
         for i in 0..1025 {
-            r.insert(&format!("old{i}"), 10, 5);
+            m.insert(format!("old{i}"), (), 10, 5);
         }
-        // The 1025th insert swept nothing: all marks were still live at t=5.
-        assert_eq!(r.until.len(), 1025);
+        assert_eq!(m.entries.len(), 1025, "nothing had expired at t=5");
+        assert!(m.get("old1", 5).is_some());
+        assert!(m.get("old1", 10).is_none(), "dead at its expiry");
         for i in 0..1100 {
-            r.insert(&format!("new{i}"), 1000, 20);
+            m.insert(format!("new{i}"), (), 1000, 20);
         }
-        assert!(r.until.keys().all(|k| k.starts_with("new")), "old marks outlived their tokens");
-        assert!(r.until.len() <= 1100);
+        assert!(m.entries.keys().all(|k| k.starts_with("new")), "old entries outlived their expiry");
     }
 }

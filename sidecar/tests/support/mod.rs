@@ -81,10 +81,7 @@ pub async fn start_with(yaml: &str) -> TestIssuer {
         Some(keys) => keys,
         None => KeySet::generate(loaded.policy.object.spec.signing.algorithm).unwrap(),
     };
-    let settings = Settings {
-        issuer: base.clone(),
-        access_token_ttl: loaded.policy.object.spec.lifetimes.access_token.as_secs(),
-    };
+    let settings = Settings::from_policy(base.clone(), &loaded.policy.object.spec);
     let store = MemoryStore::default();
     for client in loaded.clients {
         store.put_client(client).await.unwrap();

@@ -1,8 +1,11 @@
-//! The token endpoint (RFC 6749 §3.2) and the client_credentials grant (§4.4).
+//! The token endpoint (RFC 6749 §3.2): client authentication, then one
+//! module per grant. Minting and the shared checks of scope and audience
+//! live here.
 
-use aws_lc_rs::rand;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+mod client_credentials;
+mod code;
+mod refresh;
+
 use http::HeaderMap;
 use serde::Serialize;
 use tokenplane_api::claims::{AccessTokenClaims, Audience};
@@ -22,6 +25,16 @@ struct TokenResponse<'a> {
     expires_in: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     scope: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<&'a str>,
+}
+
+/// Who and what an access token is for.
+pub(super) struct Grant {
+    pub subject: String,
+    pub auth_time: Option<u64>,
+    pub scope: Option<String>,
+    pub audience: Audience,
 }
 
 pub(super) async fn handle<S: Store>(
@@ -34,69 +47,79 @@ pub(super) async fn handle<S: Store>(
     let creds = auth::credentials(headers, form)?;
     let client = auth::authenticate(&issuer.store, &creds, now).await?;
     match grant {
-        "client_credentials" => client_credentials(issuer, &client, form, now),
+        "client_credentials" => client_credentials::grant(issuer, &client, form, now),
+        "authorization_code" => code::redeem(issuer, &client, form, now).await,
+        "refresh_token" => refresh::rotate(issuer, &client, form, now).await,
         "password" | "implicit" => Err(OAuthError::unsupported_grant_type(format!(
             "the {grant} grant is forbidden by RFC 9700; use client_credentials, or authorization_code with PKCE"
         ))),
         other => Err(OAuthError::unsupported_grant_type(format!(
-            "grant_type {other} is not supported; supported: client_credentials"
+            "grant_type {other} is not supported; supported: client_credentials, authorization_code, refresh_token"
         ))),
     }
 }
 
-fn client_credentials<S: Store>(
+/// Signs an access token for `grant` with id `jti`, and the reply carrying
+/// it (and `refresh_token`, if any). Counts the issue under `grant_type`.
+pub(super) fn reply<S: Store>(
     issuer: &Issuer<S>,
-    client: &ClientRecord,
-    form: &Form<'_>,
+    client_id: &str,
+    grant: Grant,
+    jti: String,
     now: u64,
-) -> Result<Reply, OAuthError> {
-    if !client.allows(GrantType::ClientCredentials) {
-        return Err(OAuthError::unauthorized_client(
-            "this client is not registered for the client_credentials grant",
-        ));
-    }
-    let scope = granted_scope(form.get("scope"), client)?;
-    let aud = audience(form.all("resource"), client)?;
+    refresh_token: Option<&str>,
+    grant_type: GrantType,
+) -> Reply {
     let ttl = issuer.settings.access_token_ttl;
     let claims = AccessTokenClaims {
         iss: issuer.settings.issuer.clone(),
-        sub: client.client_id.clone(),
-        aud,
+        sub: grant.subject,
+        aud: grant.audience,
         exp: now + ttl,
         iat: now,
-        jti: new_jti(),
-        client_id: client.client_id.clone(),
-        scope,
+        jti,
+        client_id: client_id.to_owned(),
+        scope: grant.scope,
+        auth_time: grant.auth_time,
     };
     let body = TokenResponse {
         access_token: issuer.keys.sign(&claims),
         token_type: "Bearer",
         expires_in: ttl,
         scope: claims.scope.as_deref(),
+        refresh_token,
     };
-    issuer.metrics.issued(GrantType::ClientCredentials.as_str());
-    Ok(no_store(serde_json::to_vec(&body).expect("token response serializes")))
-}
-
-/// 128 random bits: a token id nobody can guess or collide with.
-fn new_jti() -> String {
-    let mut bytes = [0u8; 16];
-    rand::fill(&mut bytes).expect("system randomness");
-    URL_SAFE_NO_PAD.encode(bytes)
+    issuer.metrics.issued(grant_type.as_str());
+    no_store(serde_json::to_vec(&body).expect("token response serializes"))
 }
 
 /// The scopes to grant: those requested, each registered, or the client's
 /// defaults. `None` when nothing is granted.
-fn granted_scope(requested: Option<&str>, client: &ClientRecord) -> Result<Option<String>, OAuthError> {
-    let Some(requested) = requested else {
-        return Ok(Some(client.default_scopes.join(" ")).filter(|s| !s.is_empty()));
-    };
+pub(super) fn granted_scope(
+    requested: Option<&str>,
+    client: &ClientRecord,
+) -> Result<Option<String>, OAuthError> {
+    match requested {
+        None => Ok(Some(client.default_scopes.join(" ")).filter(|s| !s.is_empty())),
+        Some(requested) => select_scopes(
+            requested,
+            |s| client.scopes.iter().any(|r| r == s),
+            |s| OAuthError::invalid_scope(format!("scope {s} is not registered for this client")),
+        ),
+    }
+}
+
+/// The space-separated `requested` scopes, deduplicated in order, each
+/// `allowed`; the first that is not gives `refused(scope)`.
+pub(super) fn select_scopes(
+    requested: &str,
+    allowed: impl Fn(&str) -> bool,
+    refused: impl Fn(&str) -> OAuthError,
+) -> Result<Option<String>, OAuthError> {
     let mut granted: Vec<&str> = Vec::new();
     for scope in requested.split(' ').filter(|s| !s.is_empty()) {
-        if !client.scopes.iter().any(|s| s == scope) {
-            return Err(OAuthError::invalid_scope(format!(
-                "scope {scope} is not registered for this client"
-            )));
+        if !allowed(scope) {
+            return Err(refused(scope));
         }
         if !granted.contains(&scope) {
             granted.push(scope);
@@ -107,7 +130,7 @@ fn granted_scope(requested: Option<&str>, client: &ClientRecord) -> Result<Optio
 
 /// The `aud` of the token: the requested resources (RFC 8707), each
 /// registered, or the client's only audience.
-fn audience<'a>(
+pub(super) fn audience<'a>(
     requested: impl Iterator<Item = &'a str>,
     client: &ClientRecord,
 ) -> Result<Audience, OAuthError> {

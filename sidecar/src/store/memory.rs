@@ -50,6 +50,10 @@ impl<K: Eq + Hash, V> Expiring<K, V> {
     }
 }
 
+/// How long a revocation of a family not yet created is remembered: longer
+/// than any redemption takes.
+const STILLBORN_MEMORY: u64 = 3600;
+
 enum CodeState {
     Unspent(CodeGrant),
     Spent(Issued),
@@ -62,13 +66,19 @@ struct Grants {
     consents: Expiring<(String, String), Vec<String>>,
     codes: Expiring<String, CodeState>,
     families: Expiring<String, RefreshFamily>,
+    /// Families revoked before they were created (a code replay racing its
+    /// first redemption): created revoked.
+    stillborn: Expiring<String, ()>,
     /// Every refresh token hash of a live family, current or rotated.
     family_of: Expiring<String, String>,
 }
 
 impl Grants {
     fn revoke_family(&mut self, id: &str, now: u64) {
-        let Some((family, _)) = self.families.entries.get_mut(id) else { return };
+        let Some((family, _)) = self.families.entries.get_mut(id) else {
+            self.stillborn.insert(id.to_owned(), (), now + STILLBORN_MEMORY, now);
+            return;
+        };
         family.revoked = true;
         for (jti, exp) in family.access_tokens.clone() {
             self.revoked.insert(jti, (), exp, now);
@@ -173,8 +183,10 @@ impl Store for MemoryStore {
         let now = unix_now();
         let mut grants = self.grants();
         let exp = family.current_expires_at;
+        let mut family = family.clone();
+        family.revoked |= grants.stillborn.get(&family.id, now).is_some();
         grants.family_of.insert(family.current.clone(), family.id.clone(), exp, now);
-        grants.families.insert(family.id.clone(), family.clone(), exp, now);
+        grants.families.insert(family.id.clone(), family, exp, now);
         Ok(())
     }
 

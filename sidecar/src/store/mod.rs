@@ -116,7 +116,8 @@ pub trait Store: Send + Sync + 'static {
         access: (&str, u64),
     ) -> impl Future<Output = Result<Rotation>> + Send;
 
-    /// Revokes a family and every access token issued from it.
+    /// Revokes a family and every access token issued from it; a family not
+    /// created yet is created revoked.
     fn revoke_family(&self, family_id: &str) -> impl Future<Output = Result<()>> + Send;
 
     /// Whether the store answers; drives `/readyz`.

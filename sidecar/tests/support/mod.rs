@@ -2,6 +2,8 @@
 //! temp dir, driven over real HTTP.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod login_app;
+
 use std::sync::Arc;
 
 use reqwest::StatusCode;
@@ -16,6 +18,9 @@ pub const SVC_SECRET: &str = "svc-secret-0123456789abcdefghijklmnopqrstuv";
 pub const POSTER_SECRET: &str = "poster-secret-0123456789abcdefghijklmnopqrs";
 pub const OFF_SECRET: &str = "off-secret-0123456789abcdefghijklmnopqrstuvw";
 pub const MULTI_SECRET: &str = "multi-secret-0123456789abcdefghijklmnopqrst";
+pub const WEB_SECRET: &str = "web-secret-0123456789abcdefghijklmnopqrstuvw";
+pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdefghijklmnopqrstu";
+pub const WEB_CALLBACK: &str = "https://web.test/cb";
 
 /// A policy and five clients covering every registration shape.
 pub fn manifests() -> String {
@@ -51,6 +56,19 @@ pub fn manifests() -> String {
         ),
         client("off", "  disabled: true\n  audiences: [https://api.test]\n"),
         secret("off", "off.team", OFF_SECRET),
+        client(
+            "web",
+            "  grantTypes: [authorization_code, refresh_token]\n  \
+             redirectUris: [https://web.test/cb, http://127.0.0.1/cb]\n  \
+             scopes: [read, write, admin]\n  audiences: [https://api.test]\n",
+        ),
+        secret("web", "web.team", WEB_SECRET),
+        client(
+            "app",
+            "  tokenEndpointAuthMethod: none\n  firstParty: true\n  \
+             grantTypes: [authorization_code, refresh_token]\n  \
+             redirectUris: [http://127.0.0.1/cb]\n  scopes: [read]\n  audiences: [https://api.test]\n",
+        ),
     ]
     .concat()
 }
@@ -58,6 +76,8 @@ pub fn manifests() -> String {
 pub struct TestIssuer {
     pub base: String,
     pub http: reqwest::Client,
+    /// The login app the policy sends people to.
+    pub login: login_app::LoginApp,
     stop: Option<oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
 }
@@ -81,7 +101,12 @@ pub async fn start_with(yaml: &str) -> TestIssuer {
         Some(keys) => keys,
         None => KeySet::generate(loaded.policy.object.spec.signing.algorithm).unwrap(),
     };
-    let settings = Settings::from_policy(base.clone(), &loaded.policy.object.spec);
+    let login_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let login = login_app::LoginApp::serve(login_listener, base.clone(), ADMIN_TOKEN);
+    let mut settings = Settings::from_policy(base.clone(), &loaded.policy.object.spec);
+    settings.login_url = Some(format!("{}/login", login.url));
+    settings.consent_url = Some(format!("{}/consent", login.url));
+    settings.admin_token_hash = Some(tokenplane_sidecar::opaque::hash(ADMIN_TOKEN));
     let store = MemoryStore::default();
     for client in loaded.clients {
         store.put_client(client).await.unwrap();
@@ -91,7 +116,8 @@ pub async fn start_with(yaml: &str) -> TestIssuer {
     tokio::spawn(server::serve(listener, issuer, async move {
         let _ = stopped.await;
     }));
-    TestIssuer { base, http: reqwest::Client::new(), stop: Some(stop), _dir: dir }
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    TestIssuer { base, http, login, stop: Some(stop), _dir: dir }
 }
 
 pub async fn start() -> TestIssuer {
@@ -141,5 +167,21 @@ impl TestIssuer {
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.http.get(format!("{}{path}", self.base)).send().await.unwrap()
+    }
+
+    /// A browser: follows redirects from `url` through the issuer and the
+    /// login app, and stops at the first one that leaves both, returning
+    /// that URL (the client's callback). Panics on any other answer.
+    pub async fn browse(&self, url: &str) -> url::Url {
+        let mut url = url.to_owned();
+        for _ in 0..10 {
+            let resp = self.http.get(&url).send().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::FOUND, "{url}: {}", resp.text().await.unwrap());
+            url = resp.headers()["location"].to_str().unwrap().to_owned();
+            if !url.starts_with(&self.base) && !url.starts_with(&self.login.url) {
+                return url::Url::parse(&url).unwrap();
+            }
+        }
+        panic!("redirect loop");
     }
 }

@@ -17,11 +17,6 @@ pub(super) fn grant<S: Store>(
     form: &Form<'_>,
     now: u64,
 ) -> Result<Reply, OAuthError> {
-    if !client.allows(GrantType::ClientCredentials) {
-        return Err(OAuthError::unauthorized_client(
-            "this client is not registered for the client_credentials grant",
-        ));
-    }
     let grant = Grant {
         subject: client.client_id.clone(),
         auth_time: None,

@@ -20,11 +20,6 @@ pub(super) async fn redeem<S: Store>(
     form: &Form<'_>,
     now: u64,
 ) -> Result<Reply, OAuthError> {
-    if !client.allows(GrantType::AuthorizationCode) {
-        return Err(OAuthError::unauthorized_client(
-            "this client is not registered for the authorization_code grant",
-        ));
-    }
     let code = form.require("code")?;
     let redirect_uri = form.require("redirect_uri")?;
     let verifier = form.require("code_verifier")?;

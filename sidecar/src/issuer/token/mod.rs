@@ -46,16 +46,30 @@ pub(super) async fn handle<S: Store>(
     let now = unix_now();
     let creds = auth::credentials(headers, form)?;
     let client = auth::authenticate(&issuer.store, &creds, now).await?;
-    match grant {
-        "client_credentials" => client_credentials::grant(issuer, &client, form, now),
-        "authorization_code" => code::redeem(issuer, &client, form, now).await,
-        "refresh_token" => refresh::rotate(issuer, &client, form, now).await,
-        "password" | "implicit" => Err(OAuthError::unsupported_grant_type(format!(
-            "the {grant} grant is forbidden by RFC 9700; use client_credentials, or authorization_code with PKCE"
-        ))),
-        other => Err(OAuthError::unsupported_grant_type(format!(
-            "grant_type {other} is not supported; supported: client_credentials, authorization_code, refresh_token"
-        ))),
+    let grant_type = match grant {
+        "client_credentials" => GrantType::ClientCredentials,
+        "authorization_code" => GrantType::AuthorizationCode,
+        "refresh_token" => GrantType::RefreshToken,
+        "password" | "implicit" => {
+            return Err(OAuthError::unsupported_grant_type(format!(
+                "the {grant} grant is forbidden by RFC 9700; use client_credentials, or authorization_code with PKCE"
+            )));
+        }
+        other => {
+            return Err(OAuthError::unsupported_grant_type(format!(
+                "grant_type {other} is not supported; supported: client_credentials, authorization_code, refresh_token"
+            )));
+        }
+    };
+    if !client.allows(grant_type) {
+        return Err(OAuthError::unauthorized_client(format!(
+            "this client is not registered for the {grant} grant"
+        )));
+    }
+    match grant_type {
+        GrantType::ClientCredentials => client_credentials::grant(issuer, &client, form, now),
+        GrantType::AuthorizationCode => code::redeem(issuer, &client, form, now).await,
+        GrantType::RefreshToken => refresh::rotate(issuer, &client, form, now).await,
     }
 }
 

@@ -18,11 +18,6 @@ pub(super) async fn rotate<S: Store>(
     form: &Form<'_>,
     now: u64,
 ) -> Result<Reply, OAuthError> {
-    if !client.allows(GrantType::RefreshToken) {
-        return Err(OAuthError::unauthorized_client(
-            "this client is not registered for the refresh_token grant",
-        ));
-    }
     let presented = opaque::hash(form.require("refresh_token")?);
     let invalid = || OAuthError::invalid_grant("refresh token is invalid, expired or revoked");
     let family = issuer.store.family_of(&presented).await?.ok_or_else(invalid)?;

@@ -115,7 +115,7 @@ async fn start_login<S: Store>(
         OAuthError::server_error("this issuer has no login app: set spec.login.loginUrl in its TokenPolicy")
     })?;
     let challenge = opaque::secret();
-    issuer.store.put_pending(&challenge, &pending, unix_now() + LOGIN_WINDOW).await?;
+    issuer.store.put_pending(&opaque::hash(&challenge), &pending, unix_now() + LOGIN_WINDOW).await?;
     Ok(with_query(login_url, &[("login_challenge", &challenge)]))
 }
 

@@ -130,8 +130,12 @@ fn unknown_challenge() -> OAuthError {
 }
 
 async fn info<S: Store>(issuer: &Issuer<S>, phase: Phase, challenge: &str) -> Result<Reply, OAuthError> {
-    let pending =
-        issuer.store.pending(challenge).await?.filter(|p| phase.holds(p)).ok_or_else(unknown_challenge)?;
+    let pending = issuer
+        .store
+        .pending(&opaque::hash(challenge))
+        .await?
+        .filter(|p| phase.holds(p))
+        .ok_or_else(unknown_challenge)?;
     Ok(json_reply(&ChallengeInfo {
         challenge,
         client_id: &pending.client_id,
@@ -149,8 +153,9 @@ async fn take<S: Store>(
 ) -> Result<PendingAuthorization, OAuthError> {
     // Look before taking, so a consent challenge sent to the login API
     // stays usable where it belongs.
-    issuer.store.pending(challenge).await?.filter(|p| phase.holds(p)).ok_or_else(unknown_challenge)?;
-    issuer.store.take_pending(challenge).await?.ok_or_else(unknown_challenge)
+    let key = opaque::hash(challenge);
+    issuer.store.pending(&key).await?.filter(|p| phase.holds(p)).ok_or_else(unknown_challenge)?;
+    issuer.store.take_pending(&key).await?.ok_or_else(unknown_challenge)
 }
 
 fn parse<'a, T: Deserialize<'a> + Default>(body: &'a [u8]) -> Result<T, OAuthError> {
@@ -221,7 +226,10 @@ async fn after_login<S: Store>(
     let consent_url = issuer.settings.consent_url.as_deref().or(issuer.settings.login_url.as_deref());
     let consent_url = consent_url.ok_or_else(|| OAuthError::server_error("no consent URL configured"))?;
     let challenge = opaque::secret();
-    issuer.store.put_pending(&challenge, &pending, now + super::authorize::LOGIN_WINDOW).await?;
+    issuer
+        .store
+        .put_pending(&opaque::hash(&challenge), &pending, now + super::authorize::LOGIN_WINDOW)
+        .await?;
     Ok(with_query(consent_url, &[("consent_challenge", &challenge)]))
 }
 

@@ -55,7 +55,7 @@ pub trait Store: Send + Sync + 'static {
 
     fn is_revoked(&self, jti: &str) -> impl Future<Output = Result<bool>> + Send;
 
-    /// Stores an authorization request under a login or consent challenge.
+    /// Stores an authorization request under the hash of a login or consent challenge.
     fn put_pending(
         &self,
         challenge: &str,

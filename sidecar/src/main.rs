@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokenplane_sidecar::issuer::{Issuer, Settings};
 use tokenplane_sidecar::keys::KeySet;
-use tokenplane_sidecar::store::{MemoryStore, Store};
+use tokenplane_sidecar::store::{MemoryStore, RedisConfig, RedisStore, Store};
 use tokenplane_sidecar::{manifests, server};
 use tracing_subscriber::EnvFilter;
 
@@ -53,6 +53,65 @@ struct IssuerArgs {
     /// (at least 32 characters); without it there is no admin API.
     #[arg(long, env = "TOKENPLANE_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    redis: RedisArgs,
+}
+
+/// Redis Sentinel: without `--redis-sentinels` state stays in memory.
+#[derive(clap::Args)]
+struct RedisArgs {
+    /// Sentinel addresses, host:port, comma separated.
+    #[arg(long, env = "TOKENPLANE_REDIS_SENTINELS", value_delimiter = ',')]
+    redis_sentinels: Vec<String>,
+    /// Name the Sentinels monitor the master under.
+    #[arg(long, env = "TOKENPLANE_REDIS_MASTER", default_value = "tokenplane")]
+    redis_master: String,
+    /// Redis ACL user.
+    #[arg(long, env = "TOKENPLANE_REDIS_USERNAME")]
+    redis_username: Option<String>,
+    /// File holding that user's password.
+    #[arg(long, env = "TOKENPLANE_REDIS_PASSWORD_FILE")]
+    redis_password_file: Option<PathBuf>,
+    /// User the Sentinels require, if any.
+    #[arg(long, env = "TOKENPLANE_REDIS_SENTINEL_USERNAME")]
+    redis_sentinel_username: Option<String>,
+    /// File holding the Sentinel user's password.
+    #[arg(long, env = "TOKENPLANE_REDIS_SENTINEL_PASSWORD_FILE")]
+    redis_sentinel_password_file: Option<PathBuf>,
+    /// Talk TLS to Redis and the Sentinels.
+    #[arg(long, env = "TOKENPLANE_REDIS_TLS")]
+    redis_tls: bool,
+    /// Replicas that must confirm a revocation, code redemption or refresh rotation (WAIT).
+    #[arg(long, env = "TOKENPLANE_REDIS_MIN_REPLICAS", default_value_t = 1)]
+    redis_min_replicas: usize,
+    /// Longest wait for a Redis reply or for the replicas, in milliseconds.
+    #[arg(long, env = "TOKENPLANE_REDIS_TIMEOUT_MS", default_value_t = 1000)]
+    redis_timeout_ms: u64,
+}
+
+impl RedisArgs {
+    fn config(&self) -> anyhow::Result<Option<RedisConfig>> {
+        if self.redis_sentinels.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(RedisConfig {
+            sentinels: self.redis_sentinels.clone(),
+            master_name: self.redis_master.clone(),
+            username: self.redis_username.clone(),
+            password: self.redis_password_file.as_deref().map(read_secret).transpose()?,
+            sentinel_username: self.redis_sentinel_username.clone(),
+            sentinel_password: self.redis_sentinel_password_file.as_deref().map(read_secret).transpose()?,
+            tls: self.redis_tls,
+            min_replicas: self.redis_min_replicas,
+            timeout: std::time::Duration::from_millis(self.redis_timeout_ms),
+        }))
+    }
+}
+
+/// The trimmed content of a file holding a password or token.
+fn read_secret(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text.trim().to_owned())
 }
 
 fn init_tracing(format: LogFormat) {
@@ -93,42 +152,52 @@ async fn run_issuer(args: IssuerArgs) -> anyhow::Result<()> {
     };
     let issuer_url =
         args.issuer.or_else(|| spec.issuer_url.clone()).unwrap_or_else(|| format!("http://{}", args.listen));
-    let mut settings = Settings::from_policy(issuer_url.clone(), spec);
+    let mut settings = Settings::from_policy(issuer_url, spec);
     if let Some(path) = &args.admin_token_file {
         settings.admin_token_hash = Some(admin_token_hash(path)?);
     }
-    let store = MemoryStore::default();
-    let clients = loaded.clients.len();
-    for client in loaded.clients {
-        store.put_client(client).await?;
+    let policy = format!("{}/{}", loaded.policy.namespace, loaded.policy.name);
+    let served = Served { clients: loaded.clients, keys, settings, listen: args.listen, policy };
+    match args.redis.config()? {
+        Some(config) => serve(RedisStore::new(config)?, served).await,
+        None => serve(MemoryStore::default(), served).await,
     }
+}
+
+/// What an issuer serves, whatever its store.
+struct Served {
+    clients: Vec<tokenplane_api::client::ClientRecord>,
+    keys: KeySet,
+    settings: Settings,
+    listen: SocketAddr,
+    policy: String,
+}
+
+async fn serve<S: Store>(store: S, served: Served) -> anyhow::Result<()> {
+    let Served { clients, keys, settings, listen, policy } = served;
+    let count = clients.len();
+    for client in clients {
+        store.put_client(client).await.context("cannot write the client registrations to the store")?;
+    }
+    let issuer_url = settings.issuer.clone();
     let issuer = Arc::new(Issuer::new(store, keys, settings));
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
-        format!("cannot listen on {}; is another process using it? (--listen)", args.listen)
-    })?;
-    tracing::info!(
-        listen = %listener.local_addr()?,
-        issuer = %issuer_url,
-        policy = %format!("{}/{}", loaded.policy.namespace, loaded.policy.name),
-        clients,
-        "standalone issuer ready"
-    );
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}; is another process using it? (--listen)"))?;
+    tracing::info!(listen = %listener.local_addr()?, issuer = %issuer_url, policy, clients = count, "standalone issuer ready");
     server::serve(listener, issuer, shutdown_signal()).await;
     Ok(())
 }
 
 /// Reads the admin token and keeps only its hash.
 fn admin_token_hash(path: &std::path::Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!("cannot read the admin token from {} (--admin-token-file)", path.display())
-    })?;
-    let token = text.trim();
+    let token = read_secret(path).context("cannot read the admin token (--admin-token-file)")?;
     anyhow::ensure!(
         token.len() >= 32,
         "the admin token in {} is shorter than 32 characters; use 256 random bits",
         path.display()
     );
-    Ok(tokenplane_sidecar::opaque::hash(token))
+    Ok(tokenplane_sidecar::opaque::hash(&token))
 }
 
 async fn shutdown_signal() {

@@ -8,8 +8,10 @@ use tokenplane_api::client::ClientRecord;
 use tokenplane_api::grant::{CodeGrant, Issued, PendingAuthorization, RefreshFamily};
 
 mod memory;
+mod redis;
 
 pub use memory::MemoryStore;
+pub use redis::{RedisConfig, RedisStore};
 
 /// The store could not answer. Callers fail closed: nothing is issued or
 /// acknowledged that the store did not record.

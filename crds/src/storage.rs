@@ -1,0 +1,74 @@
+//! The Redis key schema, written down once for the issuer, the agent and
+//! the operator. Database 0 holds auth state, database 1 the service cache.
+//! Every key either has a TTL or is owned by a custom resource (client
+//! registrations and "not before" marks, removed by the operator with it).
+//! Bearer values (codes, refresh tokens, challenges) appear only as their
+//! base64url SHA-256.
+
+/// Database of everything below.
+pub const AUTH_DB: i64 = 0;
+/// Database of the agents' service cache (`cache:{client}:*`).
+pub const CACHE_DB: i64 = 1;
+
+/// Pub/sub channel announcing revocations to agents: `jti <id> <exp>`,
+/// `family <id>`, or `client <id> <not-before>`.
+pub const REVOCATIONS: &str = "auth:revocations";
+
+/// JSON [`crate::client::ClientRecord`]; owned by its OAuth2Client.
+pub fn client(client_id: &str) -> String {
+    format!("auth:client:{client_id}")
+}
+
+/// Unix time before which every token of the client is dead; owned by its OAuth2Client.
+pub fn not_before(client_id: &str) -> String {
+    format!("auth:notbefore:{client_id}")
+}
+
+/// `1` while a revoked access token would still be valid: TTL until its `exp`.
+pub fn revoked(jti: &str) -> String {
+    format!("auth:revoked:{jti}")
+}
+
+/// JSON [`crate::grant::PendingAuthorization`] under a login or consent
+/// challenge's hash; TTL the login window.
+pub fn pending(challenge_hash: &str) -> String {
+    format!("auth:pending:{challenge_hash}")
+}
+
+/// JSON list of scopes a person let a client have; TTL the consent memory.
+pub fn consent(client_id: &str, subject: &str) -> String {
+    format!("auth:consent:{client_id}:{subject}")
+}
+
+/// JSON code state under the code's hash: `{"unspent": CodeGrant}`, then
+/// `{"spent": Issued}` after redemption; TTL the code lifetime, then the
+/// lifetime of what it issued.
+pub fn code(code_hash: &str) -> String {
+    format!("auth:code:{code_hash}")
+}
+
+/// Hash of a refresh-token family's fields; TTL its current token's expiry.
+pub fn family(family_id: &str) -> String {
+    format!("auth:family:{family_id}")
+}
+
+/// Sorted set of the family's access token ids, scored by their expiry.
+pub fn family_access(family_id: &str) -> String {
+    format!("auth:family:{family_id}:access")
+}
+
+/// A family revoked before it was created (a code replay racing the
+/// redemption): created revoked. TTL one hour.
+pub fn stillborn(family_id: &str) -> String {
+    format!("auth:stillborn:{family_id}")
+}
+
+/// The family id of a refresh token's hash, current or rotated; TTL the family's.
+pub fn refresh(token_hash: &str) -> String {
+    format!("auth:refresh:{token_hash}")
+}
+
+/// Rate-limit state of one subject (`client:<id>` or `addr:<ip>`); TTL one window.
+pub fn rate(subject: &str) -> String {
+    format!("auth:rate:{subject}")
+}

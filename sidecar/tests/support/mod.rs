@@ -90,8 +90,14 @@ impl Drop for TestIssuer {
     }
 }
 
-/// Starts an issuer serving `yaml` (written to a file in a fresh temp dir).
+/// Starts an issuer serving `yaml` (written to a file in a fresh temp dir)
+/// from memory.
 pub async fn start_with(yaml: &str) -> TestIssuer {
+    start_on(MemoryStore::default(), yaml).await
+}
+
+/// Starts an issuer serving `yaml` from `store`.
+pub async fn start_on<S: Store>(store: S, yaml: &str) -> TestIssuer {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("manifests.yaml"), yaml).unwrap();
     let loaded = manifests::resolve(manifests::load_dir(dir.path()).unwrap(), None).unwrap();
@@ -107,7 +113,6 @@ pub async fn start_with(yaml: &str) -> TestIssuer {
     settings.login_url = Some(format!("{}/login", login.url));
     settings.consent_url = Some(format!("{}/consent", login.url));
     settings.admin_token_hash = Some(tokenplane_sidecar::opaque::hash(ADMIN_TOKEN));
-    let store = MemoryStore::default();
     for client in loaded.clients {
         store.put_client(client).await.unwrap();
     }

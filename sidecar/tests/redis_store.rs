@@ -1,0 +1,166 @@
+//! The issuer on a real Redis Sentinel cluster (1 master, 2 replicas, 3
+//! Sentinels, ACL users only): the same flows as in memory, revocations that
+//! survive a failover, and a store that recovers by itself.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use support::{Auth, SVC_SECRET, TestIssuer, WEB_CALLBACK, WEB_SECRET};
+use tokenplane_sidecar::store::{RedisConfig, RedisStore};
+use tokenplane_testkit::{RedisCluster, RedisClusterOptions};
+
+const ISSUER_PASSWORD: &str = "issuer-password-0123456789abcdefghijklmnop";
+
+/// What an issuer needs in Redis, and nothing more.
+const ISSUER_ACL: &str = "~auth:* &auth:revocations -@all +get +set +getdel +exists +hset +hgetall +hmget \
+     +zadd +zrange +zrangebyscore +zremrangebyscore +expireat +publish +eval +evalsha +script|load +wait \
+     +ping +multi +exec +role";
+
+async fn cluster() -> Arc<RedisCluster> {
+    let cluster = RedisCluster::start(RedisClusterOptions::default()).await.expect("Redis cluster starts");
+    cluster.add_user("issuer", ISSUER_PASSWORD, ISSUER_ACL).await.expect("issuer ACL user");
+    Arc::new(cluster)
+}
+
+fn store(cluster: &RedisCluster) -> RedisStore {
+    let sentinel = cluster.sentinel_credentials();
+    RedisStore::new(RedisConfig {
+        sentinels: cluster.sentinel_addrs(),
+        master_name: cluster.master_name().to_owned(),
+        username: Some("issuer".into()),
+        password: Some(ISSUER_PASSWORD.into()),
+        sentinel_username: Some(sentinel.username),
+        sentinel_password: Some(sentinel.password),
+        tls: false,
+        min_replicas: 1,
+        timeout: Duration::from_millis(500),
+    })
+    .unwrap()
+}
+
+async fn issuer_on(cluster: &RedisCluster) -> TestIssuer {
+    support::start_on(store(cluster), &support::manifests()).await
+}
+
+/// Runs the browser part of the code flow for the web client; returns the
+/// token request's form.
+async fn code_for_web(issuer: &TestIssuer) -> Vec<(&'static str, String)> {
+    let (challenge, verifier) = oauth2::PkceCodeChallenge::new_random_sha256();
+    let url = format!(
+        "{}/oauth2/authorize?response_type=code&client_id=web.team&redirect_uri={}&scope=read\
+         &code_challenge={}&code_challenge_method=S256",
+        issuer.base,
+        form_urlencoded::byte_serialize(WEB_CALLBACK.as_bytes()).collect::<String>(),
+        challenge.as_str()
+    );
+    let callback = issuer.browse(&url).await;
+    let code = callback.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+    vec![
+        ("grant_type", "authorization_code".into()),
+        ("code", code),
+        ("redirect_uri", WEB_CALLBACK.into()),
+        ("code_verifier", verifier.secret().clone()),
+    ]
+}
+
+async fn token(issuer: &TestIssuer) -> support::Reply {
+    issuer
+        .post("/oauth2/token", Auth::Basic("svc.team", SVC_SECRET), &[("grant_type", "client_credentials")])
+        .await
+}
+
+#[tokio::test]
+async fn the_issuer_works_on_redis_with_least_privilege() {
+    let cluster = cluster().await;
+    let issuer = issuer_on(&cluster).await;
+    let access = issuer.svc_token(&[]).await;
+    assert_eq!(issuer.introspect(&access).await["active"], true);
+    let r = issuer.post("/oauth2/revoke", Auth::Basic("svc.team", SVC_SECRET), &[("token", &access)]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(issuer.introspect(&access).await["active"], false);
+
+    // The code flow on Redis: a replayed code revokes, rotation detects reuse.
+    let web = || Auth::Basic("web.team", WEB_SECRET);
+    let redeem = code_for_web(&issuer).await;
+    let form: Vec<(&str, &str)> = redeem.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let first = issuer.post("/oauth2/token", web(), &form).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.json);
+    let replay = issuer.post("/oauth2/token", web(), &form).await;
+    assert_eq!(replay.json["error"], "invalid_grant");
+    assert_eq!(issuer.introspect(first.json["access_token"].as_str().unwrap()).await["active"], false);
+
+    let redeem = code_for_web(&issuer).await;
+    let form: Vec<(&str, &str)> = redeem.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let tokens = issuer.post("/oauth2/token", web(), &form).await;
+    let rt = tokens.json["refresh_token"].as_str().unwrap().to_owned();
+    let refresh = [("grant_type", "refresh_token"), ("refresh_token", rt.as_str())];
+    let rotated = issuer.post("/oauth2/token", web(), &refresh).await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.json);
+    let reuse = issuer.post("/oauth2/token", web(), &refresh).await;
+    assert_eq!(reuse.json["error"], "invalid_grant");
+    let rotated_access = rotated.json["access_token"].as_str().unwrap();
+    assert_eq!(issuer.introspect(rotated_access).await["active"], false, "reuse revoked the family's tokens");
+
+    let denials = cluster.acl_denials().await.unwrap();
+    assert!(denials.is_empty(), "the issuer needed more than its ACL: {denials:#?}");
+}
+
+#[tokio::test]
+async fn acknowledged_revocations_survive_a_failover_and_the_issuer_recovers_by_itself() {
+    let cluster = cluster().await;
+    let issuer = issuer_on(&cluster).await;
+    let mut revoked = Vec::new();
+    for _ in 0..20 {
+        let access = issuer.svc_token(&[]).await;
+        let r =
+            issuer.post("/oauth2/revoke", Auth::Basic("svc.team", SVC_SECRET), &[("token", &access)]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        revoked.push(access);
+    }
+    let old = cluster.kill_master().await.unwrap();
+    let killed = Instant::now();
+    // Keep asking, as clients would: every answer is a token or a clean 503.
+    let recovered = loop {
+        let r = token(&issuer).await;
+        match r.status {
+            StatusCode::OK => break killed.elapsed(),
+            StatusCode::SERVICE_UNAVAILABLE => assert_eq!(r.json["error"], "temporarily_unavailable"),
+            other => panic!("unexpected {other} during failover: {}", r.json),
+        }
+        assert!(killed.elapsed() < Duration::from_secs(30), "no recovery after 30 s\n{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let new = cluster.master_addr().await.unwrap();
+    assert_ne!(old, new);
+    println!("issuer recovered {recovered:?} after the master was killed");
+    for access in &revoked {
+        assert_eq!(issuer.introspect(access).await["active"], false, "an acknowledged revocation was lost");
+    }
+    assert_eq!(issuer.get("/readyz").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_unreachable_master_gives_503_and_not_ready_then_recovers() {
+    let cluster = cluster().await;
+    let issuer = issuer_on(&cluster).await;
+    assert_eq!(token(&issuer).await.status, StatusCode::OK);
+    let master = cluster.master_addr().await.unwrap();
+    cluster.pause_node(&master).unwrap();
+    let r = token(&issuer).await;
+    assert_eq!(
+        (r.status, r.json["error"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("temporarily_unavailable"))
+    );
+    assert!(r.headers.contains_key("retry-after"));
+    assert_eq!(issuer.get("/readyz").await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    cluster.resume_node(&master).unwrap();
+    let started = Instant::now();
+    while token(&issuer).await.status != StatusCode::OK {
+        assert!(started.elapsed() < Duration::from_secs(30), "no recovery\n{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(issuer.get("/readyz").await.status(), StatusCode::OK);
+}

@@ -11,7 +11,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::issuer::Issuer;
+use crate::issuer::{Issuer, Peer};
 use crate::store::Store;
 
 /// A client must send its request head within this time (slowloris guard).
@@ -44,7 +44,8 @@ pub async fn serve<S: Store>(
         };
         let _ = stream.set_nodelay(true);
         let issuer = issuer.clone();
-        let service = service_fn(move |req| {
+        let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(Peer(peer.ip()));
             let issuer = issuer.clone();
             async move { Ok::<_, Infallible>(issuer.handle(req).await) }
         });

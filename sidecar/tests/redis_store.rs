@@ -17,7 +17,7 @@ const ISSUER_PASSWORD: &str = "issuer-password-0123456789abcdefghijklmnop";
 /// What an issuer needs in Redis, and nothing more.
 const ISSUER_ACL: &str = "~auth:* &auth:revocations -@all +get +set +getdel +exists +hset +hgetall +hmget \
      +zadd +zrange +zrangebyscore +zremrangebyscore +expireat +publish +eval +evalsha +script|load +wait \
-     +ping +multi +exec +role";
+     +ping +multi +exec +role +time";
 
 async fn cluster() -> Arc<RedisCluster> {
     let cluster = RedisCluster::start(RedisClusterOptions::default()).await.expect("Redis cluster starts");
@@ -163,4 +163,35 @@ async fn an_unreachable_master_gives_503_and_not_ready_then_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(issuer.get("/readyz").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn issuers_on_one_redis_share_rate_limits_and_refuse_double_redemption() {
+    let cluster = cluster().await;
+    let yaml = support::manifests().replacen(
+        "  lifetimes: {accessToken: 5m}\n",
+        "  lifetimes: {accessToken: 5m}\n  rateLimits: {perClient: {requestsPerSecond: 1, burst: 2}}\n",
+        1,
+    );
+    let (a, b) =
+        (support::start_on(store(&cluster), &yaml).await, support::start_on(store(&cluster), &yaml).await);
+    assert_eq!(token(&a).await.status, StatusCode::OK);
+    assert_eq!(token(&b).await.status, StatusCode::OK);
+    let third = token(&a).await;
+    assert_eq!(third.status, StatusCode::TOO_MANY_REQUESTS, "the budget is shared: {}", third.json);
+
+    // One code, redeemed at two issuers at once: exactly one wins.
+    let (a, b) = (issuer_on(&cluster).await, issuer_on(&cluster).await);
+    let redeem = code_for_web(&a).await;
+    let form: Vec<(&str, &str)> = redeem.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let web = || Auth::Basic("web.team", WEB_SECRET);
+    let attempts = (0..8)
+        .map(|i| if i % 2 == 0 { &a } else { &b })
+        .map(|issuer| issuer.post("/oauth2/token", web(), &form));
+    let replies = futures::future::join_all(attempts).await;
+    assert_eq!(replies.iter().filter(|r| r.status == StatusCode::OK).count(), 1);
+    assert!(
+        replies.iter().filter(|r| r.status != StatusCode::OK).all(|r| r.json["error"] == "invalid_grant")
+    );
+    assert!(cluster.acl_denials().await.unwrap().is_empty());
 }

@@ -245,3 +245,42 @@ async fn metadata_health_and_metrics() {
     assert!(metrics.contains("tokenplane_issuer_http_request_duration_seconds_bucket"), "{metrics}");
     assert!(!metrics.contains(SVC_SECRET) && !metrics.contains(&token), "metrics leak a secret");
 }
+
+fn with_rate_limits(limits: &str) -> String {
+    support::manifests().replacen(
+        "  lifetimes: {accessToken: 5m}\n",
+        &format!("  lifetimes: {{accessToken: 5m}}\n  rateLimits: {limits}\n"),
+        1,
+    )
+}
+
+#[tokio::test]
+async fn over_the_client_rate_limit_is_429_with_retry_after() {
+    let issuer =
+        support::start_with(&with_rate_limits("{perClient: {requestsPerSecond: 1, burst: 2}}")).await;
+    let svc = || Auth::Basic("svc.team", SVC_SECRET);
+    for _ in 0..2 {
+        assert_eq!(issuer.post("/oauth2/token", svc(), &[CC]).await.status, StatusCode::OK);
+    }
+    let limited = issuer.post("/oauth2/token", svc(), &[CC]).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS, "{}", limited.json);
+    assert_eq!(limited.json["error"], "temporarily_unavailable");
+    assert_eq!(limited.headers["retry-after"], "1");
+    // Another client has its own budget.
+    let other = issuer
+        .post("/oauth2/token", Auth::Basic("multi.team", MULTI_SECRET), &[CC, ("resource", "https://a.test")])
+        .await;
+    assert_eq!(other.status, StatusCode::OK, "{}", other.json);
+}
+
+#[tokio::test]
+async fn over_the_address_rate_limit_is_429_even_with_a_wrong_secret() {
+    let issuer =
+        support::start_with(&with_rate_limits("{perSourceAddress: {requestsPerSecond: 1, burst: 3}}")).await;
+    for _ in 0..3 {
+        let r = issuer.post("/oauth2/token", Auth::Basic("svc.team", "guess"), &[CC]).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    let limited = issuer.post("/oauth2/token", Auth::Basic("svc.team", SVC_SECRET), &[CC]).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS, "guessing spends the address's budget");
+}

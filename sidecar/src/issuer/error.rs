@@ -13,11 +13,13 @@ pub struct OAuthError {
     pub description: Cow<'static, str>,
     /// The methods a 405 names in `Allow`.
     pub allow: Option<&'static str>,
+    /// Seconds a 429 or 503 asks the client to wait (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl OAuthError {
     pub fn new(status: StatusCode, code: &'static str, description: impl Into<Cow<'static, str>>) -> Self {
-        Self { status, code, description: description.into(), allow: None }
+        Self { status, code, description: description.into(), allow: None, retry_after: None }
     }
 
     pub fn invalid_request(d: impl Into<Cow<'static, str>>) -> Self {
@@ -87,7 +89,22 @@ impl OAuthError {
 
     /// The store could not answer; nothing was issued or changed.
     pub fn temporarily_unavailable(d: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", d)
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", d);
+        e.retry_after = Some(1);
+        e
+    }
+
+    /// Over a rate limit: 429 with the wait in `Retry-After`. RFC 6749 has no
+    /// code for it; `temporarily_unavailable` is the registered one closest.
+    pub fn rate_limited(what: &str, wait: std::time::Duration) -> Self {
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "temporarily_unavailable",
+            format!("rate limit of this {what} exceeded; retry in {seconds} s"),
+        );
+        e.retry_after = Some(seconds);
+        e
     }
 
     pub fn server_error(d: impl Into<Cow<'static, str>>) -> Self {

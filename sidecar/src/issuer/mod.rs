@@ -45,6 +45,25 @@ pub struct Settings {
     pub consent_url: Option<String>,
     /// base64url SHA-256 of the admin API's bearer token; no admin API without it.
     pub admin_token_hash: Option<String>,
+    /// Token endpoint limits per authenticated client and per source address.
+    pub per_client: Option<Rate>,
+    pub per_address: Option<Rate>,
+}
+
+/// A token bucket: `per_second` sustained, `burst` at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Rate {
+    fn from_spec(rate: &tokenplane_api::tokenpolicy::Rate) -> Self {
+        Self {
+            per_second: rate.requests_per_second.max(1).unsigned_abs(),
+            burst: rate.burst.max(1).unsigned_abs(),
+        }
+    }
 }
 
 impl Settings {
@@ -60,6 +79,12 @@ impl Settings {
             login_url: spec.login.as_ref().map(|l| l.login_url.clone()),
             consent_url: spec.login.as_ref().and_then(|l| l.consent_url.clone()),
             admin_token_hash: None,
+            per_client: spec.rate_limits.as_ref().and_then(|r| r.per_client.as_ref()).map(Rate::from_spec),
+            per_address: spec
+                .rate_limits
+                .as_ref()
+                .and_then(|r| r.per_source_address.as_ref())
+                .map(Rate::from_spec),
         }
     }
 }
@@ -74,6 +99,10 @@ pub struct Issuer<S> {
 
 type Reply = Response<Full<Bytes>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The address a request came from, put in its extensions by the server.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub std::net::IpAddr);
 
 /// The form POST endpoints.
 enum Post {
@@ -97,6 +126,15 @@ impl<S: Store> Issuer<S> {
 
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// Counts one request of `subject` against `rate`; 429 when over it.
+    async fn limit(&self, rate: Option<Rate>, subject: &str, what: &str) -> Result<(), OAuthError> {
+        let Some(rate) = rate else { return Ok(()) };
+        match self.store.rate_limit(subject, rate).await? {
+            None => Ok(()),
+            Some(wait) => Err(OAuthError::rate_limited(what, wait)),
+        }
     }
 
     /// Serves one request. Never fails: every error becomes an RFC 6749 body.
@@ -175,7 +213,9 @@ impl<S: Store> Issuer<S> {
         let form = Form::parse(&body, &["resource"])?;
         let headers = &parts.headers;
         match endpoint {
-            Post::Token => token::handle(self, headers, &form).await,
+            Post::Token => {
+                token::handle(self, headers, &form, parts.extensions.get::<Peer>().map(|p| p.0)).await
+            }
             Post::Introspect => introspect::handle(self, headers, &form).await,
             Post::Revoke => revoke::handle(self, headers, &form).await,
         }
@@ -257,17 +297,14 @@ fn error_reply(e: &OAuthError) -> Reply {
     let mut reply = json(e.status, e.body().into(), "no-store");
     let h = reply.headers_mut();
     h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
-    match e.status {
-        StatusCode::UNAUTHORIZED => {
-            h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tokenplane\""));
-        }
-        StatusCode::SERVICE_UNAVAILABLE => {
-            h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        _ => {}
+    if e.status == StatusCode::UNAUTHORIZED {
+        h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tokenplane\""));
     }
     if let Some(allow) = e.allow {
         h.insert(ALLOW, HeaderValue::from_static(allow));
+    }
+    if let Some(seconds) = e.retry_after {
+        h.insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     reply
 }

@@ -5,11 +5,12 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use tokenplane_api::client::ClientRecord;
 use tokenplane_api::grant::{CodeGrant, Issued, PendingAuthorization, RefreshFamily};
 
-use super::{Redemption, Result, Rotation, Store};
+use super::{Rate, Redemption, Result, Rotation, Store, rate};
 use crate::clock::unix_now;
 
 /// A map whose entries die at their expiry. Expired entries are invisible at
@@ -71,6 +72,8 @@ struct Grants {
     stillborn: Expiring<String, ()>,
     /// Every refresh token hash of a live family, current or rotated.
     family_of: Expiring<String, String>,
+    /// GCRA arrival time (ms since `MemoryStore::started`) per rate-limited subject.
+    rates: Expiring<String, f64>,
 }
 
 impl Grants {
@@ -86,10 +89,16 @@ impl Grants {
     }
 }
 
-#[derive(Default)]
 pub struct MemoryStore {
     clients: RwLock<HashMap<String, Arc<ClientRecord>>>,
     grants: Mutex<Grants>,
+    started: Instant,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self { clients: RwLock::default(), grants: Mutex::default(), started: Instant::now() }
+    }
 }
 
 impl MemoryStore {
@@ -227,6 +236,20 @@ impl Store for MemoryStore {
     async fn revoke_family(&self, family_id: &str) -> Result<()> {
         self.grants().revoke_family(family_id, unix_now());
         Ok(())
+    }
+
+    async fn rate_limit(&self, subject: &str, limit: Rate) -> Result<Option<Duration>> {
+        let now_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let mut grants = self.grants();
+        let unix = unix_now();
+        match rate::admit(grants.rates.get(subject, unix).copied(), now_ms, limit) {
+            Ok(next) => {
+                let ahead = ((next - now_ms) / 1000.0).ceil() as u64;
+                grants.rates.insert(subject.to_owned(), next, unix + ahead + 1, unix);
+                Ok(None)
+            }
+            Err(wait) => Ok(Some(wait)),
+        }
     }
 
     async fn ping(&self) -> Result<()> {

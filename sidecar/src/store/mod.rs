@@ -3,13 +3,16 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokenplane_api::client::ClientRecord;
 use tokenplane_api::grant::{CodeGrant, Issued, PendingAuthorization, RefreshFamily};
 
 mod memory;
+mod rate;
 mod redis;
 
+pub use crate::issuer::Rate;
 pub use memory::MemoryStore;
 pub use redis::{RedisConfig, RedisStore};
 
@@ -121,6 +124,10 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes a family and every access token issued from it; a family not
     /// created yet is created revoked.
     fn revoke_family(&self, family_id: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Counts one request of `subject` against `rate` (GCRA, shared by every
+    /// issuer on the store); `Some(wait)` when it is over the limit.
+    fn rate_limit(&self, subject: &str, rate: Rate) -> impl Future<Output = Result<Option<Duration>>> + Send;
 
     /// Whether the store answers; drives `/readyz`.
     fn ping(&self) -> impl Future<Output = Result<()>> + Send;

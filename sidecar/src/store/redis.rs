@@ -24,7 +24,7 @@ use tokenplane_api::grant::{CodeGrant, Issued, PendingAuthorization, RefreshFami
 use tokenplane_api::storage;
 use tokio::sync::{Mutex, RwLock};
 
-use super::{Redemption, Result, Rotation, Store, StoreError};
+use super::{Rate, Redemption, Result, Rotation, Store, StoreError, rate};
 use crate::clock::unix_now;
 
 /// Where the Redis master is found and how to authenticate.
@@ -52,6 +52,7 @@ pub struct RedisStore {
     redeem: Script,
     rotate: Script,
     revoke_family: Script,
+    gcra: Script,
 }
 
 /// Lua shared by the scripts: revoke a family and every live access token
@@ -182,6 +183,7 @@ impl RedisStore {
             revoke_family: Script::new(&format!(
                 "{REVOKE_FAMILY_FN}revoke_family(ARGV[1], ARGV[2])\nreturn 1"
             )),
+            gcra: Script::new(rate::GCRA_LUA),
             config,
         })
     }
@@ -520,6 +522,20 @@ impl Store for RedisStore {
 
     async fn revoke_family(&self, family_id: &str) -> Result<()> {
         self.revoke_family_now(family_id).await
+    }
+
+    async fn rate_limit(&self, subject: &str, limit: Rate) -> Result<Option<Duration>> {
+        let key = storage::rate(subject);
+        let interval = rate::interval_ms(limit);
+        // Not retried: a count that may have landed must not land twice.
+        let wait_ms: u64 = self
+            .run(false, |mut c| {
+                let mut call = self.gcra.prepare_invoke();
+                call.key(&key).arg(interval).arg(limit.burst);
+                async move { call.invoke_async(&mut c).await }
+            })
+            .await?;
+        Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
     }
 
     async fn ping(&self) -> Result<()> {

@@ -41,11 +41,18 @@ pub(super) async fn handle<S: Store>(
     issuer: &Issuer<S>,
     headers: &HeaderMap,
     form: &Form<'_>,
+    peer: Option<std::net::IpAddr>,
 ) -> Result<Reply, OAuthError> {
+    // Per address before authentication, so guessing secrets is limited too;
+    // per client after, so nobody can spend another client's budget.
+    if let Some(ip) = peer {
+        issuer.limit(issuer.settings.per_address, &format!("addr:{ip}"), "source address").await?;
+    }
     let grant = form.require("grant_type")?;
     let now = unix_now();
     let creds = auth::credentials(headers, form)?;
     let client = auth::authenticate(&issuer.store, &creds, now).await?;
+    issuer.limit(issuer.settings.per_client, &format!("client:{}", client.client_id), "client").await?;
     let grant_type = match grant {
         "client_credentials" => GrantType::ClientCredentials,
         "authorization_code" => GrantType::AuthorizationCode,

@@ -1,0 +1,54 @@
+//! GCRA (generic cell rate algorithm): one number per subject, the
+//! theoretical arrival time of its next request. A request is allowed when
+//! that time is at most `burst` intervals ahead of now.
+
+use std::time::Duration;
+
+use super::Rate;
+
+/// Milliseconds between requests at the sustained rate.
+pub fn interval_ms(rate: Rate) -> f64 {
+    1000.0 / f64::from(rate.per_second)
+}
+
+/// Given the stored arrival time (ms, `None` when fresh) and now, returns
+/// the new arrival time to store, or how long to wait.
+pub fn admit(tat: Option<f64>, now: f64, rate: Rate) -> Result<f64, Duration> {
+    let interval = interval_ms(rate);
+    let next = tat.unwrap_or(now).max(now) + interval;
+    let over = next - now - interval * f64::from(rate.burst);
+    if over > 0.0 { Err(Duration::from_secs_f64(over / 1000.0)) } else { Ok(next) }
+}
+
+/// The same algorithm in Lua for Redis, on Redis's clock so that issuers
+/// with skewed clocks agree. KEYS[1] the subject's key; ARGV[1] interval
+/// ms, ARGV[2] burst. Returns 0, or the milliseconds to wait.
+pub const GCRA_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+local next = math.max(tat, now) + interval
+local over = next - now - interval * burst
+if over > 0 then return math.ceil(over) end
+redis.call('SET', KEYS[1], tostring(next), 'PX', math.ceil(next - now))
+return 0
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_passes_then_the_sustained_rate() {
+        let rate = Rate { per_second: 10, burst: 3 };
+        let mut tat = None;
+        for _ in 0..3 {
+            tat = Some(admit(tat, 0.0, rate).expect("within the burst"));
+        }
+        let wait = admit(tat, 0.0, rate).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(100), "one interval until the next slot");
+        assert!(admit(tat, 100.0, rate).is_ok(), "one slot frees per interval");
+        assert!(admit(tat, 5_000.0, rate).is_ok(), "an idle subject starts fresh");
+    }
+}

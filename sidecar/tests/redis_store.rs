@@ -108,37 +108,72 @@ async fn the_issuer_works_on_redis_with_least_privilege() {
     assert!(denials.is_empty(), "the issuer needed more than its ACL: {denials:#?}");
 }
 
+/// Rotates `token` of the web client; the new refresh token when acknowledged.
+async fn rotate(issuer: &TestIssuer, token: &str) -> Option<String> {
+    let form = [("grant_type", "refresh_token"), ("refresh_token", token)];
+    let r = issuer.post("/oauth2/token", Auth::Basic("web.team", WEB_SECRET), &form).await;
+    (r.status == StatusCode::OK).then(|| r.json["refresh_token"].as_str().unwrap().to_owned())
+}
+
 #[tokio::test]
-async fn acknowledged_revocations_survive_a_failover_and_the_issuer_recovers_by_itself() {
+async fn a_failover_during_a_stream_loses_no_acknowledged_revocation_or_rotation() {
     let cluster = cluster().await;
-    let issuer = issuer_on(&cluster).await;
-    let mut revoked = Vec::new();
-    for _ in 0..20 {
-        let access = issuer.svc_token(&[]).await;
-        let r =
-            issuer.post("/oauth2/revoke", Auth::Basic("svc.team", SVC_SECRET), &[("token", &access)]).await;
-        assert_eq!(r.status, StatusCode::OK);
-        revoked.push(access);
+    let issuer = Arc::new(issuer_on(&cluster).await);
+    let redeem = code_for_web(&issuer).await;
+    let form: Vec<(&str, &str)> = redeem.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let tokens = issuer.post("/oauth2/token", Auth::Basic("web.team", WEB_SECRET), &form).await;
+    let mut refresh = tokens.json["refresh_token"].as_str().unwrap().to_owned();
+    for _ in 0..5 {
+        refresh = rotate(&issuer, &refresh).await.expect("rotation before the failover");
     }
+
+    // A stream of token requests and revocations; every answer is a token,
+    // an acknowledgement, or a clean 503.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stream = tokio::spawn({
+        let (issuer, stop) = (issuer.clone(), stop.clone());
+        async move {
+            let mut acknowledged = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = token(&issuer).await;
+                if r.status != StatusCode::OK {
+                    assert_eq!(r.json["error"], "temporarily_unavailable", "{}", r.json);
+                    continue;
+                }
+                let access = r.json["access_token"].as_str().unwrap().to_owned();
+                let revoke = issuer
+                    .post("/oauth2/revoke", Auth::Basic("svc.team", SVC_SECRET), &[("token", &access)])
+                    .await;
+                match revoke.status {
+                    StatusCode::OK => acknowledged.push(access),
+                    StatusCode::SERVICE_UNAVAILABLE => {}
+                    other => panic!("revocation answered {other}: {}", revoke.json),
+                }
+            }
+            acknowledged
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let old = cluster.kill_master().await.unwrap();
     let killed = Instant::now();
-    // Keep asking, as clients would: every answer is a token or a clean 503.
-    let recovered = loop {
-        let r = token(&issuer).await;
-        match r.status {
-            StatusCode::OK => break killed.elapsed(),
-            StatusCode::SERVICE_UNAVAILABLE => assert_eq!(r.json["error"], "temporarily_unavailable"),
-            other => panic!("unexpected {other} during failover: {}", r.json),
-        }
+    while token(&issuer).await.status != StatusCode::OK {
         assert!(killed.elapsed() < Duration::from_secs(30), "no recovery after 30 s\n{}", cluster.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let new = cluster.master_addr().await.unwrap();
-    assert_ne!(old, new);
-    println!("issuer recovered {recovered:?} after the master was killed");
-    for access in &revoked {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let recovered = killed.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acknowledged = stream.await.unwrap();
+    assert_ne!(old, cluster.master_addr().await.unwrap());
+    println!(
+        "issuer recovered {recovered:?} after the master was killed; {} revocations acknowledged",
+        acknowledged.len()
+    );
+    assert!(acknowledged.len() > 10, "the stream made too little progress to mean anything");
+    for access in &acknowledged {
         assert_eq!(issuer.introspect(access).await["active"], false, "an acknowledged revocation was lost");
     }
+    assert!(rotate(&issuer, &refresh).await.is_some(), "the last acknowledged rotation was lost");
     assert_eq!(issuer.get("/readyz").await.status(), StatusCode::OK);
 }
 

@@ -11,9 +11,10 @@
 //! since they may have applied. Writes that must survive a failover wait for
 //! `min_replicas` replicas (`WAIT`) before they count.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{AsyncConnectionConfig, ConnectionAddr, ErrorKind, RedisError, Script, ServerErrorKind, Value};
@@ -48,7 +49,7 @@ pub struct RedisConfig {
 pub struct RedisStore {
     config: RedisConfig,
     sentinel: Mutex<SentinelClient>,
-    master: RwLock<Option<MultiplexedConnection>>,
+    master: Arc<RwLock<Option<MultiplexedConnection>>>,
     redeem: Script,
     rotate: Script,
     revoke_family: Script,
@@ -175,9 +176,13 @@ impl RedisStore {
                 .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
                 .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
         }
+        let master = Arc::new(RwLock::new(None));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(follow_failovers(config.clone(), Arc::downgrade(&master)));
+        }
         Ok(Self {
             sentinel: Mutex::new(builder.build().map_err(unavailable)?),
-            master: RwLock::new(None),
+            master,
             redeem: Script::new(REDEEM),
             rotate: Script::new(&format!("{REVOKE_FAMILY_FN}{ROTATE}")),
             revoke_family: Script::new(&format!(
@@ -279,6 +284,55 @@ impl RedisStore {
         })
         .await
     }
+}
+
+type MasterSlot = RwLock<Option<MultiplexedConnection>>;
+
+/// Follows the Sentinels' `+switch-master` announcements and drops the
+/// connection as soon as the master moves, rather than at the next error
+/// (an old master cut off from the others would otherwise keep taking
+/// writes). Moves to the next Sentinel when one goes away; ends with the store.
+async fn follow_failovers(config: RedisConfig, master: Weak<MasterSlot>) {
+    for sentinel in config.sentinels.iter().cycle() {
+        if master.strong_count() == 0 {
+            return;
+        }
+        if let Err(e) = watch_sentinel(&config, sentinel, &master).await {
+            tracing::debug!(sentinel, error = %e, "no failover announcements from this Sentinel; trying the next");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn watch_sentinel(
+    config: &RedisConfig,
+    sentinel: &str,
+    master: &Weak<MasterSlot>,
+) -> redis::RedisResult<()> {
+    let mut auth = redis::RedisConnectionInfo::default();
+    if let Some(u) = &config.sentinel_username {
+        auth = auth.set_username(u);
+    }
+    if let Some(p) = &config.sentinel_password {
+        auth = auth.set_password(p);
+    }
+    let addr = addr(sentinel, config.tls)
+        .map_err(|e| RedisError::from((ErrorKind::InvalidClientConfig, "bad address", e.0)))?;
+    let info = redis::IntoConnectionInfo::into_connection_info(addr)?.set_redis_settings(auth);
+    let mut pubsub = redis::Client::open(info)?.get_async_pubsub().await?;
+    pubsub.subscribe("+switch-master").await?;
+    let mut events = pubsub.on_message();
+    while let Some(event) = events.next().await {
+        // "<master name> <old ip> <old port> <new ip> <new port>"
+        let payload: String = event.get_payload()?;
+        if payload.split(' ').next() != Some(config.master_name.as_str()) {
+            continue;
+        }
+        let Some(slot) = master.upgrade() else { return Ok(()) };
+        tracing::info!(%payload, "the Sentinels announced a new Redis master");
+        *slot.write().await = None;
+    }
+    Ok(())
 }
 
 /// Field names and values of a family's hash.

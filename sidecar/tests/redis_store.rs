@@ -126,6 +126,7 @@ async fn a_failover_during_a_stream_loses_no_acknowledged_revocation_or_rotation
     for _ in 0..5 {
         refresh = rotate(&issuer, &refresh).await.expect("rotation before the failover");
     }
+    let unredeemed = code_for_web(&issuer).await;
 
     // A stream of token requests and revocations; every answer is a token,
     // an acknowledgement, or a clean 503.
@@ -174,6 +175,11 @@ async fn a_failover_during_a_stream_loses_no_acknowledged_revocation_or_rotation
         assert_eq!(issuer.introspect(access).await["active"], false, "an acknowledged revocation was lost");
     }
     assert!(rotate(&issuer, &refresh).await.is_some(), "the last acknowledged rotation was lost");
+    // A code issued before the failover works once after it, and only once.
+    let form: Vec<(&str, &str)> = unredeemed.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let web = || Auth::Basic("web.team", WEB_SECRET);
+    assert_eq!(issuer.post("/oauth2/token", web(), &form).await.status, StatusCode::OK);
+    assert_eq!(issuer.post("/oauth2/token", web(), &form).await.json["error"], "invalid_grant");
     assert_eq!(issuer.get("/readyz").await.status(), StatusCode::OK);
 }
 

@@ -234,5 +234,15 @@ async fn issuers_on_one_redis_share_rate_limits_and_refuse_double_redemption() {
     assert!(
         replies.iter().filter(|r| r.status != StatusCode::OK).all(|r| r.json["error"] == "invalid_grant")
     );
+
+    // One refresh token, used at both issuers at once: one new token, and the family is revoked.
+    let redeem = code_for_web(&a).await;
+    let form: Vec<(&str, &str)> = redeem.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let tokens = a.post("/oauth2/token", web(), &form).await;
+    let rt = tokens.json["refresh_token"].as_str().unwrap().to_owned();
+    let uses = (0..8).map(|i| if i % 2 == 0 { &a } else { &b }).map(|issuer| rotate(issuer, &rt));
+    let rotated: Vec<String> = futures::future::join_all(uses).await.into_iter().flatten().collect();
+    assert_eq!(rotated.len(), 1, "exactly one use rotates");
+    assert!(rotate(&b, &rotated[0]).await.is_none(), "the race revoked the family");
     assert!(cluster.acl_denials().await.unwrap().is_empty());
 }

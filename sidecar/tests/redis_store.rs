@@ -246,3 +246,21 @@ async fn issuers_on_one_redis_share_rate_limits_and_refuse_double_redemption() {
     assert!(rotate(&b, &rotated[0]).await.is_none(), "the race revoked the family");
     assert!(cluster.acl_denials().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_not_before_mark_kills_every_older_token_of_the_client_at_once() {
+    let cluster = cluster().await;
+    let issuer = issuer_on(&cluster).await;
+    let old: Vec<String> = futures::future::join_all((0..5).map(|_| issuer.svc_token(&[]))).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    // The operator writes this one key when a client is deleted or disabled.
+    let mut admin = cluster.admin_connection(&cluster.master_addr().await.unwrap()).await.unwrap();
+    let key = tokenplane_api::storage::not_before("svc.team");
+    let () = redis::cmd("SET").arg(&key).arg(now + 1).query_async(&mut admin).await.unwrap();
+    for token in &old {
+        assert_eq!(issuer.introspect(token).await["active"], false);
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let fresh = issuer.svc_token(&[]).await;
+    assert_eq!(issuer.introspect(&fresh).await["active"], true, "tokens after the mark live");
+}

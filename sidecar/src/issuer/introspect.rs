@@ -40,8 +40,9 @@ pub(super) async fn handle<S: Store>(
     Ok(no_store(body))
 }
 
-/// The claims of `token` if it is one of ours, unexpired, not revoked, and
-/// its client still exists and is enabled.
+/// The claims of `token` if it is one of ours, unexpired, not revoked, not
+/// older than its client's "not before" mark, and its client still exists
+/// and is enabled.
 pub(super) async fn live_claims<S: Store>(
     issuer: &Issuer<S>,
     token: &str,
@@ -55,6 +56,9 @@ pub(super) async fn live_claims<S: Store>(
         }
     };
     if issuer.store.is_revoked(&claims.jti).await? {
+        return Ok(None);
+    }
+    if issuer.store.not_before(&claims.client_id).await?.is_some_and(|t| claims.iat < t) {
         return Ok(None);
     }
     let client = issuer.store.client(&claims.client_id).await?;

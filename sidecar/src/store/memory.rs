@@ -91,13 +91,19 @@ impl Grants {
 
 pub struct MemoryStore {
     clients: RwLock<HashMap<String, Arc<ClientRecord>>>,
+    not_before: RwLock<HashMap<String, u64>>,
     grants: Mutex<Grants>,
     started: Instant,
 }
 
 impl Default for MemoryStore {
     fn default() -> Self {
-        Self { clients: RwLock::default(), grants: Mutex::default(), started: Instant::now() }
+        Self {
+            clients: RwLock::default(),
+            not_before: RwLock::default(),
+            grants: Mutex::default(),
+            started: Instant::now(),
+        }
     }
 }
 
@@ -125,6 +131,15 @@ impl Store for MemoryStore {
 
     async fn is_revoked(&self, jti: &str) -> Result<bool> {
         Ok(self.grants().revoked.get(jti, unix_now()).is_some())
+    }
+
+    async fn set_not_before(&self, client_id: &str, at: u64) -> Result<()> {
+        self.not_before.write().expect("not-before lock").insert(client_id.to_owned(), at);
+        Ok(())
+    }
+
+    async fn not_before(&self, client_id: &str) -> Result<Option<u64>> {
+        Ok(self.not_before.read().expect("not-before lock").get(client_id).copied())
     }
 
     async fn put_pending(

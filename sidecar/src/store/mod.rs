@@ -60,6 +60,12 @@ pub trait Store: Send + Sync + 'static {
 
     fn is_revoked(&self, jti: &str) -> impl Future<Output = Result<bool>> + Send;
 
+    /// Kills every token of a client issued before `at` (unix seconds), in
+    /// one write: for a client deleted, disabled or compromised.
+    fn set_not_before(&self, client_id: &str, at: u64) -> impl Future<Output = Result<()>> + Send;
+
+    fn not_before(&self, client_id: &str) -> impl Future<Output = Result<Option<u64>>> + Send;
+
     /// Stores an authorization request under the hash of a login or consent challenge.
     fn put_pending(
         &self,

@@ -436,6 +436,27 @@ impl Store for RedisStore {
         .await
     }
 
+    async fn set_not_before(&self, client_id: &str, at: u64) -> Result<()> {
+        let (key, note) = (storage::not_before(client_id), format!("client {client_id} {at}"));
+        self.run(true, |mut c| {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET").arg(&key).arg(at).ignore();
+            pipe.cmd("PUBLISH").arg(storage::REVOCATIONS).arg(&note).ignore();
+            async move { pipe.query_async::<()>(&mut c).await }
+        })
+        .await?;
+        self.replicated().await
+    }
+
+    async fn not_before(&self, client_id: &str) -> Result<Option<u64>> {
+        let key = storage::not_before(client_id);
+        self.run(true, |mut c| {
+            let key = key.clone();
+            async move { redis::cmd("GET").arg(key).query_async(&mut c).await }
+        })
+        .await
+    }
+
     async fn put_pending(
         &self,
         challenge: &str,

@@ -27,6 +27,10 @@ pub(super) async fn rotate<S: Store>(
     if family.revoked || family.expires_at.is_some_and(|end| end <= now) {
         return Err(invalid());
     }
+    // The family began at login: a "not before" mark after it kills it too.
+    if issuer.store.not_before(&client.client_id).await?.is_some_and(|t| family.auth_time < t) {
+        return Err(invalid());
+    }
     let scope = narrowed(form.get("scope"), family.scope.as_deref())?;
     let jti = opaque::id();
     let next = opaque::secret();

@@ -67,13 +67,29 @@ basic=$(printf '%s:%s' "$client_id" "$client_secret" | base64 -w0)
 
 tmp=$(mktemp -d)
 pids=()
+forget() {
+  local rest=() p
+  for p in "${pids[@]}"; do [[ $p == "$1" ]] || rest+=("$p"); done
+  pids=(${rest[@]+"${rest[@]}"})
+}
 # stop PID: SIGTERM, wait for it, forget it; returns its exit status.
 stop() {
-  local pid=$1 status=0 rest=() p
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || status=$?
-  for p in "${pids[@]}"; do [[ $p == "$pid" ]] || rest+=("$p"); done
-  pids=(${rest[@]+"${rest[@]}"})
+  local status=0
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || status=$?
+  forget "$1"
+  return "$status"
+}
+# run OUT COMMAND...: runs COMMAND with its stdout in OUT, in the background
+# so that ctrl-c or SIGTERM stop the benchmark at once (bash runs traps only
+# between foreground commands), and waits for it; returns its exit status.
+run() {
+  local out=$1 status=0; shift
+  "$@" >"$out" &
+  local pid=$!
+  pids+=("$pid")
+  wait "$pid" || status=$?
+  forget "$pid"
   return "$status"
 }
 cleanup() {
@@ -176,17 +192,18 @@ load() {
   local name=$1 addr=$2 extra=${3:-}
   local url="http://$addr/oauth2/token"
   local wrk=(taskset -c 1 wrk -t1 -c"$CONNECTIONS" --latency -s "$tmp/token.lua")
-  "${wrk[@]}" -d"${WARMUP}s" "$url" >/dev/null || die "$name: warm-up failed"
+  run /dev/null "${wrk[@]}" -d"${WARMUP}s" "$url" || die "$name: warm-up failed"
   local proc0 proc1 cpu0 cpu1 out extra0 extra1
   [[ -z $extra ]] || extra0=$(proc_ticks "$extra")
   proc0=$(proc_ticks "$server_pid")
   cpu0=$(cpu0_ticks)
-  out=$("${wrk[@]}" -d"${DURATION}s" "$url") || die "$name: run failed: $out"
+  run "$tmp/$name.wrk" "${wrk[@]}" -d"${DURATION}s" "$url" || die "$name: run failed: $(cat "$tmp/$name.wrk")"
   cpu1=$(cpu0_ticks)
   proc1=$(proc_ticks "$server_pid")
   [[ -z $extra ]] || extra1=$(proc_ticks "$extra")
 
   local line ok
+  out=$(<"$tmp/$name.wrk")
   line=$(grep '^BENCH ' <<<"$out") || die "$name: no result line in wrk output: $out"
   ok=$(field ok "$line")
   (( ok > 0 )) || die "$name: no successful requests"
@@ -228,18 +245,21 @@ start_server issuer-redis "$REDIS_ISSUER_ADDR" \
 load issuer-redis "$REDIS_ISSUER_ADDR" "$REDIS_MASTER_PID"
 
 # Revocations: fresh access tokens first, then the measured revocations.
-revoke=(env CLIENT_ID="$client_id" CLIENT_SECRET="$client_secret"
-  taskset -c 1 "$bin/examples/revoke_load")
-"${revoke[@]}" fetch "http://$REDIS_ISSUER_ADDR" --tokens "$tmp/tokens" \
-  --count "$REVOCATIONS" --connections "$CONNECTIONS" 2>/dev/null || die "could not get the tokens to revoke"
+# revoke_load reads the client from the environment (not argv, which ps shows).
+export CLIENT_ID=$client_id CLIENT_SECRET=$client_secret
+revoke=(taskset -c 1 "$bin/examples/revoke_load")
+run /dev/null "${revoke[@]}" fetch "http://$REDIS_ISSUER_ADDR" --tokens "$tmp/tokens" \
+  --count "$REVOCATIONS" --connections "$CONNECTIONS" 2>"$tmp/fetch.log" ||
+  die "could not get the tokens to revoke: $(cat "$tmp/fetch.log")"
 master0=$(proc_ticks "$REDIS_MASTER_PID")
 proc0=$(proc_ticks "$server_pid")
 cpu0=$(cpu0_ticks)
-out=$("${revoke[@]}" revoke "http://$REDIS_ISSUER_ADDR" --tokens "$tmp/tokens" \
-  --connections "$CONNECTIONS") || die "revocations failed: $out"
+run "$tmp/revoke.out" "${revoke[@]}" revoke "http://$REDIS_ISSUER_ADDR" --tokens "$tmp/tokens" \
+  --connections "$CONNECTIONS" || die "revocations failed: $(cat "$tmp/revoke.out")"
 cpu1=$(cpu0_ticks)
 proc1=$(proc_ticks "$server_pid")
 master1=$(proc_ticks "$REDIS_MASTER_PID")
+out=$(<"$tmp/revoke.out")
 line=$(grep '^REVOKE ' <<<"$out") || die "no result line from revoke_load: $out"
 ok=$(field ok "$line")
 revoke_row=$(row issuer-redis "$ok" "$(field seconds "$line")" "$(field p99_us "$line")" "$proc0" "$proc1" "$cpu0" "$cpu1")
@@ -279,7 +299,7 @@ for r in "${rows[@]}" "${revoke_row/#issuer-redis/issuer-redis(revoke)}"; do
       printf "warning: %s: CPU 0 went %s%% to other processes and %s%% to the hypervisor (steal): " \
         "numbers are noisy, p99 above all\n", n, other, steal
     else if (server < 90)
-      printf "warning: %s: the server used only %s%% of CPU 0: the load generator%s (CPU 1) was the bottleneck\n",
-        n, server, (n ~ /redis/ ? " and Redis" : "")
+      printf "warning: %s: the server used only %s%% of CPU 0: CPU 1 (the load generator%s) was the bottleneck\n",
+        n, server, (n ~ /redis/ ? ", and Redis" : "")
   }' >&2
 done

@@ -45,14 +45,7 @@ as_root() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi; }
 if ! command -v wrk >/dev/null; then
   as_root apt-get update -qq && as_root apt-get install -y -qq wrk >/dev/null
 fi
-if ! command -v redis-server >/dev/null || ! command -v redis-sentinel >/dev/null; then
-  echo "installing redis-server and redis-sentinel"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-sentinel >/dev/null
-  # The packages start a system Redis on :6379; the benchmark starts its own.
-  as_root service redis-server stop >/dev/null 2>&1 || true
-  as_root service redis-sentinel stop >/dev/null 2>&1 || true
-fi
+bash hack/install-redis.sh
 (( $(nproc) >= 2 )) || die "needs 2 CPUs: the server on CPU 0, wrk on CPU 1"
 
 cargo build --release -p tokenplane-sidecar --bin tokenplane-sidecar \

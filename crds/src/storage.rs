@@ -72,3 +72,12 @@ pub fn refresh(token_hash: &str) -> String {
 pub fn rate(subject: &str) -> String {
     format!("auth:rate:{subject}")
 }
+
+/// Redis ACL rules of an issuer's user: the `auth:` keys and the revocation
+/// channel, with only the commands the issuer sends (the scripts' own
+/// commands are checked against the same rules). `+role` lets it confirm it
+/// reached the master, `hello`/`client|tracking|caching`/`pttl` serve the
+/// client-side cache of registrations.
+pub const ISSUER_ACL: &str = "~auth:* &auth:revocations -@all +get +set +getdel +exists +hset +hgetall \
+     +hmget +zadd +zrange +zrangebyscore +zremrangebyscore +expireat +publish +eval +evalsha \
+     +script|load +wait +ping +multi +exec +role +time +hello +client|tracking +client|caching +pttl";

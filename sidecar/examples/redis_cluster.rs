@@ -38,12 +38,6 @@ use tokenplane_testkit::{RedisCluster, RedisClusterOptions};
 /// The issuer's ACL user, as in sidecar/tests/redis_store.rs.
 const ISSUER_USER: &str = "issuer";
 
-/// What an issuer needs in Redis, and nothing more (the rules of
-/// sidecar/tests/redis_store.rs, kept identical).
-const ISSUER_ACL: &str = "~auth:* &auth:revocations -@all +get +set +getdel +exists +hset +hgetall +hmget \
-     +zadd +zrange +zrangebyscore +zremrangebyscore +expireat +publish +eval +evalsha +script|load +wait \
-     +ping +multi +exec +role +time";
-
 /// Writes `text` to `path`, readable by the owner only, atomically (through
 /// a temp file and a rename), so a reader polling for the file never sees
 /// it half written.
@@ -82,7 +76,7 @@ async fn main() -> anyhow::Result<()> {
 
     let cluster = RedisCluster::start(RedisClusterOptions::default()).await?;
     let issuer_password = tokenplane_sidecar::opaque::secret();
-    cluster.add_user(ISSUER_USER, &issuer_password, ISSUER_ACL).await?;
+    cluster.add_user(ISSUER_USER, &issuer_password, tokenplane_api::storage::ISSUER_ACL).await?;
 
     let master = cluster.master_addr().await?;
     let mut admin = cluster.admin_connection(&master).await?;

@@ -14,14 +14,12 @@ use tokenplane_testkit::{RedisCluster, RedisClusterOptions};
 
 const ISSUER_PASSWORD: &str = "issuer-password-0123456789abcdefghijklmnop";
 
-/// What an issuer needs in Redis, and nothing more.
-const ISSUER_ACL: &str = "~auth:* &auth:revocations -@all +get +set +getdel +exists +hset +hgetall +hmget \
-     +zadd +zrange +zrangebyscore +zremrangebyscore +expireat +publish +eval +evalsha +script|load +wait \
-     +ping +multi +exec +role +time";
-
 async fn cluster() -> Arc<RedisCluster> {
     let cluster = RedisCluster::start(RedisClusterOptions::default()).await.expect("Redis cluster starts");
-    cluster.add_user("issuer", ISSUER_PASSWORD, ISSUER_ACL).await.expect("issuer ACL user");
+    cluster
+        .add_user("issuer", ISSUER_PASSWORD, tokenplane_api::storage::ISSUER_ACL)
+        .await
+        .expect("issuer ACL user");
     Arc::new(cluster)
 }
 
@@ -190,13 +188,15 @@ async fn an_unreachable_master_gives_503_and_not_ready_then_recovers() {
     assert_eq!(token(&issuer).await.status, StatusCode::OK);
     let master = cluster.master_addr().await.unwrap();
     cluster.pause_node(&master).unwrap();
+    // readyz waits out the reply timeout; by then the cached registration
+    // is no longer trusted either.
+    assert_eq!(issuer.get("/readyz").await.status(), StatusCode::SERVICE_UNAVAILABLE);
     let r = token(&issuer).await;
     assert_eq!(
         (r.status, r.json["error"].as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, Some("temporarily_unavailable"))
     );
     assert!(r.headers.contains_key("retry-after"));
-    assert_eq!(issuer.get("/readyz").await.status(), StatusCode::SERVICE_UNAVAILABLE);
     cluster.resume_node(&master).unwrap();
     let started = Instant::now();
     while token(&issuer).await.status != StatusCode::OK {
@@ -263,4 +263,79 @@ async fn a_not_before_mark_kills_every_older_token_of_the_client_at_once() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let fresh = issuer.svc_token(&[]).await;
     assert_eq!(issuer.introspect(&fresh).await["active"], true, "tokens after the mark live");
+}
+
+/// How many GETs the Redis node has served.
+async fn get_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let stats: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap();
+    let line = stats.lines().find(|l| l.starts_with("cmdstat_get:")).unwrap_or("cmdstat_get:calls=0,");
+    line["cmdstat_get:calls=".len()..].split(',').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_registration_changed_in_redis_is_seen_at_once_despite_the_cache() {
+    let cluster = cluster().await;
+    let issuer = issuer_on(&cluster).await;
+    assert_eq!(token(&issuer).await.status, StatusCode::OK, "the registration is now cached");
+    let mut admin = cluster.admin_connection(&cluster.master_addr().await.unwrap()).await.unwrap();
+    let gets_before = get_calls(&mut admin).await;
+    for _ in 0..10 {
+        assert_eq!(token(&issuer).await.status, StatusCode::OK);
+    }
+    assert_eq!(get_calls(&mut admin).await, gets_before, "tokens were served from the cache");
+    let key = tokenplane_api::storage::client("svc.team");
+    let record: String = redis::cmd("GET").arg(&key).query_async(&mut admin).await.unwrap();
+    let mut disabled: serde_json::Value = serde_json::from_str(&record).unwrap();
+    disabled["disabled"] = true.into();
+
+    // What another writer (the operator) does reaches this issuer's cache.
+    let () = redis::cmd("SET").arg(&key).arg(disabled.to_string()).query_async(&mut admin).await.unwrap();
+    let seen = Instant::now();
+    while token(&issuer).await.status == StatusCode::OK {
+        assert!(seen.elapsed() < Duration::from_secs(1), "the disabled client still gets tokens");
+    }
+    assert_eq!(token(&issuer).await.json["error"], "invalid_client");
+    let () = redis::cmd("SET").arg(&key).arg(&record).query_async(&mut admin).await.unwrap();
+    while token(&issuer).await.status != StatusCode::OK {
+        assert!(seen.elapsed() < Duration::from_secs(2), "the re-enabled client gets no tokens");
+    }
+    let () = redis::cmd("DEL").arg(&key).query_async(&mut admin).await.unwrap();
+    while token(&issuer).await.status == StatusCode::OK {
+        assert!(seen.elapsed() < Duration::from_secs(3), "the deleted client still gets tokens");
+    }
+    println!("cache invalidations seen within {:?} in all", seen.elapsed());
+    assert!(cluster.acl_denials().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn replicas_that_do_not_answer_delay_only_durable_writes() {
+    let cluster = cluster().await;
+    let issuer = issuer_on(&cluster).await;
+    let access = issuer.svc_token(&[]).await;
+    let master = cluster.master_addr().await.unwrap();
+    let replicas: Vec<String> = cluster.node_addrs().into_iter().filter(|a| *a != master).collect();
+    for replica in &replicas {
+        cluster.pause_node(replica).unwrap();
+    }
+    let form = [("token", access.as_str())];
+    let revoke = issuer.post("/oauth2/revoke", Auth::Basic("svc.team", SVC_SECRET), &form);
+    let tokens = async {
+        let mut served = 0;
+        for _ in 0..5 {
+            served += usize::from(token(&issuer).await.status == StatusCode::OK);
+        }
+        (served, Instant::now())
+    };
+    let (revoked, (served, tokens_done)) = tokio::join!(async { (revoke.await, Instant::now()) }, tokens);
+    for replica in &replicas {
+        cluster.resume_node(replica).unwrap();
+    }
+    let (revoked, revoke_done) = revoked;
+    assert_eq!(served, 5, "tokens are served while a revocation waits for the replicas");
+    assert!(tokens_done < revoke_done, "the tokens did not wait behind the revocation's WAIT");
+    assert_eq!(
+        (revoked.status, revoked.json["error"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("temporarily_unavailable")),
+        "a revocation no replica confirmed is not acknowledged"
+    );
 }

@@ -128,12 +128,18 @@ impl<S: Store> Issuer<S> {
         &self.store
     }
 
-    /// Counts one request of `subject` against `rate`; 429 when over it.
-    async fn limit(&self, rate: Option<Rate>, subject: &str, what: &str) -> Result<(), OAuthError> {
-        let Some(rate) = rate else { return Ok(()) };
-        match self.store.rate_limit(subject, rate).await? {
+    /// Counts one request against each limit that is set, in one store
+    /// call; 429 naming the first one exceeded.
+    async fn limit(&self, limits: [Option<(Rate, String, &'static str)>; 2]) -> Result<(), OAuthError> {
+        let set: Vec<_> = limits.into_iter().flatten().collect();
+        if set.is_empty() {
+            return Ok(());
+        }
+        let subjects: Vec<(&str, Rate)> =
+            set.iter().map(|(rate, subject, _)| (subject.as_str(), *rate)).collect();
+        match self.store.rate_limit(&subjects).await? {
             None => Ok(()),
-            Some(wait) => Err(OAuthError::rate_limited(what, wait)),
+            Some((index, wait)) => Err(OAuthError::rate_limited(set[index].2, wait)),
         }
     }
 

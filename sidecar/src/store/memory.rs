@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokenplane_api::client::ClientRecord;
 use tokenplane_api::grant::{CodeGrant, Issued, PendingAuthorization, RefreshFamily};
 
-use super::{Rate, Redemption, Result, Rotation, Store, rate};
+use super::{Limited, Rate, Redemption, Result, Rotation, Store, rate};
 use crate::clock::unix_now;
 
 /// A map whose entries die at their expiry. Expired entries are invisible at
@@ -253,18 +253,20 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn rate_limit(&self, subject: &str, limit: Rate) -> Result<Option<Duration>> {
+    async fn rate_limit(&self, limits: &[(&str, Rate)]) -> Result<Option<Limited>> {
         let now_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let mut grants = self.grants();
         let unix = unix_now();
-        match rate::admit(grants.rates.get(subject, unix).copied(), now_ms, limit) {
-            Ok(next) => {
-                let ahead = ((next - now_ms) / 1000.0).ceil() as u64;
-                grants.rates.insert(subject.to_owned(), next, unix + ahead + 1, unix);
-                Ok(None)
+        for (index, (subject, limit)) in limits.iter().enumerate() {
+            match rate::admit(grants.rates.get(*subject, unix).copied(), now_ms, *limit) {
+                Ok(next) => {
+                    let ahead = ((next - now_ms) / 1000.0).ceil() as u64;
+                    grants.rates.insert((*subject).to_owned(), next, unix + ahead + 1, unix);
+                }
+                Err(wait) => return Ok(Some((index, wait))),
             }
-            Err(wait) => Ok(Some(wait)),
         }
+        Ok(None)
     }
 
     async fn ping(&self) -> Result<()> {

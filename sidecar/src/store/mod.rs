@@ -45,6 +45,10 @@ pub enum Rotation {
     Unknown,
 }
 
+/// Which of the subjects given to [`Store::rate_limit`] is over its limit,
+/// and for how long.
+pub type Limited = (usize, Duration);
+
 /// The issuer's state. Every method is atomic on its own; expiries are unix
 /// seconds after which a record may be dropped.
 pub trait Store: Send + Sync + 'static {
@@ -131,9 +135,10 @@ pub trait Store: Send + Sync + 'static {
     /// created yet is created revoked.
     fn revoke_family(&self, family_id: &str) -> impl Future<Output = Result<()>> + Send;
 
-    /// Counts one request of `subject` against `rate` (GCRA, shared by every
-    /// issuer on the store); `Some(wait)` when it is over the limit.
-    fn rate_limit(&self, subject: &str, rate: Rate) -> impl Future<Output = Result<Option<Duration>>> + Send;
+    /// Counts one request against each `(subject, rate)` in turn, atomically
+    /// (GCRA, shared by every issuer on the store). Stops at the first subject
+    /// over its limit: `Some((its index, how long to wait))`.
+    fn rate_limit(&self, limits: &[(&str, Rate)]) -> impl Future<Output = Result<Option<Limited>>> + Send;
 
     /// Whether the store answers; drives `/readyz`.
     fn ping(&self) -> impl Future<Output = Result<()>> + Send;

@@ -21,18 +21,22 @@ pub fn admit(tat: Option<f64>, now: f64, rate: Rate) -> Result<f64, Duration> {
 }
 
 /// The same algorithm in Lua for Redis, on Redis's clock so that issuers
-/// with skewed clocks agree. KEYS[1] the subject's key; ARGV[1] interval
-/// ms, ARGV[2] burst. Returns 0, or the milliseconds to wait.
+/// with skewed clocks agree, over several subjects in one call. KEYS the
+/// subjects' keys; ARGV an interval (ms) and a burst per key. Counts one
+/// request against each in turn; returns `{0, 0}`, or the 1-based index of
+/// the first subject over its limit and the milliseconds to wait.
 pub const GCRA_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-local next = math.max(tat, now) + interval
-local over = next - now - interval * burst
-if over > 0 then return math.ceil(over) end
-redis.call('SET', KEYS[1], tostring(next), 'PX', math.ceil(next - now))
-return 0
+for i, key in ipairs(KEYS) do
+  local interval, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', key) or now)
+  local next = math.max(tat, now) + interval
+  local over = next - now - interval * burst
+  if over > 0 then return {i, math.ceil(over)} end
+  redis.call('SET', key, tostring(next), 'PX', math.ceil(next - now))
+end
+return {0, 0}
 ";
 
 #[cfg(test)]

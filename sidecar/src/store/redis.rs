@@ -3,21 +3,34 @@
 //!
 //! The redis crate looks the master up only when a connection opens (its
 //! connection manager would reconnect to the old address, redis-rs #1438),
-//! so this store keeps one multiplexed connection to the master it resolved
-//! through the Sentinels (which also checks `ROLE`), drops it on any error
+//! so this store keeps its own connections to the master it resolved
+//! through the Sentinels (which also checks `ROLE`), drops them on any error
 //! that means "not the master any more" (I/O, timeout, READONLY, MASTERDOWN,
 //! LOADING) and resolves again on the next call. Reads and idempotent writes
 //! are retried once after such an error; redemption and rotation are not,
-//! since they may have applied. Writes that must survive a failover wait for
-//! `min_replicas` replicas (`WAIT`) before they count.
+//! since they may have applied.
+//!
+//! Two multiplexed connections: `shared` serves the token path, with client
+//! registrations in a client-side cache that Redis keeps exact (RESP3 key
+//! tracking pushes an invalidation on every write); `durable` carries the
+//! writes that must survive a failover, each pipelined with a `WAIT` for
+//! `min_replicas` replicas. `WAIT` blocks its connection until the replicas
+//! answer, so a slow replica delays only other durable writes. A heartbeat
+//! on `shared` bounds how long a cached registration can outlive a master
+//! that went silent: past `timeout` without a reply, lookups go to Redis.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
+use redis::caching::{CacheConfig, CacheMode};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{AsyncConnectionConfig, ConnectionAddr, ErrorKind, RedisError, Script, ServerErrorKind, Value};
+use redis::{
+    AsyncConnectionConfig, CommandCacheConfig, ConnectionAddr, ErrorKind, FromRedisValue, Pipeline,
+    ProtocolVersion, RedisError, Script, ServerErrorKind, Value,
+};
 use serde::{Deserialize, Serialize};
 use tokenplane_api::claims::Audience;
 use tokenplane_api::client::ClientRecord;
@@ -25,7 +38,7 @@ use tokenplane_api::grant::{CodeGrant, Issued, PendingAuthorization, RefreshFami
 use tokenplane_api::storage;
 use tokio::sync::{Mutex, RwLock};
 
-use super::{Rate, Redemption, Result, Rotation, Store, StoreError, rate};
+use super::{Limited, Rate, Redemption, Result, Rotation, Store, StoreError, rate};
 use crate::clock::unix_now;
 
 /// Where the Redis master is found and how to authenticate.
@@ -49,11 +62,93 @@ pub struct RedisConfig {
 pub struct RedisStore {
     config: RedisConfig,
     sentinel: Mutex<SentinelClient>,
-    master: Arc<RwLock<Option<MultiplexedConnection>>>,
+    links: Arc<Links>,
     redeem: Script,
+    create_family: Script,
     rotate: Script,
     revoke_family: Script,
     gcra: Script,
+}
+
+/// How long a cached registration may be served without Redis having
+/// confirmed it, should an invalidation ever be missed.
+const CLIENT_CACHE_TTL: Duration = Duration::from_secs(60);
+
+type Slot = RwLock<Option<MultiplexedConnection>>;
+
+/// The connections to the current master; empty until first use and after
+/// the master moved. `last_reply` (ms after `epoch`) is when the master last
+/// answered the heartbeat: cached registrations are trusted only while it is
+/// recent, since invalidations cannot arrive from a master that went silent.
+struct Links {
+    shared: Slot,
+    durable: Slot,
+    epoch: Instant,
+    last_reply: AtomicU64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Link {
+    Shared,
+    Durable,
+}
+
+impl Links {
+    fn new() -> Self {
+        Self {
+            shared: Slot::default(),
+            durable: Slot::default(),
+            epoch: Instant::now(),
+            last_reply: AtomicU64::new(0),
+        }
+    }
+
+    fn slot(&self, link: Link) -> &Slot {
+        match link {
+            Link::Shared => &self.shared,
+            Link::Durable => &self.durable,
+        }
+    }
+
+    async fn drop_all(&self) {
+        *self.shared.write().await = None;
+        *self.durable.write().await = None;
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn heard(&self) {
+        self.last_reply.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether the master answered within `bound` (never, before the first reply).
+    fn heard_within(&self, bound: Duration) -> bool {
+        let last = self.last_reply.load(Ordering::Relaxed);
+        last > 0 && self.now_ms().saturating_sub(last) < u64::try_from(bound.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Pings the master on the shared connection every `every`: keeps
+/// `last_reply` current, and notices a silent master without waiting for a
+/// request. Ends with the store.
+async fn heartbeat(links: Weak<Links>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(links) = links.upgrade() else { return };
+        let Some(mut conn) = links.shared.read().await.clone() else { continue };
+        match redis::cmd("PING").query_async::<Value>(&mut conn).await {
+            Ok(_) => links.heard(),
+            Err(e) if stale_master(&e) => {
+                tracing::warn!(error = %e, "the Redis master stopped answering; resolving it again through the Sentinels");
+                links.drop_all().await;
+            }
+            Err(e) => tracing::warn!(error = %e, "Redis heartbeat failed"),
+        }
+    }
 }
 
 /// Lua shared by the scripts: revoke a family and every live access token
@@ -73,6 +168,25 @@ local function revoke_family(id, now)
     redis.call('PUBLISH', 'auth:revocations', 'jti ' .. tokens[i] .. ' ' .. tokens[i + 1])
   end
 end
+";
+
+/// ARGV: family id, hash of its first refresh token, their expiry, now, the
+/// count n of hash arguments, n field/value arguments of the family's hash,
+/// then (jti, expiry) pairs of its access tokens. Returns 1 when the family
+/// was revoked before it existed, and is now created revoked.
+const CREATE_FAMILY: &str = r"
+local id, first, exp, now, n = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local fam, access = 'auth:family:' .. id, 'auth:family:' .. id .. ':access'
+redis.call('HSET', fam, unpack(ARGV, 6, 5 + n))
+for i = 6 + n, #ARGV, 2 do
+  redis.call('ZADD', access, ARGV[i + 1], ARGV[i])
+end
+redis.call('EXPIREAT', fam, exp)
+redis.call('EXPIREAT', access, exp)
+redis.call('SET', 'auth:refresh:' .. first, id, 'EXAT', exp)
+if redis.call('EXISTS', 'auth:stillborn:' .. id) == 0 then return 0 end
+revoke_family(id, now)
+return 1
 ";
 
 /// KEYS[1] the code; ARGV[1] the spent state, ARGV[2] its expiry. Returns
@@ -158,7 +272,8 @@ impl RedisStore {
         let mut builder =
             SentinelClientBuilder::new(sentinels, &config.master_name, SentinelServerType::Master)
                 .map_err(unavailable)?
-                .set_client_to_redis_db(storage::AUTH_DB);
+                .set_client_to_redis_db(storage::AUTH_DB)
+                .set_client_to_redis_protocol(ProtocolVersion::RESP3);
         if let Some(u) = &config.username {
             builder = builder.set_client_to_redis_username(u);
         }
@@ -176,14 +291,16 @@ impl RedisStore {
                 .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
                 .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
         }
-        let master = Arc::new(RwLock::new(None));
+        let links = Arc::new(Links::new());
         if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(follow_failovers(config.clone(), Arc::downgrade(&master)));
+            tokio::spawn(follow_failovers(config.clone(), Arc::downgrade(&links)));
+            tokio::spawn(heartbeat(Arc::downgrade(&links), config.timeout / 4));
         }
         Ok(Self {
             sentinel: Mutex::new(builder.build().map_err(unavailable)?),
-            master,
+            links,
             redeem: Script::new(REDEEM),
+            create_family: Script::new(&format!("{REVOKE_FAMILY_FN}{CREATE_FAMILY}")),
             rotate: Script::new(&format!("{REVOKE_FAMILY_FN}{ROTATE}")),
             revoke_family: Script::new(&format!(
                 "{REVOKE_FAMILY_FN}revoke_family(ARGV[1], ARGV[2])\nreturn 1"
@@ -193,12 +310,13 @@ impl RedisStore {
         })
     }
 
-    /// The connection to the master, resolved through the Sentinels if none is open.
-    async fn connection(&self) -> Result<MultiplexedConnection> {
-        if let Some(conn) = self.master.read().await.as_ref() {
+    /// A connection to the master, resolved through the Sentinels if none is open.
+    async fn connection(&self, link: Link) -> Result<MultiplexedConnection> {
+        let slot = self.links.slot(link);
+        if let Some(conn) = slot.read().await.as_ref() {
             return Ok(conn.clone());
         }
-        let mut slot = self.master.write().await;
+        let mut slot = slot.write().await;
         if let Some(conn) = slot.as_ref() {
             return Ok(conn.clone());
         }
@@ -208,18 +326,38 @@ impl RedisStore {
                 self.config.master_name
             ))
         })?;
-        let limits = AsyncConnectionConfig::new()
+        let mut limits = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.config.timeout))
             .set_response_timeout(Some(self.config.timeout));
-        let conn = client.get_multiplexed_async_connection_with_config(&limits).await.map_err(unavailable)?;
-        tracing::info!(master = ?client.get_connection_info().addr(), "connected to the Redis master");
+        if link == Link::Shared {
+            limits = limits.set_cache_config(
+                CacheConfig::new().set_mode(CacheMode::OptIn).set_default_client_ttl(CLIENT_CACHE_TTL),
+            );
+        }
+        let mut conn =
+            client.get_multiplexed_async_connection_with_config(&limits).await.map_err(unavailable)?;
+        self.load_scripts(&mut conn).await.map_err(unavailable)?;
+        if link == Link::Shared {
+            self.links.heard();
+        }
+        tracing::info!(master = ?client.get_connection_info().addr(), ?link, "connected to the Redis master");
         *slot = Some(conn.clone());
         Ok(conn)
     }
 
+    /// Loads every script, so that they can run inside pipelines: scripts
+    /// are not replicated, a new master starts without them.
+    async fn load_scripts(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for script in [&self.redeem, &self.create_family, &self.rotate, &self.revoke_family, &self.gcra] {
+            pipe.load_script(script).ignore();
+        }
+        pipe.query_async(conn).await
+    }
+
     /// Runs `op` on the master. After an error that means the master moved,
-    /// the connection is dropped; `retry` runs `op` once more on the new one.
-    async fn run<T, F, Fut>(&self, retry: bool, op: F) -> Result<T>
+    /// the connections are dropped; `retry` runs `op` once more on a new one.
+    async fn run<T, F, Fut>(&self, link: Link, retry: bool, op: F) -> Result<T>
     where
         F: Fn(MultiplexedConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
@@ -227,12 +365,12 @@ impl RedisStore {
         let mut attempts = if retry { 2 } else { 1 };
         loop {
             attempts -= 1;
-            let conn = self.connection().await?;
+            let conn = self.connection(link).await?;
             match op(conn).await {
                 Ok(v) => return Ok(v),
                 Err(e) if stale_master(&e) => {
                     tracing::warn!(error = %e, "lost the Redis master; resolving it again through the Sentinels");
-                    *self.master.write().await = None;
+                    self.links.drop_all().await;
                     if attempts == 0 {
                         return Err(unavailable(e));
                     }
@@ -242,16 +380,17 @@ impl RedisStore {
         }
     }
 
-    /// Waits until `min_replicas` replicas hold every write made so far.
-    async fn replicated(&self) -> Result<()> {
+    /// Runs `pipe` (whose only unignored reply is a `T`) on the durable
+    /// connection followed by `WAIT`, in one round trip: the write counts
+    /// only once `min_replicas` replicas hold it.
+    async fn durable<T: FromRedisValue>(&self, retry: bool, mut pipe: Pipeline) -> Result<T> {
         let needed = self.config.min_replicas;
-        if needed == 0 {
-            return Ok(());
-        }
         let timeout = u64::try_from(self.config.timeout.as_millis()).unwrap_or(u64::MAX);
-        let acked: usize = self
-            .run(false, |mut c| async move {
-                redis::cmd("WAIT").arg(needed).arg(timeout).query_async(&mut c).await
+        pipe.cmd("WAIT").arg(needed).arg(timeout);
+        let (value, acked): (T, usize) = self
+            .run(Link::Durable, retry, |mut c| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut c).await }
             })
             .await?;
         if acked < needed {
@@ -259,56 +398,49 @@ impl RedisStore {
                 "only {acked} of {needed} Redis replicas confirmed the write in time"
             )));
         }
-        Ok(())
+        Ok(value)
+    }
+
+    async fn query<T: FromRedisValue>(&self, retry: bool, cmd: redis::Cmd) -> Result<T> {
+        self.run(Link::Shared, retry, |mut c| {
+            let cmd = cmd.clone();
+            async move { cmd.query_async(&mut c).await }
+        })
+        .await
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, key: String, what: &str) -> Result<Option<T>> {
-        let raw: Option<String> = self
-            .run(true, |mut c| {
-                let key = key.clone();
-                async move { redis::cmd("GET").arg(key).query_async(&mut c).await }
-            })
-            .await?;
+        let raw: Option<String> = self.query(true, redis::Cmd::get(key)).await?;
         raw.map(|v| serde_json::from_str(&v).map_err(|e| corrupt(what, e))).transpose()
     }
 
     async fn set_json<T: Serialize>(&self, key: String, value: &T, expires_at: Option<u64>) -> Result<()> {
-        let json = serde_json::to_string(value).expect("records serialize");
-        self.run(true, |mut c| {
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(&key).arg(&json);
-            if let Some(at) = expires_at {
-                cmd.arg("EXAT").arg(at);
-            }
-            async move { cmd.query_async::<()>(&mut c).await }
-        })
-        .await
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(serde_json::to_string(value).expect("records serialize"));
+        if let Some(at) = expires_at {
+            cmd.arg("EXAT").arg(at);
+        }
+        self.query(true, cmd).await
     }
 }
 
-type MasterSlot = RwLock<Option<MultiplexedConnection>>;
-
 /// Follows the Sentinels' `+switch-master` announcements and drops the
-/// connection as soon as the master moves, rather than at the next error
+/// connections as soon as the master moves, rather than at the next error
 /// (an old master cut off from the others would otherwise keep taking
 /// writes). Moves to the next Sentinel when one goes away; ends with the store.
-async fn follow_failovers(config: RedisConfig, master: Weak<MasterSlot>) {
+async fn follow_failovers(config: RedisConfig, links: Weak<Links>) {
     for sentinel in config.sentinels.iter().cycle() {
-        if master.strong_count() == 0 {
+        if links.strong_count() == 0 {
             return;
         }
-        if let Err(e) = watch_sentinel(&config, sentinel, &master).await {
+        if let Err(e) = watch_sentinel(&config, sentinel, &links).await {
             tracing::debug!(sentinel, error = %e, "no failover announcements from this Sentinel; trying the next");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-async fn watch_sentinel(
-    config: &RedisConfig,
-    sentinel: &str,
-    master: &Weak<MasterSlot>,
-) -> redis::RedisResult<()> {
+async fn watch_sentinel(config: &RedisConfig, sentinel: &str, links: &Weak<Links>) -> redis::RedisResult<()> {
     let mut auth = redis::RedisConnectionInfo::default();
     if let Some(u) = &config.sentinel_username {
         auth = auth.set_username(u);
@@ -328,9 +460,9 @@ async fn watch_sentinel(
         if payload.split(' ').next() != Some(config.master_name.as_str()) {
             continue;
         }
-        let Some(slot) = master.upgrade() else { return Ok(()) };
+        let Some(links) = links.upgrade() else { return Ok(()) };
         tracing::info!(%payload, "the Sentinels announced a new Redis master");
-        *slot.write().await = None;
+        links.drop_all().await;
     }
     Ok(())
 }
@@ -380,11 +512,11 @@ fn family_from(
 
 impl RedisStore {
     async fn load_family(&self, id: &str) -> Result<Option<RefreshFamily>> {
-        let (key, access_key) = (storage::family(id), storage::family_access(id));
+        let mut pipe = redis::pipe();
+        pipe.hgetall(storage::family(id)).zrange_withscores(storage::family_access(id), 0, -1);
         let (fields, access): (std::collections::HashMap<String, String>, Vec<(String, u64)>) = self
-            .run(true, |mut c| {
-                let mut pipe = redis::pipe();
-                pipe.cmd("HGETALL").arg(&key).cmd("ZRANGE").arg(&access_key).arg(0).arg(-1).arg("WITHSCORES");
+            .run(Link::Shared, true, |mut c| {
+                let pipe = pipe.clone();
                 async move { pipe.query_async(&mut c).await }
             })
             .await?;
@@ -392,20 +524,33 @@ impl RedisStore {
     }
 
     async fn revoke_family_now(&self, id: &str) -> Result<()> {
-        let (id, now) = (id.to_owned(), unix_now());
-        self.run(true, |mut c| {
-            let mut call = self.revoke_family.prepare_invoke();
-            call.arg(&id).arg(now);
-            async move { call.invoke_async::<i64>(&mut c).await }
-        })
-        .await?;
-        self.replicated().await
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(self.revoke_family.arg(id).arg(unix_now()));
+        self.durable::<i64>(true, pipe).await.map(drop)
+    }
+
+    /// Writes `key` (with its expiry, if any) and announces `note` to the agents, durably.
+    async fn announce(&self, key: String, value: u64, expires_at: Option<u64>, note: String) -> Result<()> {
+        let mut pipe = redis::pipe();
+        let set = pipe.cmd("SET").arg(key).arg(value);
+        if let Some(at) = expires_at {
+            set.arg("EXAT").arg(at);
+        }
+        set.ignore();
+        pipe.publish(storage::REVOCATIONS, note);
+        self.durable::<i64>(true, pipe).await.map(drop)
     }
 }
 
 impl Store for RedisStore {
     async fn client(&self, client_id: &str) -> Result<Option<Arc<ClientRecord>>> {
-        Ok(self.get_json::<ClientRecord>(storage::client(client_id), "client record").await?.map(Arc::new))
+        let mut get = redis::Cmd::get(storage::client(client_id));
+        if self.links.heard_within(self.config.timeout) {
+            get.set_cache_config(CommandCacheConfig::new().set_enable_cache(true));
+        }
+        let raw: Option<String> = self.query(true, get).await?;
+        raw.map(|v| serde_json::from_str(&v).map(Arc::new).map_err(|e| corrupt("client record", e)))
+            .transpose()
     }
 
     async fn put_client(&self, record: ClientRecord) -> Result<()> {
@@ -416,45 +561,19 @@ impl Store for RedisStore {
         if expires_at <= unix_now() {
             return Ok(());
         }
-        let (key, note) = (storage::revoked(jti), format!("jti {jti} {expires_at}"));
-        self.run(true, |mut c| {
-            let mut pipe = redis::pipe();
-            pipe.cmd("SET").arg(&key).arg(1).arg("EXAT").arg(expires_at).ignore();
-            pipe.cmd("PUBLISH").arg(storage::REVOCATIONS).arg(&note).ignore();
-            async move { pipe.query_async::<()>(&mut c).await }
-        })
-        .await?;
-        self.replicated().await
+        self.announce(storage::revoked(jti), 1, Some(expires_at), format!("jti {jti} {expires_at}")).await
     }
 
     async fn is_revoked(&self, jti: &str) -> Result<bool> {
-        let key = storage::revoked(jti);
-        self.run(true, |mut c| {
-            let key = key.clone();
-            async move { redis::cmd("EXISTS").arg(key).query_async(&mut c).await }
-        })
-        .await
+        self.query(true, redis::Cmd::exists(storage::revoked(jti))).await
     }
 
     async fn set_not_before(&self, client_id: &str, at: u64) -> Result<()> {
-        let (key, note) = (storage::not_before(client_id), format!("client {client_id} {at}"));
-        self.run(true, |mut c| {
-            let mut pipe = redis::pipe();
-            pipe.cmd("SET").arg(&key).arg(at).ignore();
-            pipe.cmd("PUBLISH").arg(storage::REVOCATIONS).arg(&note).ignore();
-            async move { pipe.query_async::<()>(&mut c).await }
-        })
-        .await?;
-        self.replicated().await
+        self.announce(storage::not_before(client_id), at, None, format!("client {client_id} {at}")).await
     }
 
     async fn not_before(&self, client_id: &str) -> Result<Option<u64>> {
-        let key = storage::not_before(client_id);
-        self.run(true, |mut c| {
-            let key = key.clone();
-            async move { redis::cmd("GET").arg(key).query_async(&mut c).await }
-        })
-        .await
+        self.query(true, redis::Cmd::get(storage::not_before(client_id))).await
     }
 
     async fn put_pending(
@@ -471,13 +590,7 @@ impl Store for RedisStore {
     }
 
     async fn take_pending(&self, challenge: &str) -> Result<Option<PendingAuthorization>> {
-        let key = storage::pending(challenge);
-        let raw: Option<String> = self
-            .run(false, |mut c| {
-                let key = key.clone();
-                async move { redis::cmd("GETDEL").arg(key).query_async(&mut c).await }
-            })
-            .await?;
+        let raw: Option<String> = self.query(false, redis::Cmd::get_del(storage::pending(challenge))).await?;
         raw.map(|v| serde_json::from_str(&v).map_err(|e| corrupt("pending authorization", e))).transpose()
     }
 
@@ -500,19 +613,13 @@ impl Store for RedisStore {
     }
 
     async fn redeem_code(&self, code_hash: &str, plan: &Issued) -> Result<Redemption> {
-        let key = storage::code(code_hash);
         let spent = serde_json::to_string(&CodeState::Spent(plan.clone())).expect("code state serializes");
-        let before: Option<String> = self
-            .run(false, |mut c| {
-                let mut call = self.redeem.prepare_invoke();
-                call.key(&key).arg(&spent).arg(plan.exp);
-                async move { call.invoke_async(&mut c).await }
-            })
-            .await?;
-        let Some(before) = before else { return Ok(Redemption::Unknown) };
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(self.redeem.key(storage::code(code_hash)).arg(spent).arg(plan.exp));
         // Only a redemption the replicas hold may issue: otherwise a failover
         // could bring the code back unspent.
-        self.replicated().await?;
+        let before: Option<String> = self.durable(false, pipe).await?;
+        let Some(before) = before else { return Ok(Redemption::Unknown) };
         match serde_json::from_str(&before).map_err(|e| corrupt("authorization code", e))? {
             CodeState::Unspent(grant) => Ok(Redemption::Granted(grant)),
             CodeState::Spent(first) => Ok(Redemption::Replayed(first)),
@@ -520,42 +627,24 @@ impl Store for RedisStore {
     }
 
     async fn create_family(&self, family: &RefreshFamily) -> Result<()> {
-        let (key, access_key, mapping) = (
-            storage::family(&family.id),
-            storage::family_access(&family.id),
-            storage::refresh(&family.current),
-        );
-        let exp = family.current_expires_at;
         let fields = family_fields(family);
-        let stillborn: bool = self
-            .run(true, |mut c| {
-                let mut pipe = redis::pipe();
-                pipe.atomic();
-                pipe.cmd("HSET").arg(&key).arg(fields.clone()).ignore();
-                pipe.cmd("EXPIREAT").arg(&key).arg(exp).ignore();
-                for (jti, at) in &family.access_tokens {
-                    pipe.cmd("ZADD").arg(&access_key).arg(at).arg(jti).ignore();
-                }
-                pipe.cmd("EXPIREAT").arg(&access_key).arg(exp).ignore();
-                pipe.cmd("SET").arg(&mapping).arg(&family.id).arg("EXAT").arg(exp).ignore();
-                pipe.cmd("EXISTS").arg(storage::stillborn(&family.id));
-                async move { pipe.query_async::<(bool,)>(&mut c).await.map(|(s,)| s) }
-            })
-            .await?;
-        if stillborn {
-            return self.revoke_family_now(&family.id).await;
+        let mut call = self.create_family.prepare_invoke();
+        call.arg(&family.id).arg(&family.current).arg(family.current_expires_at).arg(unix_now());
+        call.arg(fields.len() * 2).arg(fields);
+        for (jti, at) in &family.access_tokens {
+            call.arg(jti).arg(at);
+        }
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(&call);
+        let revoked: bool = self.durable(true, pipe).await?;
+        if revoked {
+            tracing::info!(family = %family.id, "refresh family was revoked before it was created");
         }
         Ok(())
     }
 
     async fn family_of(&self, token_hash: &str) -> Result<Option<RefreshFamily>> {
-        let key = storage::refresh(token_hash);
-        let id: Option<String> = self
-            .run(true, |mut c| {
-                let key = key.clone();
-                async move { redis::cmd("GET").arg(key).query_async(&mut c).await }
-            })
-            .await?;
+        let id: Option<String> = self.query(true, redis::Cmd::get(storage::refresh(token_hash))).await?;
         match id {
             Some(id) => self.load_family(&id).await,
             None => Ok(None),
@@ -569,22 +658,18 @@ impl Store for RedisStore {
         next_expires_at: u64,
         access: (&str, u64),
     ) -> Result<Rotation> {
-        let key = storage::refresh(presented);
-        let now = unix_now();
-        let outcome: Vec<String> = self
-            .run(false, |mut c| {
-                let mut call = self.rotate.prepare_invoke();
-                call.key(&key)
-                    .arg(presented)
-                    .arg(next)
-                    .arg(next_expires_at)
-                    .arg(access.0)
-                    .arg(access.1)
-                    .arg(now);
-                async move { call.invoke_async(&mut c).await }
-            })
-            .await?;
-        self.replicated().await?;
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(
+            self.rotate
+                .key(storage::refresh(presented))
+                .arg(presented)
+                .arg(next)
+                .arg(next_expires_at)
+                .arg(access.0)
+                .arg(access.1)
+                .arg(unix_now()),
+        );
+        let outcome: Vec<String> = self.durable(false, pipe).await?;
         let (Some(verdict), Some(id)) = (outcome.first(), outcome.get(1)) else {
             return Ok(Rotation::Unknown);
         };
@@ -599,24 +684,25 @@ impl Store for RedisStore {
         self.revoke_family_now(family_id).await
     }
 
-    async fn rate_limit(&self, subject: &str, limit: Rate) -> Result<Option<Duration>> {
-        let key = storage::rate(subject);
-        let interval = rate::interval_ms(limit);
+    async fn rate_limit(&self, limits: &[(&str, Rate)]) -> Result<Option<Limited>> {
+        let mut call = self.gcra.prepare_invoke();
+        for (subject, limit) in limits {
+            call.key(storage::rate(subject)).arg(rate::interval_ms(*limit)).arg(limit.burst);
+        }
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(&call);
         // Not retried: a count that may have landed must not land twice.
-        let wait_ms: u64 = self
-            .run(false, |mut c| {
-                let mut call = self.gcra.prepare_invoke();
-                call.key(&key).arg(interval).arg(limit.burst);
-                async move { call.invoke_async(&mut c).await }
+        let ((index, wait_ms),): ((usize, u64),) = self
+            .run(Link::Shared, false, |mut c| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut c).await }
             })
             .await?;
-        Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
+        Ok(index.checked_sub(1).map(|i| (i, Duration::from_millis(wait_ms))))
     }
 
     async fn ping(&self) -> Result<()> {
-        let pong: Value =
-            self.run(true, |mut c| async move { redis::cmd("PING").query_async(&mut c).await }).await?;
-        match pong {
+        match self.query(true, redis::cmd("PING")).await? {
             Value::SimpleString(_) | Value::Okay => Ok(()),
             other => Err(StoreError(format!("unexpected PING reply {other:?}"))),
         }

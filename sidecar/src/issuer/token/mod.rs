@@ -43,16 +43,26 @@ pub(super) async fn handle<S: Store>(
     form: &Form<'_>,
     peer: Option<std::net::IpAddr>,
 ) -> Result<Reply, OAuthError> {
-    // Per address before authentication, so guessing secrets is limited too;
-    // per client after, so nobody can spend another client's budget.
-    if let Some(ip) = peer {
-        issuer.limit(issuer.settings.per_address, &format!("addr:{ip}"), "source address").await?;
-    }
     let grant = form.require("grant_type")?;
     let now = unix_now();
-    let creds = auth::credentials(headers, form)?;
-    let client = auth::authenticate(&issuer.store, &creds, now).await?;
-    issuer.limit(issuer.settings.per_client, &format!("client:{}", client.client_id), "client").await?;
+    let client = match auth::credentials(headers, form) {
+        Ok(creds) => auth::authenticate(&issuer.store, &creds, now).await,
+        Err(e) => Err(e),
+    };
+    // Every request counts against its source address, failed ones too, so
+    // guessing secrets is limited; only authenticated ones count against a
+    // client, so nobody can spend another client's budget. One store call.
+    let settings = &issuer.settings;
+    issuer
+        .limit([
+            settings.per_address.zip(peer).map(|(rate, ip)| (rate, format!("addr:{ip}"), "source address")),
+            settings
+                .per_client
+                .zip(client.as_ref().ok())
+                .map(|(rate, c)| (rate, format!("client:{}", c.client_id), "client")),
+        ])
+        .await?;
+    let client = client?;
     let grant_type = match grant {
         "client_credentials" => GrantType::ClientCredentials,
         "authorization_code" => GrantType::AuthorizationCode,

@@ -17,7 +17,8 @@
 # next to the load generator, with an `issuer` ACL user holding only what the
 # issuer needs. The issuer serves a copy of config/samples whose TokenPolicy
 # limits per client and per source address at 1,000,000 requests/s: every
-# token request runs the rate-limit script twice and is never limited. Then
+# token request runs the rate-limit script (both limits in one call) and is
+# never limited. Then
 # sidecar/examples/revoke_load.rs gets $REVOCATIONS tokens and revokes them
 # all over 32 connections; the issuer's CPU is measured over the revocations
 # only.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokenplane_api::client::ClientRecord;
 use tokenplane_api::grant::{CodeGrant, Issued, PendingAuthorization, RefreshFamily};
 
+mod batch;
 mod memory;
 mod rate;
 mod redis;

@@ -25,7 +25,12 @@ pub fn admit(tat: Option<f64>, now: f64, rate: Rate) -> Result<f64, Duration> {
 /// subjects' keys; ARGV an interval (ms) and a burst per key. Counts one
 /// request against each in turn; returns `{0, 0}`, or the 1-based index of
 /// the first subject over its limit and the milliseconds to wait.
+///
+/// The state is not replicated: it lives for a burst window, and after a
+/// failover a budget starting afresh is harmless, while replicating every
+/// count would double Redis's work per token.
 pub const GCRA_LUA: &str = r"
+redis.set_repl(redis.REPL_NONE)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 for i, key in ipairs(KEYS) do

@@ -38,6 +38,7 @@ use tokenplane_api::grant::{CodeGrant, Issued, PendingAuthorization, RefreshFami
 use tokenplane_api::storage;
 use tokio::sync::{Mutex, RwLock};
 
+use super::batch::Batcher;
 use super::{Limited, Rate, Redemption, Result, Rotation, Store, StoreError, rate};
 use crate::clock::unix_now;
 
@@ -63,6 +64,7 @@ pub struct RedisStore {
     config: RedisConfig,
     sentinel: Mutex<SentinelClient>,
     links: Arc<Links>,
+    batch: Batcher,
     redeem: Script,
     create_family: Script,
     rotate: Script,
@@ -299,6 +301,7 @@ impl RedisStore {
         Ok(Self {
             sentinel: Mutex::new(builder.build().map_err(unavailable)?),
             links,
+            batch: Batcher::default(),
             redeem: Script::new(REDEEM),
             create_family: Script::new(&format!("{REVOKE_FAMILY_FN}{CREATE_FAMILY}")),
             rotate: Script::new(&format!("{REVOKE_FAMILY_FN}{ROTATE}")),
@@ -401,10 +404,12 @@ impl RedisStore {
         Ok(value)
     }
 
+    /// Runs one command on the shared connection, batched with those of
+    /// concurrent requests.
     async fn query<T: FromRedisValue>(&self, retry: bool, cmd: redis::Cmd) -> Result<T> {
-        self.run(Link::Shared, retry, |mut c| {
+        self.run(Link::Shared, retry, |c| {
             let cmd = cmd.clone();
-            async move { cmd.query_async(&mut c).await }
+            async move { self.batch.query(&c, cmd).await }
         })
         .await
     }
@@ -545,12 +550,18 @@ impl RedisStore {
 impl Store for RedisStore {
     async fn client(&self, client_id: &str) -> Result<Option<Arc<ClientRecord>>> {
         let mut get = redis::Cmd::get(storage::client(client_id));
-        if self.links.heard_within(self.config.timeout) {
+        let raw: Option<String> = if self.links.heard_within(self.config.timeout) {
+            // Served from the cache when Redis has it tracked: no round trip.
             get.set_cache_config(CommandCacheConfig::new().set_enable_cache(true));
-        }
-        let raw: Option<String> = self.query(true, get).await?;
-        raw.map(|v| serde_json::from_str(&v).map(Arc::new).map_err(|e| corrupt("client record", e)))
-            .transpose()
+            self.run(Link::Shared, true, |mut c| {
+                let get = get.clone();
+                async move { get.query_async(&mut c).await }
+            })
+            .await?
+        } else {
+            self.query(true, get).await?
+        };
+        raw.map(|v| serde_json::from_str(&v).map(Arc::new).map_err(|e| corrupt("client record", e))).transpose()
     }
 
     async fn put_client(&self, record: ClientRecord) -> Result<()> {
@@ -685,19 +696,16 @@ impl Store for RedisStore {
     }
 
     async fn rate_limit(&self, limits: &[(&str, Rate)]) -> Result<Option<Limited>> {
-        let mut call = self.gcra.prepare_invoke();
-        for (subject, limit) in limits {
-            call.key(storage::rate(subject)).arg(rate::interval_ms(*limit)).arg(limit.burst);
+        let mut call = redis::cmd("EVALSHA");
+        call.arg(self.gcra.get_hash()).arg(limits.len());
+        for (subject, _) in limits {
+            call.arg(storage::rate(subject));
         }
-        let mut pipe = redis::pipe();
-        pipe.invoke_script(&call);
+        for (_, limit) in limits {
+            call.arg(rate::interval_ms(*limit)).arg(limit.burst);
+        }
         // Not retried: a count that may have landed must not land twice.
-        let ((index, wait_ms),): ((usize, u64),) = self
-            .run(Link::Shared, false, |mut c| {
-                let pipe = pipe.clone();
-                async move { pipe.query_async(&mut c).await }
-            })
-            .await?;
+        let (index, wait_ms): (usize, u64) = self.query(false, call).await?;
         Ok(index.checked_sub(1).map(|i| (i, Duration::from_millis(wait_ms))))
     }
 

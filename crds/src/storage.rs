@@ -19,15 +19,16 @@ pub fn client(client_id: &str) -> String {
     format!("auth:client:{client_id}")
 }
 
-/// Unix time before which every token of the client is dead; owned by its OAuth2Client.
-pub fn not_before(client_id: &str) -> String {
-    format!("auth:notbefore:{client_id}")
-}
+/// Hash: client id -> unix time before which every token of that client is
+/// dead. One hash, so an agent resyncs every mark with one `HGETALL`; a
+/// field is owned by its OAuth2Client and outlives it by the longest token
+/// lifetime.
+pub const NOT_BEFORE: &str = "auth:notbefore";
 
-/// `1` while a revoked access token would still be valid: TTL until its `exp`.
-pub fn revoked(jti: &str) -> String {
-    format!("auth:revoked:{jti}")
-}
+/// Sorted set of revoked access token ids scored by their `exp`: members
+/// are trimmed once expired and the key expires with its last member. An
+/// agent resyncs every live revocation with one `ZRANGEBYSCORE`.
+pub const REVOKED: &str = "auth:revoked";
 
 /// JSON [`crate::grant::PendingAuthorization`] under a login or consent
 /// challenge's hash; TTL the login window.
@@ -78,6 +79,11 @@ pub fn rate(subject: &str) -> String {
 /// commands are checked against the same rules). `+role` lets it confirm it
 /// reached the master, `hello`/`client|tracking|caching`/`pttl` serve the
 /// client-side cache of registrations.
-pub const ISSUER_ACL: &str = "~auth:* &auth:revocations -@all +get +set +getdel +exists +hset +hgetall \
-     +hmget +zadd +zrange +zrangebyscore +zremrangebyscore +expireat +publish +eval +evalsha \
-     +script|load +wait +ping +multi +exec +role +time +hello +client|tracking +client|caching +pttl";
+pub const ISSUER_ACL: &str = "~auth:* &auth:revocations -@all +get +set +getdel +exists +hset +hget \
+     +hgetall +hmget +zadd +zscore +zrange +zrangebyscore +zremrangebyscore +expireat +publish +eval \
+     +evalsha +script|load +wait +ping +multi +exec +role +time +hello +client|tracking +client|caching +pttl";
+
+/// Redis ACL rules of a client's agent: read the revocation set and the
+/// not-before marks, listen on the revocation channel, nothing else.
+pub const AGENT_ACL: &str = "%R~auth:revoked %R~auth:notbefore &auth:revocations -@all +subscribe +ping \
+     +hello +role +zrangebyscore +hgetall";

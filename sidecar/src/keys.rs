@@ -153,12 +153,98 @@ struct Verifier {
     validation: Validation,
 }
 
+/// What a token must carry beyond a valid signature.
+#[derive(Clone, Debug, Default)]
+pub struct Checks {
+    /// Seconds of clock skew allowed on `exp` and `nbf`.
+    pub leeway: u64,
+    /// The required `iss`, if checked.
+    pub issuer: Option<String>,
+    /// `aud` must name one of these; unchecked when empty.
+    pub audiences: Vec<String>,
+}
+
+/// Public keys by kid, each bound to its own algorithm: a token whose
+/// header names another algorithm (`none`, or HS256 keyed with the public
+/// key) fails, whatever its signature.
+pub struct PublicKeys {
+    verifiers: HashMap<String, Verifier>,
+}
+
+impl PublicKeys {
+    /// Verifiers for every key of `set`; each must have a `kid` and an
+    /// asymmetric `alg` we sign with.
+    pub fn from_jwks(set: &JwkSet, checks: &Checks) -> Result<Self, KeyError> {
+        let mut verifiers = HashMap::new();
+        for jwk in &set.keys {
+            let kid = jwk.common.key_id.clone().unwrap_or_default();
+            let invalid = |reason: String| KeyError::Invalid { kid: kid.clone(), reason };
+            if kid.is_empty() {
+                return Err(invalid("a JWKS key has no kid".into()));
+            }
+            let alg = match jwk.common.key_algorithm {
+                Some(KeyAlgorithm::EdDSA) => Algorithm::EdDSA,
+                Some(KeyAlgorithm::ES256) => Algorithm::ES256,
+                Some(KeyAlgorithm::RS256) => Algorithm::RS256,
+                other => return Err(invalid(format!("alg {other:?} is not EdDSA, ES256 or RS256"))),
+            };
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| invalid(e.to_string()))?;
+            verifiers.insert(kid, Verifier { key, validation: validation(alg, checks) });
+        }
+        Ok(Self { verifiers })
+    }
+
+    pub fn contains(&self, kid: &str) -> bool {
+        self.verifiers.contains_key(kid)
+    }
+
+    pub fn kids(&self) -> impl Iterator<Item = &str> {
+        self.verifiers.keys().map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.verifiers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.verifiers.is_empty()
+    }
+
+    /// Verifies an access token: signature by one of these keys with its
+    /// own algorithm, `typ`, expiry, and the checks the keys were built with.
+    pub fn verify(&self, token: &str) -> Result<AccessTokenClaims, InvalidToken> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| InvalidToken::Malformed)?;
+        if header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
+            return Err(InvalidToken::WrongType);
+        }
+        let v = header.kid.and_then(|kid| self.verifiers.get(&kid)).ok_or(InvalidToken::UnknownKey)?;
+        jsonwebtoken::decode(token, &v.key, &v.validation).map(|d| d.claims).map_err(InvalidToken::Rejected)
+    }
+}
+
+fn validation(alg: Algorithm, checks: &Checks) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.leeway = checks.leeway;
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+    match &checks.issuer {
+        Some(iss) => validation.set_issuer(&[iss]),
+        None => validation.iss = None,
+    }
+    if checks.audiences.is_empty() {
+        validation.validate_aud = false;
+    } else {
+        validation.set_audience(&checks.audiences);
+    }
+    validation
+}
+
 /// The keys one issuer holds: one signs, all verify, all are published.
 pub struct KeySet {
     active: KeyPair,
     /// base64url of the active key's JOSE header, computed once.
     header_b64: String,
-    verifiers: HashMap<String, Verifier>,
+    public: PublicKeys,
     jwks: Bytes,
 }
 
@@ -179,30 +265,22 @@ pub enum InvalidToken {
 impl KeySet {
     /// Builds a key set from (kid, key) pairs; `active` names the signer.
     pub fn new(active: &str, keys: Vec<(String, KeyPair)>) -> Result<Self, KeyError> {
-        let mut verifiers = HashMap::new();
         let mut jwks = JwkSet { keys: vec![] };
         let mut signer = None;
         for (kid, pair) in keys {
-            let jwk = pair.public_jwk(Some(kid.clone()));
-            let key = DecodingKey::from_jwk(&jwk)
-                .map_err(|e| KeyError::Invalid { kid: kid.clone(), reason: e.to_string() })?;
-            let mut validation = Validation::new(pair.algorithm());
-            validation.leeway = 0;
-            validation.validate_aud = false;
-            validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
-            verifiers.insert(kid.clone(), Verifier { key, validation });
-            jwks.keys.push(jwk);
+            jwks.keys.push(pair.public_jwk(Some(kid.clone())));
             if kid == active {
                 signer = Some((kid, pair));
             }
         }
+        let public = PublicKeys::from_jwks(&jwks, &Checks::default())?;
         let (kid, active) = signer.ok_or_else(|| KeyError::NoActive(active.into()))?;
         let mut header = jsonwebtoken::Header::new(active.algorithm());
         header.typ = Some(ACCESS_TOKEN_TYP.into());
         header.kid = Some(kid);
         let header_b64 = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).expect("header serializes"));
         let jwks = Bytes::from(serde_json::to_vec(&jwks).expect("JWKS serializes"));
-        Ok(Self { active, header_b64, verifiers, jwks })
+        Ok(Self { active, header_b64, public, jwks })
     }
 
     /// One fresh key, named by its thumbprint.
@@ -232,12 +310,7 @@ impl KeySet {
     /// Verifies one of our access tokens: signature by a key of this set,
     /// `typ`, algorithm bound to the key, and expiry.
     pub fn verify(&self, token: &str) -> Result<AccessTokenClaims, InvalidToken> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| InvalidToken::Malformed)?;
-        if header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
-            return Err(InvalidToken::WrongType);
-        }
-        let v = header.kid.and_then(|kid| self.verifiers.get(&kid)).ok_or(InvalidToken::UnknownKey)?;
-        jsonwebtoken::decode(token, &v.key, &v.validation).map(|d| d.claims).map_err(InvalidToken::Rejected)
+        self.public.verify(token)
     }
 
     /// The JWKS document (RFC 7517) of every key.

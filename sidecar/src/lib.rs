@@ -1,11 +1,13 @@
-//! tokenplane's data plane: the issuer (authorization server) and, later,
-//! the workload agent, served by one small hyper binary.
+//! tokenplane's data plane: the issuer (authorization server) and the
+//! workload agent, served by one small hyper binary.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod clock;
 pub mod issuer;
 pub mod keys;
 pub mod manifests;
 pub mod opaque;
+pub mod reply;
 pub mod server;
 pub mod store;

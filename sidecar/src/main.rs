@@ -3,9 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use tokenplane_sidecar::agent::{self, Agent};
 use tokenplane_sidecar::issuer::{Issuer, Settings};
 use tokenplane_sidecar::keys::KeySet;
 use tokenplane_sidecar::store::{MemoryStore, RedisConfig, RedisStore, Store};
@@ -32,6 +34,49 @@ enum LogFormat {
 enum Role {
     /// Run the authorization server.
     Issuer(IssuerArgs),
+    /// Run next to a workload: validate tokens from memory, vend the
+    /// workload's own tokens.
+    Agent(AgentArgs),
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The issuer's base URL: where the JWKS and tokens come from, and the
+    /// `iss` every token must carry.
+    #[arg(long, env = "TOKENPLANE_ISSUER_URL")]
+    issuer: String,
+    /// The mounted credentials Secret: files client_id, client_secret,
+    /// redis_username, redis_password.
+    #[arg(long, env = "TOKENPLANE_CREDENTIALS_DIR")]
+    credentials_dir: PathBuf,
+    /// Address to listen on; keep it on loopback, next to the workload.
+    #[arg(long, env = "TOKENPLANE_LISTEN", default_value = "127.0.0.1:8081")]
+    listen: SocketAddr,
+    /// An audience (`aud`) this workload accepts; repeat for several.
+    /// Without any, the agent only vends tokens.
+    #[arg(long = "audience", env = "TOKENPLANE_AUDIENCES", value_delimiter = ',')]
+    audiences: Vec<String>,
+    /// Clock skew allowed on exp and nbf.
+    #[arg(long, env = "TOKENPLANE_CLOCK_SKEW", default_value = "5s", value_parser = humantime::parse_duration)]
+    clock_skew: Duration,
+    /// Validation fails closed once Redis has not confirmed the revocation
+    /// state for this long.
+    #[arg(long, env = "TOKENPLANE_MAX_STALENESS", default_value = "10s", value_parser = humantime::parse_duration)]
+    max_staleness: Duration,
+    /// How often the JWKS is fetched.
+    #[arg(long, env = "TOKENPLANE_JWKS_REFRESH", default_value = "60s", value_parser = humantime::parse_duration)]
+    jwks_refresh: Duration,
+    /// Least time between JWKS fetches caused by tokens with unknown kids.
+    #[arg(long, env = "TOKENPLANE_JWKS_MIN_REFRESH", default_value = "5s", value_parser = humantime::parse_duration)]
+    jwks_min_refresh: Duration,
+    /// Verified tokens remembered for fast revalidation.
+    #[arg(long, env = "TOKENPLANE_VERIFIED_CACHE", default_value_t = 100_000)]
+    verified_cache: usize,
+    /// How often the credentials folder is read for changes.
+    #[arg(long, env = "TOKENPLANE_CREDENTIALS_POLL", default_value = "2s", value_parser = humantime::parse_duration)]
+    credentials_poll: Duration,
+    #[command(flatten)]
+    redis: RedisArgs,
 }
 
 #[derive(clap::Args)]
@@ -57,7 +102,9 @@ struct IssuerArgs {
     redis: RedisArgs,
 }
 
-/// Redis Sentinel: without `--redis-sentinels` state stays in memory.
+/// Redis Sentinel. The issuer keeps its state in memory without
+/// `--redis-sentinels`; the agent needs them. The agent takes its username
+/// and password from its credentials folder unless given here.
 #[derive(clap::Args)]
 struct RedisArgs {
     /// Sentinel addresses, host:port, comma separated.
@@ -131,7 +178,35 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(cli.log_format);
     match cli.role {
         Role::Issuer(args) => run_issuer(args).await,
+        Role::Agent(args) => run_agent(args).await,
     }
+}
+
+async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let redis = args.redis.config()?.context(
+        "the agent learns revocations from Redis: give --redis-sentinels (and --redis-master if not tokenplane)",
+    )?;
+    let settings = agent::Settings {
+        issuer: args.issuer.trim_end_matches('/').to_owned(),
+        audiences: args.audiences,
+        clock_skew: args.clock_skew,
+        max_staleness: args.max_staleness,
+        jwks_refresh: args.jwks_refresh,
+        jwks_min_refresh: args.jwks_min_refresh,
+        cache_capacity: args.verified_cache,
+        credentials_dir: args.credentials_dir,
+        credentials_poll: args.credentials_poll,
+        redis,
+    };
+    let issuer = settings.issuer.clone();
+    let audiences = settings.audiences.join(",");
+    let agent = Agent::start(settings).context("cannot start the agent")?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
+        format!("cannot listen on {}; is another process using it? (--listen)", args.listen)
+    })?;
+    tracing::info!(listen = %listener.local_addr()?, %issuer, %audiences, "agent ready");
+    server::serve(listener, agent, shutdown_signal()).await;
+    Ok(())
 }
 
 async fn run_issuer(args: IssuerArgs) -> anyhow::Result<()> {

@@ -11,20 +11,32 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+
 use crate::issuer::{Issuer, Peer};
 use crate::store::Store;
+
+/// What a server serves: every request gets a response, errors included.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<Full<Bytes>>> + Send;
+}
+
+impl<S: Store> Handler for Issuer<S> {
+    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<Full<Bytes>>> + Send {
+        Issuer::handle(self, req)
+    }
+}
 
 /// A client must send its request head within this time (slowloris guard).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may take to finish after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves `issuer` on `listener` until `shutdown` resolves, then drains.
-pub async fn serve<S: Store>(
-    listener: TcpListener,
-    issuer: Arc<Issuer<S>>,
-    shutdown: impl Future<Output = ()>,
-) {
+/// Serves `handler` on `listener` until `shutdown` resolves, then drains.
+pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdown: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
@@ -43,11 +55,11 @@ pub async fn serve<S: Store>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let issuer = issuer.clone();
-        let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        let handler = handler.clone();
+        let service = service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(Peer(peer.ip()));
-            let issuer = issuer.clone();
-            async move { Ok::<_, Infallible>(issuer.handle(req).await) }
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler.handle(req).await) }
         });
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {

@@ -8,36 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
+use support::redis::{cluster, store};
 use support::{Auth, SVC_SECRET, TestIssuer, WEB_CALLBACK, WEB_SECRET};
-use tokenplane_sidecar::store::{RedisConfig, RedisStore};
-use tokenplane_testkit::{RedisCluster, RedisClusterOptions};
-
-const ISSUER_PASSWORD: &str = "issuer-password-0123456789abcdefghijklmnop";
-
-async fn cluster() -> Arc<RedisCluster> {
-    let cluster = RedisCluster::start(RedisClusterOptions::default()).await.expect("Redis cluster starts");
-    cluster
-        .add_user("issuer", ISSUER_PASSWORD, tokenplane_api::storage::ISSUER_ACL)
-        .await
-        .expect("issuer ACL user");
-    Arc::new(cluster)
-}
-
-fn store(cluster: &RedisCluster) -> RedisStore {
-    let sentinel = cluster.sentinel_credentials();
-    RedisStore::new(RedisConfig {
-        sentinels: cluster.sentinel_addrs(),
-        master_name: cluster.master_name().to_owned(),
-        username: Some("issuer".into()),
-        password: Some(ISSUER_PASSWORD.into()),
-        sentinel_username: Some(sentinel.username),
-        sentinel_password: Some(sentinel.password),
-        tls: false,
-        min_replicas: 1,
-        timeout: Duration::from_millis(500),
-    })
-    .unwrap()
-}
+use tokenplane_testkit::RedisCluster;
 
 async fn issuer_on(cluster: &RedisCluster) -> TestIssuer {
     support::start_on(store(cluster), &support::manifests()).await
@@ -255,8 +228,13 @@ async fn a_not_before_mark_kills_every_older_token_of_the_client_at_once() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     // The operator writes this one key when a client is deleted or disabled.
     let mut admin = cluster.admin_connection(&cluster.master_addr().await.unwrap()).await.unwrap();
-    let key = tokenplane_api::storage::not_before("svc.team");
-    let () = redis::cmd("SET").arg(&key).arg(now + 1).query_async(&mut admin).await.unwrap();
+    let () = redis::cmd("HSET")
+        .arg(tokenplane_api::storage::NOT_BEFORE)
+        .arg("svc.team")
+        .arg(now + 1)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
     for token in &old {
         assert_eq!(issuer.introspect(token).await["active"], false);
     }

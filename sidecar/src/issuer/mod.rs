@@ -15,12 +15,13 @@ mod token;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, PRAGMA, WWW_AUTHENTICATE};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http::header::CONTENT_TYPE;
+use http::{Method, Request, StatusCode};
 use hyper::body::Body;
 
 use crate::keys::KeySet;
+use crate::reply::{BoxError, Reply, error_reply, json, only_get, openmetrics, read_body, text};
+pub(crate) use crate::reply::{empty_no_store, json_reply, no_store};
 use crate::store::{Store, StoreError};
 use error::OAuthError;
 use form::Form;
@@ -96,9 +97,6 @@ pub struct Issuer<S> {
     metadata: Bytes,
     metrics: Metrics,
 }
-
-type Reply = Response<Full<Bytes>>;
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The address a request came from, put in its extensions by the server.
 #[derive(Clone, Copy, Debug)]
@@ -234,83 +232,6 @@ impl<S: Store> Issuer<S> {
     }
 
     fn metrics_reply(&self) -> Reply {
-        let mut reply = Response::new(Full::new(Bytes::from(self.metrics.encode())));
-        reply.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        );
-        reply
+        openmetrics(self.metrics.encode())
     }
-}
-
-fn only_get(get: bool) -> Result<(), OAuthError> {
-    if get { Ok(()) } else { Err(OAuthError::method_not_allowed("GET, HEAD")) }
-}
-
-async fn read_body<B>(headers: &http::HeaderMap, body: B) -> Result<Bytes, OAuthError>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY) {
-        return Err(OAuthError::payload_too_large(MAX_BODY));
-    }
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(OAuthError::payload_too_large(MAX_BODY)),
-        Err(e) => Err(OAuthError::invalid_request(format!("could not read the request body: {e}"))),
-    }
-}
-
-/// A JSON reply with the given `Cache-Control`.
-fn json(status: StatusCode, body: Bytes, cache: &'static str) -> Reply {
-    let mut reply = Response::new(Full::new(body));
-    *reply.status_mut() = status;
-    let h = reply.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(CACHE_CONTROL, HeaderValue::from_static(cache));
-    reply
-}
-
-/// A JSON reply of `value` that no cache may keep.
-fn json_reply<T: serde::Serialize>(value: &T) -> Reply {
-    no_store(serde_json::to_vec(value).expect("reply serializes"))
-}
-
-/// A JSON reply that no cache may keep (RFC 6749 §5.1).
-fn no_store(body: Vec<u8>) -> Reply {
-    let mut reply = json(StatusCode::OK, body.into(), "no-store");
-    reply.headers_mut().insert(PRAGMA, HeaderValue::from_static("no-cache"));
-    reply
-}
-
-/// An empty `200` that no cache may keep.
-fn empty_no_store() -> Reply {
-    let mut reply = Response::new(Full::new(Bytes::new()));
-    reply.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    reply
-}
-
-fn text(status: StatusCode, body: Bytes) -> Reply {
-    let mut reply = Response::new(Full::new(body));
-    *reply.status_mut() = status;
-    reply.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    reply
-}
-
-fn error_reply(e: &OAuthError) -> Reply {
-    let mut reply = json(e.status, e.body().into(), "no-store");
-    let h = reply.headers_mut();
-    h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
-    if e.status == StatusCode::UNAUTHORIZED {
-        h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tokenplane\""));
-    }
-    if let Some(allow) = e.allow {
-        h.insert(ALLOW, HeaderValue::from_static(allow));
-    }
-    if let Some(seconds) = e.retry_after {
-        h.insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
-    }
-    reply
 }

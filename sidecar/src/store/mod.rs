@@ -15,6 +15,7 @@ mod redis;
 
 pub use crate::issuer::Rate;
 pub use memory::MemoryStore;
+pub(crate) use redis::sentinel_client;
 pub use redis::{RedisConfig, RedisStore};
 
 /// The store could not answer. Callers fail closed: nothing is issued or

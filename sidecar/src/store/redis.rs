@@ -166,7 +166,8 @@ local function revoke_family(id, now)
   redis.call('HSET', fam, 'revoked', '1')
   local tokens = redis.call('ZRANGEBYSCORE', fam .. ':access', '(' .. now, '+inf', 'WITHSCORES')
   for i = 1, #tokens, 2 do
-    redis.call('SET', 'auth:revoked:' .. tokens[i], '1', 'EXAT', tokens[i + 1])
+    redis.call('ZADD', 'auth:revoked', tokens[i + 1], tokens[i])
+    redis.call('EXPIREAT', 'auth:revoked', tokens[i + 1], 'GT')
     redis.call('PUBLISH', 'auth:revocations', 'jti ' .. tokens[i] .. ' ' .. tokens[i + 1])
   end
 end
@@ -270,36 +271,14 @@ fn addr(spec: &str, tls: bool) -> std::result::Result<ConnectionAddr, StoreError
 impl RedisStore {
     /// Prepares the store; nothing is contacted until the first call.
     pub fn new(config: RedisConfig) -> Result<Self> {
-        let sentinels = config.sentinels.iter().map(|s| addr(s, config.tls)).collect::<Result<Vec<_>>>()?;
-        let mut builder =
-            SentinelClientBuilder::new(sentinels, &config.master_name, SentinelServerType::Master)
-                .map_err(unavailable)?
-                .set_client_to_redis_db(storage::AUTH_DB)
-                .set_client_to_redis_protocol(ProtocolVersion::RESP3);
-        if let Some(u) = &config.username {
-            builder = builder.set_client_to_redis_username(u);
-        }
-        if let Some(p) = &config.password {
-            builder = builder.set_client_to_redis_password(p);
-        }
-        if let Some(u) = &config.sentinel_username {
-            builder = builder.set_client_to_sentinel_username(u);
-        }
-        if let Some(p) = &config.sentinel_password {
-            builder = builder.set_client_to_sentinel_password(p);
-        }
-        if config.tls {
-            builder = builder
-                .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
-                .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
-        }
+        let sentinel = sentinel_client(&config)?;
         let links = Arc::new(Links::new());
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(follow_failovers(config.clone(), Arc::downgrade(&links)));
             tokio::spawn(heartbeat(Arc::downgrade(&links), config.timeout / 4));
         }
         Ok(Self {
-            sentinel: Mutex::new(builder.build().map_err(unavailable)?),
+            sentinel: Mutex::new(sentinel),
             links,
             batch: Batcher::default(),
             redeem: Script::new(REDEEM),
@@ -429,6 +408,35 @@ impl RedisStore {
     }
 }
 
+/// A client that finds the master through the Sentinels and talks RESP3
+/// to it (for the tracking cache and pushed pub/sub messages), with the
+/// credentials and TLS of `config`.
+pub(crate) fn sentinel_client(config: &RedisConfig) -> Result<SentinelClient> {
+    let sentinels = config.sentinels.iter().map(|s| addr(s, config.tls)).collect::<Result<Vec<_>>>()?;
+    let mut builder = SentinelClientBuilder::new(sentinels, &config.master_name, SentinelServerType::Master)
+        .map_err(unavailable)?
+        .set_client_to_redis_db(storage::AUTH_DB)
+        .set_client_to_redis_protocol(ProtocolVersion::RESP3);
+    if let Some(u) = &config.username {
+        builder = builder.set_client_to_redis_username(u);
+    }
+    if let Some(p) = &config.password {
+        builder = builder.set_client_to_redis_password(p);
+    }
+    if let Some(u) = &config.sentinel_username {
+        builder = builder.set_client_to_sentinel_username(u);
+    }
+    if let Some(p) = &config.sentinel_password {
+        builder = builder.set_client_to_sentinel_password(p);
+    }
+    if config.tls {
+        builder = builder
+            .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
+            .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+    }
+    builder.build().map_err(unavailable)
+}
+
 /// Follows the Sentinels' `+switch-master` announcements and drops the
 /// connections as soon as the master moves, rather than at the next error
 /// (an old master cut off from the others would otherwise keep taking
@@ -534,14 +542,9 @@ impl RedisStore {
         self.durable::<i64>(true, pipe).await.map(drop)
     }
 
-    /// Writes `key` (with its expiry, if any) and announces `note` to the agents, durably.
-    async fn announce(&self, key: String, value: u64, expires_at: Option<u64>, note: String) -> Result<()> {
-        let mut pipe = redis::pipe();
-        let set = pipe.cmd("SET").arg(key).arg(value);
-        if let Some(at) = expires_at {
-            set.arg("EXAT").arg(at);
-        }
-        set.ignore();
+    /// Writes to the revocation state, announces `note` to the agents, and
+    /// waits for the replicas.
+    async fn announce(&self, mut pipe: Pipeline, note: String) -> Result<()> {
         pipe.publish(storage::REVOCATIONS, note);
         self.durable::<i64>(true, pipe).await.map(drop)
     }
@@ -561,7 +564,8 @@ impl Store for RedisStore {
         } else {
             self.query(true, get).await?
         };
-        raw.map(|v| serde_json::from_str(&v).map(Arc::new).map_err(|e| corrupt("client record", e))).transpose()
+        raw.map(|v| serde_json::from_str(&v).map(Arc::new).map_err(|e| corrupt("client record", e)))
+            .transpose()
     }
 
     async fn put_client(&self, record: ClientRecord) -> Result<()> {
@@ -569,22 +573,30 @@ impl Store for RedisStore {
     }
 
     async fn revoke(&self, jti: &str, expires_at: u64) -> Result<()> {
-        if expires_at <= unix_now() {
+        let now = unix_now();
+        if expires_at <= now {
             return Ok(());
         }
-        self.announce(storage::revoked(jti), 1, Some(expires_at), format!("jti {jti} {expires_at}")).await
+        let mut pipe = redis::pipe();
+        pipe.zadd(storage::REVOKED, jti, expires_at).ignore();
+        pipe.zrembyscore(storage::REVOKED, "-inf", now).ignore();
+        pipe.cmd("EXPIREAT").arg(storage::REVOKED).arg(expires_at).arg("GT").ignore();
+        self.announce(pipe, format!("jti {jti} {expires_at}")).await
     }
 
     async fn is_revoked(&self, jti: &str) -> Result<bool> {
-        self.query(true, redis::Cmd::exists(storage::revoked(jti))).await
+        let exp: Option<u64> = self.query(true, redis::Cmd::zscore(storage::REVOKED, jti)).await?;
+        Ok(exp.is_some())
     }
 
     async fn set_not_before(&self, client_id: &str, at: u64) -> Result<()> {
-        self.announce(storage::not_before(client_id), at, None, format!("client {client_id} {at}")).await
+        let mut pipe = redis::pipe();
+        pipe.hset(storage::NOT_BEFORE, client_id, at).ignore();
+        self.announce(pipe, format!("client {client_id} {at}")).await
     }
 
     async fn not_before(&self, client_id: &str) -> Result<Option<u64>> {
-        self.query(true, redis::Cmd::get(storage::not_before(client_id))).await
+        self.query(true, redis::Cmd::hget(storage::NOT_BEFORE, client_id)).await
     }
 
     async fn put_pending(

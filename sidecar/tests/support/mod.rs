@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod login_app;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -98,12 +99,23 @@ pub async fn start_with(yaml: &str) -> TestIssuer {
 
 /// Starts an issuer serving `yaml` from `store`.
 pub async fn start_on<S: Store>(store: S, yaml: &str) -> TestIssuer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_at(store, yaml, listener, None).await
+}
+
+/// An issuer on `listener`, signing with `keys` (else those of the
+/// manifests, else a fresh key).
+pub async fn start_at<S: Store>(
+    store: S,
+    yaml: &str,
+    listener: tokio::net::TcpListener,
+    keys: Option<KeySet>,
+) -> TestIssuer {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("manifests.yaml"), yaml).unwrap();
     let loaded = manifests::resolve(manifests::load_dir(dir.path()).unwrap(), None).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let keys = match loaded.keys {
+    let keys = match keys.or(loaded.keys) {
         Some(keys) => keys,
         None => KeySet::generate(loaded.policy.object.spec.signing.algorithm).unwrap(),
     };

@@ -1,0 +1,131 @@
+//! Tokens for the workload's own client: obtained from the issuer with the
+//! client credentials grant, cached per (audience, scope), and renewed once
+//! most of their life is spent. One request to the issuer per renewal,
+//! however many callers ask at once: callers for the same key queue on its
+//! slot, the first fetches, the rest find the fresh token.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::credentials::Watched;
+
+/// Renew when this share of a token's life is left.
+const RENEW_AT_REMAINING: f64 = 0.2;
+/// Distinct (audience, scope) pairs cached at once.
+const MAX_SLOTS: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VendError {
+    #[error("the issuer at {url} did not answer: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    #[error("the issuer refused the token request ({status}): {body}")]
+    Refused { status: u16, body: String },
+    #[error("too many distinct audience and scope pairs (more than {MAX_SLOTS})")]
+    TooManyKinds,
+}
+
+/// The issuer's token response, as much as we need of it.
+#[derive(Deserialize)]
+struct Issued {
+    access_token: String,
+    expires_in: u64,
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+/// What the workload gets: the token and its remaining life.
+#[derive(Clone, Debug, Serialize)]
+pub struct Vended {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+struct Cached {
+    issued: Issued,
+    expires_at: Instant,
+    renew_at: Instant,
+}
+
+type Key = (Option<String>, Option<String>);
+
+pub struct Vendor {
+    token_url: String,
+    http: reqwest::Client,
+    credentials: Arc<Watched>,
+    slots: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
+}
+
+impl Vendor {
+    pub fn new(issuer: &str, http: reqwest::Client, credentials: Arc<Watched>) -> Self {
+        let token_url = format!("{}/oauth2/token", issuer.trim_end_matches('/'));
+        Self { token_url, http, credentials, slots: Mutex::default() }
+    }
+
+    /// A token for `audience` (RFC 8707 `resource`) and `scope`, from the
+    /// cache or the issuer.
+    pub async fn token(&self, audience: Option<&str>, scope: Option<&str>) -> Result<Vended, VendError> {
+        let slot = self.slot((audience.map(str::to_owned), scope.map(str::to_owned)))?;
+        let mut cached = slot.lock().await;
+        let now = Instant::now();
+        if let Some(c) = cached.as_ref().filter(|c| now < c.renew_at) {
+            return Ok(vended(c, now));
+        }
+        let issued = self.fetch(audience, scope).await?;
+        let life = Duration::from_secs(issued.expires_in);
+        let fresh =
+            Cached { expires_at: now + life, renew_at: now + life.mul_f64(1.0 - RENEW_AT_REMAINING), issued };
+        let reply = vended(&fresh, now);
+        *cached = Some(fresh);
+        Ok(reply)
+    }
+
+    fn slot(&self, key: Key) -> Result<Arc<tokio::sync::Mutex<Option<Cached>>>, VendError> {
+        let mut slots = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !slots.contains_key(&key) && slots.len() >= MAX_SLOTS {
+            return Err(VendError::TooManyKinds);
+        }
+        Ok(slots.entry(key).or_default().clone())
+    }
+
+    async fn fetch(&self, audience: Option<&str>, scope: Option<&str>) -> Result<Issued, VendError> {
+        let creds = self.credentials.get();
+        let mut form = vec![("grant_type", "client_credentials")];
+        form.extend(audience.map(|a| ("resource", a)));
+        form.extend(scope.map(|s| ("scope", s)));
+        let unreachable = |source| VendError::Unreachable { url: self.token_url.clone(), source };
+        let reply = self
+            .http
+            .post(&self.token_url)
+            .basic_auth(form_encode(&creds.client_id), Some(form_encode(&creds.client_secret)))
+            .form(&form)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = reply.status();
+        if !status.is_success() {
+            let body = reply.text().await.unwrap_or_default();
+            return Err(VendError::Refused { status: status.as_u16(), body });
+        }
+        reply.json().await.map_err(unreachable)
+    }
+}
+
+/// RFC 6749 §2.3.1: client id and secret are form-encoded inside Basic.
+fn form_encode(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+fn vended(c: &Cached, now: Instant) -> Vended {
+    Vended {
+        access_token: c.issued.access_token.clone(),
+        token_type: "Bearer",
+        expires_in: c.expires_at.saturating_duration_since(now).as_secs(),
+        scope: c.issued.scope.clone(),
+    }
+}

@@ -1,0 +1,34 @@
+//! A real Redis Sentinel cluster with the issuer's ACL user, and a store on it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokenplane_sidecar::store::{RedisConfig, RedisStore};
+use tokenplane_testkit::{RedisCluster, RedisClusterOptions};
+
+pub const ISSUER_PASSWORD: &str = "issuer-password-0123456789abcdefghijklmnop";
+
+pub async fn cluster() -> Arc<RedisCluster> {
+    let cluster = RedisCluster::start(RedisClusterOptions::default()).await.expect("Redis cluster starts");
+    cluster
+        .add_user("issuer", ISSUER_PASSWORD, tokenplane_api::storage::ISSUER_ACL)
+        .await
+        .expect("issuer ACL user");
+    Arc::new(cluster)
+}
+
+pub fn store(cluster: &RedisCluster) -> RedisStore {
+    let sentinel = cluster.sentinel_credentials();
+    RedisStore::new(RedisConfig {
+        sentinels: cluster.sentinel_addrs(),
+        master_name: cluster.master_name().to_owned(),
+        username: Some("issuer".into()),
+        password: Some(ISSUER_PASSWORD.into()),
+        sentinel_username: Some(sentinel.username),
+        sentinel_password: Some(sentinel.password),
+        tls: false,
+        min_replicas: 1,
+        timeout: Duration::from_millis(500),
+    })
+    .unwrap()
+}

@@ -86,4 +86,4 @@ pub const ISSUER_ACL: &str = "~auth:* &auth:revocations -@all +get +set +getdel 
 /// Redis ACL rules of a client's agent: read the revocation set and the
 /// not-before marks, listen on the revocation channel, nothing else.
 pub const AGENT_ACL: &str = "%R~auth:revoked %R~auth:notbefore &auth:revocations -@all +subscribe +ping \
-     +hello +role +zrangebyscore +hgetall";
+     +hello +role +zscan +hgetall";

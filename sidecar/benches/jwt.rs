@@ -1,6 +1,7 @@
 //! What one access token costs to sign and to verify, per algorithm, and the
 //! `jsonwebtoken::encode` baseline our pre-parsed signer is meant to beat
-//! (it re-parses the PKCS#8 key on every call).
+//! (it re-parses the PKCS#8 key on every call), and a bare Ed25519
+//! signature check, the floor of what the agent pays for a first-seen token.
 //!
 //! `cargo bench -p tokenplane-sidecar --bench jwt` (HTTP-level numbers: hack/bench.sh)
 
@@ -8,7 +9,7 @@ use std::hint::black_box;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::Ed25519KeyPair;
+use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use tokenplane_api::claims::{ACCESS_TOKEN_TYP, AccessTokenClaims, Audience};
@@ -56,6 +57,16 @@ fn jwt(c: &mut Criterion) {
         let token = keys.sign(&claims);
         verify.bench_function(*alg, |b| b.iter(|| keys.verify(black_box(&token)).expect("valid token")));
     }
+    // The floor of any EdDSA token verification: the signature check alone,
+    // over the same signing input, with the public key parsed once.
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("key");
+    let message = keys[0].1.sign(&claims);
+    let (input, _) = message.rsplit_once('.').expect("compact JWS");
+    let signature = pair.sign(input.as_bytes());
+    let public = UnparsedPublicKey::new(&ED25519, pair.public_key().as_ref().to_vec());
+    verify.bench_function("Ed25519 raw", |b| {
+        b.iter(|| public.verify(black_box(input.as_bytes()), signature.as_ref()).expect("valid signature"))
+    });
     verify.finish();
 }
 

@@ -1,12 +1,15 @@
-//! A Redis Sentinel cluster for hack/bench.sh: the test harness's cluster
+//! A Redis Sentinel cluster for the benchmarks (hack/bench.sh,
+//! hack/bench-agent.sh): the test harness's cluster
 //! (`tokenplane_testkit::RedisCluster`, default options: a master, 2
-//! replicas, 3 Sentinels, ACLs on) plus an `issuer` ACL user with the
-//! least-privilege rules of sidecar/tests/redis_store.rs. Runs until SIGTERM
-//! or ctrl-c, then stops every process it started.
+//! replicas, 3 Sentinels, ACLs on) plus an `issuer` and an `agent` ACL user
+//! with exactly `tokenplane_api::storage::ISSUER_ACL` and `AGENT_ACL`. With
+//! `REVOKED=N` in the environment, N revoked token ids are written to the
+//! revocation set first (for the agent's memory benchmark). Runs until
+//! SIGTERM or ctrl-c, then stops every process it started.
 //!
 //! Writes into DIR, once the cluster is ready: `issuer.password`,
-//! `sentinel.password`, and `cluster.env`, `KEY=value` lines for a shell to
-//! `source` (also printed on stdout):
+//! `agent.password`, `sentinel.password`, and `cluster.env`, `KEY=value`
+//! lines for a shell to `source` (also printed on stdout):
 //!
 //! ```text
 //! REDIS_SENTINELS=127.0.0.1:port,127.0.0.1:port,127.0.0.1:port
@@ -17,6 +20,8 @@
 //! REDIS_SENTINEL_PASSWORD_FILE=DIR/sentinel.password
 //! REDIS_MASTER_ADDR=127.0.0.1:port
 //! REDIS_MASTER_PID=pid
+//! REDIS_AGENT_USERNAME=agent
+//! REDIS_AGENT_PASSWORD_FILE=DIR/agent.password
 //! ```
 //!
 //! On exit it prints the master's command counts (`INFO commandstats`) to
@@ -35,8 +40,22 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use tokenplane_testkit::{RedisCluster, RedisClusterOptions};
 
-/// The issuer's ACL user, as in sidecar/tests/redis_store.rs.
 const ISSUER_USER: &str = "issuer";
+const AGENT_USER: &str = "agent";
+
+/// Adds `count` revoked token ids, valid for a day, in batches.
+async fn revoke_many(admin: &mut redis::aio::MultiplexedConnection, count: usize) -> anyhow::Result<()> {
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + 86_400;
+    for start in (0..count).step_by(10_000) {
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(tokenplane_api::storage::REVOKED);
+        for _ in start..count.min(start + 10_000) {
+            zadd.arg(exp).arg(tokenplane_sidecar::opaque::id());
+        }
+        let _: usize = zadd.query_async(admin).await?;
+    }
+    Ok(())
+}
 
 /// Writes `text` to `path`, readable by the owner only, atomically (through
 /// a temp file and a rename), so a reader polling for the file never sees
@@ -77,26 +96,34 @@ async fn main() -> anyhow::Result<()> {
     let cluster = RedisCluster::start(RedisClusterOptions::default()).await?;
     let issuer_password = tokenplane_sidecar::opaque::secret();
     cluster.add_user(ISSUER_USER, &issuer_password, tokenplane_api::storage::ISSUER_ACL).await?;
+    let agent_password = tokenplane_sidecar::opaque::secret();
+    cluster.add_user(AGENT_USER, &agent_password, tokenplane_api::storage::AGENT_ACL).await?;
 
     let master = cluster.master_addr().await?;
     let mut admin = cluster.admin_connection(&master).await?;
     let server: String = redis::cmd("INFO").arg("server").query_async(&mut admin).await?;
     let master_pid = info_field(&server, "process_id").context("no process_id in INFO server")?.to_owned();
+    if let Some(count) = std::env::var("REVOKED").ok().filter(|v| !v.is_empty()) {
+        revoke_many(&mut admin, count.parse().context("REVOKED must be a number")?).await?;
+    }
 
     let sentinel = cluster.sentinel_credentials();
     let (password_file, sentinel_password_file) =
         (dir.join("issuer.password"), dir.join("sentinel.password"));
+    let agent_password_file = dir.join("agent.password");
     write_private(&password_file, &issuer_password)?;
+    write_private(&agent_password_file, &agent_password)?;
     write_private(&sentinel_password_file, &sentinel.password)?;
     let env = format!(
         "REDIS_SENTINELS={}\nREDIS_MASTER={}\nREDIS_USERNAME={ISSUER_USER}\nREDIS_PASSWORD_FILE={}\n\
          REDIS_SENTINEL_USERNAME={}\nREDIS_SENTINEL_PASSWORD_FILE={}\nREDIS_MASTER_ADDR={master}\n\
-         REDIS_MASTER_PID={master_pid}\n",
+         REDIS_MASTER_PID={master_pid}\nREDIS_AGENT_USERNAME={AGENT_USER}\nREDIS_AGENT_PASSWORD_FILE={}\n",
         cluster.sentinel_addrs().join(","),
         cluster.master_name(),
         password_file.display(),
         sentinel.username,
         sentinel_password_file.display(),
+        agent_password_file.display(),
     );
     write_private(&dir.join("cluster.env"), &env)?;
     print!("{env}");
@@ -112,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
     let denials = cluster.acl_denials().await?;
     drop(cluster);
     if !denials.is_empty() {
-        eprintln!("ACL denials (the issuer needs more than its ACL):");
+        eprintln!("ACL denials (the issuer or the agent needs more than its ACL):");
         for d in &denials {
             eprintln!("  {d}");
         }

@@ -172,14 +172,22 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    match cli.role {
-        Role::Issuer(args) => run_issuer(args).await,
-        Role::Agent(args) => run_agent(args).await,
-    }
+    // The agent is a sidecar on a small CPU budget: one thread is all it
+    // needs, and fewer threads hold less memory. The issuer uses every core.
+    let mut runtime = match cli.role {
+        Role::Agent(_) => tokio::runtime::Builder::new_current_thread(),
+        Role::Issuer(_) => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = runtime.enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        match cli.role {
+            Role::Issuer(args) => run_issuer(args).await,
+            Role::Agent(args) => run_agent(args).await,
+        }
+    })
 }
 
 async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {

@@ -17,13 +17,16 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
+use redis::{AsyncCommands, AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokenplane_api::storage;
 use tokio::sync::mpsc;
 
 use super::credentials::Watched;
 use crate::clock::unix_now;
 use crate::store::RedisConfig;
+
+/// Revoked ids read per `ZSCAN` call during a resync.
+const RESYNC_CHUNK: usize = 2_000;
 
 /// Revoked token ids are kept as 64-bit keyed hashes (a random key per
 /// process): 100,000 revocations take about 2 MiB. A collision could only
@@ -136,10 +139,10 @@ impl Revocations {
         }
     }
 
-    /// Replaces the state with a full read of Redis.
-    fn replace(&self, revoked: Vec<(String, u64)>, marks: HashMap<String, u64>) {
-        let revoked = revoked.iter().map(|(jti, exp)| (self.hasher.hash_one(jti), *exp)).collect();
-        *lock(self.revoked.write()) = revoked;
+    /// Replaces the state with a full read of Redis (hashed revoked ids).
+    fn replace(&self, revoked: Vec<(u64, u64)>, marks: HashMap<String, u64>) {
+        let now = unix_now();
+        *lock(self.revoked.write()) = revoked.into_iter().filter(|(_, exp)| *exp > now).collect();
         *lock(self.not_before.write()) = marks;
     }
 
@@ -206,15 +209,26 @@ async fn session(
     }
 }
 
+/// Reads the whole revocation state, the set in chunks (`ZSCAN`) so that
+/// even a large one never sits in memory twice over.
 async fn resync(revocations: &Revocations, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
-    let mut pipe = redis::pipe();
-    pipe.cmd("ZRANGEBYSCORE")
-        .arg(storage::REVOKED)
-        .arg(format!("({}", unix_now()))
-        .arg("+inf")
-        .arg("WITHSCORES");
-    pipe.hgetall(storage::NOT_BEFORE);
-    let (revoked, marks): (Vec<(String, u64)>, HashMap<String, u64>) = pipe.query_async(conn).await?;
+    let mut revoked = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, chunk): (u64, Vec<(String, u64)>) = redis::cmd("ZSCAN")
+            .arg(storage::REVOKED)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(RESYNC_CHUNK)
+            .query_async(conn)
+            .await?;
+        revoked.extend(chunk.into_iter().map(|(jti, exp)| (revocations.hasher.hash_one(jti), exp)));
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let marks: HashMap<String, u64> = conn.hgetall(storage::NOT_BEFORE).await?;
     let count = revoked.len();
     revocations.replace(revoked, marks);
     revocations.confirm();

@@ -20,6 +20,7 @@ use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, StatusCode};
 use hyper::body::Body;
 use serde_json::json;
+use tokenplane_api::claims::AccessTokenClaims;
 
 use crate::issuer::error::OAuthError;
 use crate::issuer::form::{self, Form};
@@ -144,7 +145,7 @@ impl Agent {
             .map(|(_, token)| token.trim())
             .ok_or_else(|| OAuthError::invalid_request("send the token as Authorization: Bearer <token>"))?;
         match self.check(token).await {
-            Ok(claims) => Ok(json_reply(&json!({"active": true, "claims": claims}))),
+            Ok(claims) => Ok(json_reply(&Valid { active: true, claims: &claims })),
             Err(rejection) => Ok(rejected(&rejection)),
         }
     }
@@ -184,7 +185,7 @@ impl Agent {
         Ok(())
     }
 
-    async fn check(&self, token: &str) -> Result<tokenplane_api::claims::AccessTokenClaims, Rejection> {
+    async fn check(&self, token: &str) -> Result<AccessTokenClaims, Rejection> {
         let result = self.validator.validate(token).await;
         match &result {
             Ok(_) => self.metrics.validated("valid"),
@@ -235,6 +236,13 @@ impl Agent {
             self.validator.remembered(),
         ))
     }
+}
+
+/// The answer for a valid token.
+#[derive(serde::Serialize)]
+struct Valid<'a> {
+    active: bool,
+    claims: &'a AccessTokenClaims,
 }
 
 /// 401 with the reason (RFC 6750 §3), or 503 while the feed is stale.

@@ -62,13 +62,20 @@ impl Rejection {
 }
 
 /// First 128 bits of a token's SHA-256.
-type Digest = u128;
+type Digest = [u8; 16];
+
+/// Tokens verified under one JWKS generation: digest -> `exp` (20 bytes an
+/// entry). A new generation (a key withdrawn) empties it.
+#[derive(Default)]
+struct Verified {
+    generation: u64,
+    tokens: HashMap<Digest, u32>,
+}
 
 pub struct Validator {
     jwks: Arc<Jwks>,
     revocations: Arc<Revocations>,
-    /// Verified tokens: digest -> (`exp`, JWKS generation it was verified under).
-    verified: RwLock<HashMap<Digest, (u64, u64)>>,
+    verified: RwLock<Verified>,
     capacity: usize,
     leeway: u64,
 }
@@ -97,16 +104,16 @@ impl Validator {
 
     /// How many verified tokens are remembered.
     pub fn remembered(&self) -> usize {
-        self.verified.read().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+        self.verified.read().unwrap_or_else(std::sync::PoisonError::into_inner).tokens.len()
     }
 
     /// Whether the token was verified before, under the current keys, and
     /// has not expired since.
     fn seen(&self, digest: Digest) -> bool {
-        let generation = self.jwks.generation();
         let now = unix_now();
         let verified = self.verified.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        verified.get(&digest).is_some_and(|(exp, g)| *g == generation && now < exp + self.leeway)
+        verified.generation == self.jwks.generation()
+            && verified.tokens.get(&digest).is_some_and(|exp| now < u64::from(*exp) + self.leeway)
     }
 
     async fn verify(&self, token: &str) -> Result<AccessTokenClaims, InvalidToken> {
@@ -127,20 +134,23 @@ impl Validator {
     fn remember(&self, digest: Digest, exp: u64) {
         let generation = self.jwks.generation();
         let mut verified = self.verified.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if verified.len() >= self.capacity {
+        if verified.generation != generation {
+            *verified = Verified { generation, tokens: HashMap::new() };
+        }
+        if verified.tokens.len() >= self.capacity {
             let now = unix_now();
-            verified.retain(|_, (e, g)| *g == generation && now < *e + self.leeway);
-            if verified.len() >= self.capacity {
-                verified.clear();
+            verified.tokens.retain(|_, e| now < u64::from(*e) + self.leeway);
+            if verified.tokens.len() >= self.capacity {
+                verified.tokens.clear();
             }
         }
-        verified.insert(digest, (exp, generation));
+        verified.tokens.insert(digest, u32::try_from(exp).unwrap_or(u32::MAX));
     }
 }
 
 fn digest_of(token: &str) -> Digest {
     let hash = digest::digest(&digest::SHA256, token.as_bytes());
-    Digest::from_be_bytes(hash.as_ref()[..16].try_into().expect("SHA-256 has 32 bytes"))
+    hash.as_ref()[..16].try_into().expect("SHA-256 has 32 bytes")
 }
 
 /// The claims of a token verified before.

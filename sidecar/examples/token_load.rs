@@ -1,19 +1,23 @@
-//! Revocation load for hack/bench.sh, in two phases run as two processes so
-//! the script can measure the issuer over the second one alone:
+//! Token load for the benchmarks, in phases run as separate processes so a
+//! script can measure a server over one phase alone:
 //!
-//! - `fetch`: gets `--count` access tokens (client_credentials, Basic auth)
-//!   and writes them to `--tokens`, one a line;
-//! - `revoke`: revokes every token of `--tokens` (`POST /oauth2/revoke`),
-//!   each once, over `--connections` concurrent keep-alive connections, and
-//!   prints `REVOKE ok=.. non200=.. seconds=.. per_second=.. p50_us=..
-//!   p99_us=..`.
+//! - `fetch`: gets `--count` access tokens from the issuer at URL
+//!   (client_credentials, Basic auth) and writes them to `--tokens`, one a line;
+//! - `revoke`: revokes every token of `--tokens` at the issuer at URL
+//!   (`POST /oauth2/revoke`);
+//! - `validate`: has the agent at URL validate every token of `--tokens`
+//!   (`POST /v1/validate`, bearer).
 //!
-//! The client is `CLIENT_ID` / `CLIENT_SECRET` from the environment. Any
-//! answer but 200, or any transport error, fails the run (exit status 1).
+//! `revoke` and `validate` send each token once, over `--connections`
+//! concurrent keep-alive connections, and print `RESULT ok=.. non200=..
+//! seconds=.. per_second=.. p50_us=.. p99_us=..`. The client is `CLIENT_ID`
+//! / `CLIENT_SECRET` from the environment. Any answer but 200, or any
+//! transport error, fails the run (exit status 1).
 //!
 //! ```text
-//! CLIENT_ID=demo.default CLIENT_SECRET=... revoke_load fetch http://127.0.0.1:8080 --tokens /tmp/t
-//! CLIENT_ID=demo.default CLIENT_SECRET=... revoke_load revoke http://127.0.0.1:8080 --tokens /tmp/t
+//! CLIENT_ID=demo.default CLIENT_SECRET=... token_load fetch http://127.0.0.1:8080 --tokens /tmp/t
+//! CLIENT_ID=demo.default CLIENT_SECRET=... token_load revoke http://127.0.0.1:8080 --tokens /tmp/t
+//! token_load validate http://127.0.0.1:8081 --tokens /tmp/t
 //! ```
 
 use std::path::PathBuf;
@@ -25,7 +29,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 
 #[derive(Parser)]
-#[command(about = "Gets access tokens, then revokes them under load")]
+#[command(about = "Gets access tokens, then revokes or validates them under load")]
 struct Args {
     /// Which phase to run.
     phase: Phase,
@@ -40,11 +44,11 @@ struct Args {
     /// Concurrent requests, each on its own keep-alive connection.
     #[arg(long, default_value_t = 32)]
     connections: usize,
-    /// Client id (client_secret_basic).
-    #[arg(long, env = "CLIENT_ID", hide_env_values = true)]
+    /// Client id (client_secret_basic), for `fetch` and `revoke`.
+    #[arg(long, env = "CLIENT_ID", hide_env_values = true, default_value = "")]
     client_id: String,
     /// Client secret.
-    #[arg(long, env = "CLIENT_SECRET", hide_env_values = true)]
+    #[arg(long, env = "CLIENT_SECRET", hide_env_values = true, default_value = "")]
     client_secret: String,
 }
 
@@ -52,6 +56,7 @@ struct Args {
 enum Phase {
     Fetch,
     Revoke,
+    Validate,
 }
 
 /// What one worker saw.
@@ -171,24 +176,30 @@ async fn main() -> anyhow::Result<()> {
             std::fs::write(&args.tokens, out)
                 .with_context(|| format!("cannot write {}", args.tokens.display()))?;
             eprintln!(
-                "revoke_load: {} tokens in {:.2} s written to {}",
+                "token_load: {} tokens in {:.2} s written to {}",
                 tally.ok,
                 elapsed.as_secs_f64(),
                 args.tokens.display()
             );
         }
-        Phase::Revoke => {
+        Phase::Revoke | Phase::Validate => {
             let text = std::fs::read_to_string(&args.tokens)
                 .with_context(|| format!("cannot read {}", args.tokens.display()))?;
             let tokens: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
             anyhow::ensure!(!tokens.is_empty(), "no tokens in {}", args.tokens.display());
-            let url = format!("{base}/oauth2/revoke");
+            let (revoke_url, validate_url) = (format!("{base}/oauth2/revoke"), format!("{base}/v1/validate"));
             let (mut tally, elapsed) = drive(tokens.len(), args.connections, |i| {
-                let call = http.post(&url).basic_auth(id, Some(secret)).form(&[("token", tokens[i])]).send();
+                let call = match args.phase {
+                    Phase::Revoke => {
+                        http.post(&revoke_url).basic_auth(id, Some(secret)).form(&[("token", tokens[i])])
+                    }
+                    _ => http.post(&validate_url).bearer_auth(tokens[i]),
+                }
+                .send();
                 async move {
                     let reply = call.await?;
                     let status = reply.status();
-                    // Revocation answers 200 with an empty body: nothing to keep.
+                    // Only a failure's body is worth keeping.
                     let body = if status == reqwest::StatusCode::OK {
                         reply.bytes().await?;
                         String::new()
@@ -202,7 +213,7 @@ async fn main() -> anyhow::Result<()> {
             tally.latencies.sort_unstable();
             let seconds = elapsed.as_secs_f64();
             println!(
-                "REVOKE ok={} non200={} seconds={seconds:.3} per_second={:.0} p50_us={} p99_us={}",
+                "RESULT ok={} non200={} seconds={seconds:.3} per_second={:.0} p50_us={} p99_us={}",
                 tally.ok,
                 tally.failed,
                 tally.ok as f64 / seconds,
@@ -210,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
                 percentile(&tally.latencies, 99.0),
             );
             if let Some(failure) = tally.first_failure {
-                bail!("{} of {} revocations failed; first: {failure}", tally.failed, tokens.len());
+                bail!("{} of {} requests failed; first: {failure}", tally.failed, tokens.len());
             }
         }
     }

@@ -396,6 +396,17 @@ async fn a_thousand_concurrent_callers_cause_one_issuer_request() {
     let (status, claims) = agent.validate(vended["access_token"].as_str().unwrap()).await;
     assert_eq!((status, claims["claims"]["scope"].as_str()), (StatusCode::OK, Some("read")));
 
+    // Revoked at the issuer: the agent stops handing it out.
+    let revoked = vended["access_token"].as_str().unwrap().to_owned();
+    let r = issuer.post("/oauth2/revoke", Auth::Basic("svc.team", SVC_SECRET), &[("token", &revoked)]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    until_rejected(&agent, &revoked, "revoked", Instant::now()).await;
+    let again =
+        agent.http.get(format!("{}/v1/token?audience={API}&scope=read", agent.base)).send().await.unwrap();
+    let again: Value = again.json().await.unwrap();
+    assert_ne!(again["access_token"].as_str(), Some(revoked.as_str()), "a revoked token is not vended");
+    assert_eq!(agent.validate(again["access_token"].as_str().unwrap()).await.0, StatusCode::OK);
+
     // A wrong secret in the mounted Secret: the next token request fails with the issuer's own error.
     std::fs::write(agent.dir.path().join("client_secret"), "wrong").unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -96,7 +96,7 @@ impl Agent {
                 settings.cache_capacity,
                 settings.clock_skew.as_secs(),
             ),
-            vendor: Vendor::new(&settings.issuer, http, credentials),
+            vendor: Vendor::new(&settings.issuer, http, credentials, revocations.clone()),
             jwks,
             revocations,
             metrics: Metrics::default(),

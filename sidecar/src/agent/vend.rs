@@ -2,7 +2,9 @@
 //! client credentials grant, cached per (audience, scope), and renewed once
 //! most of their life is spent. One request to the issuer per renewal,
 //! however many callers ask at once: callers for the same key queue on its
-//! slot, the first fetches, the rest find the fresh token.
+//! slot, the first fetches, the rest find the fresh token. A cached token
+//! the revocation feed names (revoked, or its client's not-before mark moved
+//! past it) is replaced at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,6 +13,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::credentials::Watched;
+use super::feed::{Revocations, Revoked};
+use super::validate::decode_claims;
 
 /// Renew when this share of a token's life is left.
 const RENEW_AT_REMAINING: f64 = 0.2;
@@ -25,6 +29,8 @@ pub enum VendError {
     Refused { status: u16, body: String },
     #[error("too many distinct audience and scope pairs (more than {MAX_SLOTS})")]
     TooManyKinds,
+    #[error("the issuer's access token is not a readable JWT")]
+    Unreadable,
 }
 
 /// The issuer's token response, as much as we need of it.
@@ -48,6 +54,9 @@ pub struct Vended {
 
 struct Cached {
     issued: Issued,
+    /// `jti` and `iat`, to ask the revocation feed about it.
+    jti: String,
+    iat: u64,
     expires_at: Instant,
     renew_at: Instant,
 }
@@ -58,13 +67,19 @@ pub struct Vendor {
     token_url: String,
     http: reqwest::Client,
     credentials: Arc<Watched>,
+    revocations: Arc<Revocations>,
     slots: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
 }
 
 impl Vendor {
-    pub fn new(issuer: &str, http: reqwest::Client, credentials: Arc<Watched>) -> Self {
+    pub fn new(
+        issuer: &str,
+        http: reqwest::Client,
+        credentials: Arc<Watched>,
+        revocations: Arc<Revocations>,
+    ) -> Self {
         let token_url = format!("{}/oauth2/token", issuer.trim_end_matches('/'));
-        Self { token_url, http, credentials, slots: Mutex::default() }
+        Self { token_url, http, credentials, revocations, slots: Mutex::default() }
     }
 
     /// A token for `audience` (RFC 8707 `resource`) and `scope`, from the
@@ -73,16 +88,32 @@ impl Vendor {
         let slot = self.slot((audience.map(str::to_owned), scope.map(str::to_owned)))?;
         let mut cached = slot.lock().await;
         let now = Instant::now();
-        if let Some(c) = cached.as_ref().filter(|c| now < c.renew_at) {
+        if let Some(c) = cached.as_ref().filter(|c| now < c.renew_at && !self.revoked(c)) {
             return Ok(vended(c, now));
         }
         let issued = self.fetch(audience, scope).await?;
+        let claims = decode_claims(&issued.access_token).map_err(|_| VendError::Unreadable)?;
         let life = Duration::from_secs(issued.expires_in);
-        let fresh =
-            Cached { expires_at: now + life, renew_at: now + life.mul_f64(1.0 - RENEW_AT_REMAINING), issued };
+        let fresh = Cached {
+            jti: claims.jti,
+            iat: claims.iat,
+            expires_at: now + life,
+            renew_at: now + life.mul_f64(1.0 - RENEW_AT_REMAINING),
+            issued,
+        };
         let reply = vended(&fresh, now);
         *cached = Some(fresh);
         Ok(reply)
+    }
+
+    /// Whether the feed knows the token dead. A stale feed does not stop
+    /// vending: whoever receives the token validates it.
+    fn revoked(&self, cached: &Cached) -> bool {
+        let client = &self.credentials.get().client_id;
+        matches!(
+            self.revocations.check(&cached.jti, client, cached.iat),
+            Err(Revoked::Token | Revoked::Client(_))
+        )
     }
 
     fn slot(&self, key: Key) -> Result<Arc<tokio::sync::Mutex<Option<Cached>>>, VendError> {

@@ -199,8 +199,23 @@ async fn validates_good_tokens_and_rejects_every_kind_of_bad_one() {
     assert_eq!(agent.reason(&wrong_typ).await, "wrong_type");
     assert!(["signature", "malformed"].contains(&agent.reason(&token[..token.len() - 10]).await.as_str()));
     assert_eq!(agent.reason(&format!("{token}{}", "A".repeat(9000))).await, "too_long");
-    let stranger = key_set("k9", &[("k9", &key_pem())]);
-    assert_eq!(agent.reason(&stranger.sign(&claims(&issuer.base))).await, "unknown_key");
+    // Made-up kids: each is refused, and together they cost the issuer
+    // at most a JWKS fetch or two (one per --jwks-min-refresh).
+    let jwks_fetches = || async {
+        let metrics = issuer.get("/metrics").await.text().await.unwrap();
+        let line = metrics.lines().find(|l| {
+            l.starts_with("tokenplane_issuer_http_request_duration_seconds_count{endpoint=\"jwks\"")
+        });
+        line.map_or(0, |l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+    };
+    let before = jwks_fetches().await;
+    let started = Instant::now();
+    for i in 0..20 {
+        let stranger = key_set(&format!("k9-{i}"), &[(&format!("k9-{i}"), &key_pem())]);
+        assert_eq!(agent.reason(&stranger.sign(&claims(&issuer.base))).await, "unknown_key");
+    }
+    let allowed = 1 + started.elapsed().as_millis() / 200;
+    assert!(u128::from(jwks_fetches().await - before) <= allowed, "unknown kids hammer the issuer");
     let no_bearer = agent.http.post(format!("{}/v1/validate", agent.base)).send().await.unwrap();
     assert_eq!(no_bearer.status(), StatusCode::BAD_REQUEST);
 

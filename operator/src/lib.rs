@@ -1,5 +1,9 @@
 //! The tokenplane operator. So far: generation of the CRD manifests from the
-//! types in `tokenplane-api`.
+//! types in `tokenplane-api`, the pure builders of what an OAuth2Client
+//! needs, and `render`, which prints them offline (the controllers that
+//! apply them are next).
 #![forbid(unsafe_code)]
 
 pub mod crdgen;
+pub mod reconcile;
+pub mod render;

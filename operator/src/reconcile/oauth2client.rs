@@ -1,0 +1,242 @@
+//! What an OAuth2Client needs, as pure functions of the resource, its
+//! TokenPolicy and its generated credentials: the credentials Secret in the
+//! client's namespace, the registration issuers serve from Redis (secret
+//! hashes only), and the Redis ACL user of the client's agent. The apply
+//! layer generates the credentials, writes these, and reports conditions.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+use tokenplane_api::client::{ClientRecord, SecretHash};
+use tokenplane_api::oauth2client::AuthMethod;
+use tokenplane_api::{OAuth2Client, TokenPolicy, storage};
+
+use super::{Invalid, MANAGED_BY};
+
+/// Keys of the credentials Secret (the agent reads the same names).
+pub const CLIENT_ID: &str = "client_id";
+pub const CLIENT_SECRET: &str = "client_secret";
+pub const ISSUER: &str = "issuer";
+pub const TOKEN_ENDPOINT: &str = "token_endpoint";
+pub const REDIS_USERNAME: &str = "redis_username";
+pub const REDIS_PASSWORD: &str = "redis_password";
+
+/// Secrets the operator generated for a client (256-bit random each), kept
+/// in its credentials Secret between reconciles.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// `None` for a public client.
+    pub client_secret: Option<String>,
+    pub redis_password: String,
+}
+
+/// Never prints a secret, should one reach a log line.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("confidential", &self.client_secret.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A Redis ACL user, to be set on every node of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AclUser {
+    pub name: String,
+    /// Rules without the password (`ACL SETUSER name on >password RULES`).
+    pub rules: &'static str,
+}
+
+/// Everything an OAuth2Client should have.
+pub struct Desired {
+    pub client_id: String,
+    pub secret: Secret,
+    pub registration: ClientRecord,
+    pub agent_user: AclUser,
+}
+
+/// The issuer URL of a policy: its `issuerUrl`, else its issuer Service.
+pub fn issuer_url(policy: &TokenPolicy) -> String {
+    policy.spec.issuer_url.clone().unwrap_or_else(|| {
+        let name = policy.metadata.name.as_deref().unwrap_or_default();
+        let namespace = policy.metadata.namespace.as_deref().unwrap_or("default");
+        format!("http://{name}-issuer.{namespace}.svc")
+    })
+}
+
+/// The Redis user of a client's agent.
+pub fn agent_user(client_id: &str) -> AclUser {
+    AclUser { name: format!("agent:{client_id}"), rules: storage::AGENT_ACL }
+}
+
+/// Checks `client` and builds what it should have. `policy` is the
+/// TokenPolicy its `policyRef` names, if found.
+pub fn desired(
+    client: &OAuth2Client,
+    policy: Option<&TokenPolicy>,
+    credentials: &Credentials,
+) -> Result<Desired, Invalid> {
+    client.spec.validate().map_err(|e| Invalid::spec(e.to_string()))?;
+    let (name, namespace) = name_and_namespace(client)?;
+    let policy = policy.ok_or_else(|| {
+        let policy_ns = client.spec.policy_ref.namespace.as_deref().unwrap_or(namespace);
+        Invalid::policy(format!(
+            "TokenPolicy {policy_ns}/{} not found: create it or fix spec.policyRef",
+            client.spec.policy_ref.name
+        ))
+    })?;
+    let public = client.spec.token_endpoint_auth_method == AuthMethod::None;
+    if public != credentials.client_secret.is_none() {
+        return Err(Invalid::spec(
+            "credentials do not match the client type: a secret is for confidential clients only".into(),
+        ));
+    }
+    let client_id = OAuth2Client::client_id_for(name, namespace);
+    let issuer = issuer_url(policy);
+    let agent_user = agent_user(&client_id);
+    let secret = credentials_secret(client, &client_id, &issuer, &agent_user, credentials);
+    let hashes = credentials.client_secret.iter().map(|s| SecretHash::of(s)).collect();
+    let registration = ClientRecord::new(client_id.clone(), &client.spec, hashes);
+    Ok(Desired { client_id, secret, registration, agent_user })
+}
+
+fn name_and_namespace(client: &OAuth2Client) -> Result<(&str, &str), Invalid> {
+    match (client.metadata.name.as_deref(), client.metadata.namespace.as_deref()) {
+        (Some(name), Some(namespace)) => Ok((name, namespace)),
+        _ => Err(Invalid::spec("an OAuth2Client needs a name and a namespace".into())),
+    }
+}
+
+fn credentials_secret(
+    client: &OAuth2Client,
+    client_id: &str,
+    issuer: &str,
+    agent_user: &AclUser,
+    credentials: &Credentials,
+) -> Secret {
+    let mut data = BTreeMap::new();
+    let mut put = |key: &str, value: &str| data.insert(key.to_owned(), ByteString(value.as_bytes().to_vec()));
+    put(CLIENT_ID, client_id);
+    put(ISSUER, issuer);
+    put(TOKEN_ENDPOINT, &format!("{issuer}/oauth2/token"));
+    put(REDIS_USERNAME, &agent_user.name);
+    put(REDIS_PASSWORD, &credentials.redis_password);
+    if let Some(secret) = &credentials.client_secret {
+        put(CLIENT_SECRET, secret);
+    }
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(client.credentials_secret_name()),
+            namespace: client.metadata.namespace.clone(),
+            labels: Some(BTreeMap::from([
+                ("app.kubernetes.io/managed-by".to_owned(), MANAGED_BY.to_owned()),
+                ("tokenplane.io/client".to_owned(), client.metadata.name.clone().unwrap_or_default()),
+            ])),
+            owner_references: client.controller_owner_ref(&()).map(|r| vec![r]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+/// The credentials kept in an existing credentials Secret, if complete for
+/// this kind of client: reused, so a reconcile never rotates by accident.
+pub fn existing_credentials(secret: &Secret, public: bool) -> Option<Credentials> {
+    let data = secret.data.as_ref()?;
+    let text =
+        |key: &str| data.get(key).and_then(|v| String::from_utf8(v.0.clone()).ok()).filter(|s| !s.is_empty());
+    let client_secret = text(CLIENT_SECRET);
+    if public != client_secret.is_none() {
+        return None;
+    }
+    Some(Credentials { client_secret, redis_password: text(REDIS_PASSWORD)? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(yaml: &str) -> OAuth2Client {
+        let mut client: OAuth2Client = serde_norway::from_str(yaml).expect("fixture parses");
+        client.metadata.uid = Some("uid-1".into());
+        client
+    }
+
+    fn policy() -> TokenPolicy {
+        serde_norway::from_str(
+            "apiVersion: tokenplane.io/v1alpha1\nkind: TokenPolicy\nmetadata: {name: default, namespace: auth}\n\
+             spec: {lifetimes: {accessToken: 15m}}\n",
+        )
+        .expect("fixture parses")
+    }
+
+    const ORDERS: &str = "apiVersion: tokenplane.io/v1alpha1\nkind: OAuth2Client\n\
+        metadata: {name: orders, namespace: shop}\n\
+        spec: {policyRef: {name: default, namespace: auth}, scopes: [orders.read], audiences: [https://orders]}\n";
+
+    fn credentials() -> Credentials {
+        Credentials { client_secret: Some("s3cret".into()), redis_password: "pw".into() }
+    }
+
+    fn text(secret: &Secret, key: &str) -> String {
+        String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap()
+    }
+
+    #[test]
+    fn a_confidential_client_gets_its_secret_registration_and_agent_user() {
+        let d = desired(&client(ORDERS), Some(&policy()), &credentials()).unwrap();
+        assert_eq!(d.client_id, "orders.shop");
+        let meta = &d.secret.metadata;
+        assert_eq!(
+            (meta.name.as_deref(), meta.namespace.as_deref()),
+            (Some("orders-oauth2-credentials"), Some("shop"))
+        );
+        let owner = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("OAuth2Client", "uid-1", Some(true))
+        );
+        assert_eq!(text(&d.secret, CLIENT_SECRET), "s3cret");
+        assert_eq!(text(&d.secret, TOKEN_ENDPOINT), "http://default-issuer.auth.svc/oauth2/token");
+        assert_eq!(text(&d.secret, REDIS_USERNAME), "agent:orders.shop");
+        assert_eq!(d.agent_user.rules, storage::AGENT_ACL);
+        assert!(d.registration.secret_matches("s3cret", 0), "the registration holds the secret's hash");
+        let json = serde_json::to_string(&d.registration).unwrap();
+        assert!(!json.contains("s3cret"), "never the secret itself: {json}");
+        assert_eq!(
+            existing_credentials(&d.secret, false),
+            Some(credentials()),
+            "reused on the next reconcile"
+        );
+    }
+
+    #[test]
+    fn a_public_client_has_no_secret() {
+        let spa = ORDERS.replace("scopes:", "tokenEndpointAuthMethod: none, grantTypes: [authorization_code], redirectUris: [https://spa/cb], scopes:");
+        let creds = Credentials { client_secret: None, redis_password: "pw".into() };
+        let d = desired(&client(&spa), Some(&policy()), &creds).unwrap();
+        assert!(!d.secret.data.as_ref().unwrap().contains_key(CLIENT_SECRET));
+        assert!(d.registration.secrets.is_empty());
+        assert_eq!(existing_credentials(&d.secret, true), Some(creds));
+        assert_eq!(existing_credentials(&d.secret, false), None, "a confidential client needs a secret");
+    }
+
+    #[test]
+    fn invalid_specs_and_missing_policies_get_a_reason() {
+        let fragment = ORDERS.replace(
+            "scopes:",
+            "grantTypes: [authorization_code], redirectUris: [https://x/cb#frag], scopes:",
+        );
+        let Err(e) = desired(&client(&fragment), Some(&policy()), &credentials()) else { panic!("accepted") };
+        assert_eq!(e.reason, "InvalidSpec");
+        assert!(e.message.contains("redirectUris[0]"), "{}", e.message);
+        let Err(e) = desired(&client(ORDERS), None, &credentials()) else { panic!("accepted") };
+        assert_eq!(e.reason, "PolicyNotFound");
+        assert!(e.message.contains("auth/default"), "{}", e.message);
+    }
+}

@@ -1,0 +1,174 @@
+//! The operator's side effects in Redis: client registrations on the
+//! master, agent ACL users on every node (ACLs are not replicated), and the
+//! not-before mark that kills every token of a deleted client at once.
+//! Every node is found through the Sentinels.
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo,
+};
+use tokenplane_api::client::ClientRecord;
+use tokenplane_api::storage;
+
+use crate::reconcile::oauth2client::AclUser;
+
+/// How to reach the cluster, as the operator's admin user.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// Sentinel addresses, `host:port`.
+    pub sentinels: Vec<String>,
+    pub master_name: String,
+    pub username: String,
+    pub password: String,
+    pub sentinel_username: Option<String>,
+    pub sentinel_password: Option<String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("no Sentinel of {0:?} answered; check the RedisSentinelCluster and the Sentinel credentials")]
+    NoSentinel(Vec<String>),
+    #[error("Redis node {addr}: {source}")]
+    Node { addr: String, source: redis::RedisError },
+    #[error("the Sentinels report an unusable address {0:?}")]
+    Address(String),
+}
+
+pub struct RedisAdmin {
+    config: RedisConfig,
+}
+
+fn connection_info(
+    addr: &str,
+    username: Option<&str>,
+    password: Option<&str>,
+) -> Result<ConnectionInfo, RedisError> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_owned(), p.parse().ok()?)))
+        .ok_or_else(|| RedisError::Address(addr.to_owned()))?;
+    let mut auth = RedisConnectionInfo::default();
+    if let Some(u) = username {
+        auth = auth.set_username(u);
+    }
+    if let Some(p) = password {
+        auth = auth.set_password(p);
+    }
+    let info = ConnectionAddr::Tcp(host, port)
+        .into_connection_info()
+        .map_err(|source| RedisError::Node { addr: addr.to_owned(), source })?;
+    Ok(info.set_redis_settings(auth))
+}
+
+impl RedisAdmin {
+    pub fn new(config: RedisConfig) -> Self {
+        Self { config }
+    }
+
+    async fn connect(
+        &self,
+        addr: &str,
+        username: Option<&str>,
+        password: Option<&str>,
+    ) -> Result<MultiplexedConnection, RedisError> {
+        let node = |source| RedisError::Node { addr: addr.to_owned(), source };
+        let limits = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.config.timeout))
+            .set_response_timeout(Some(self.config.timeout));
+        let client = Client::open(connection_info(addr, username, password)?).map_err(node)?;
+        client.get_multiplexed_async_connection_with_config(&limits).await.map_err(node)
+    }
+
+    async fn node(&self, addr: &str) -> Result<MultiplexedConnection, RedisError> {
+        self.connect(addr, Some(&self.config.username), Some(&self.config.password)).await
+    }
+
+    /// The master's address and every replica's, from the first Sentinel
+    /// that answers.
+    pub async fn nodes(&self) -> Result<(String, Vec<String>), RedisError> {
+        let c = &self.config;
+        for sentinel in &c.sentinels {
+            let Ok(mut conn) =
+                self.connect(sentinel, c.sentinel_username.as_deref(), c.sentinel_password.as_deref()).await
+            else {
+                continue;
+            };
+            let master: redis::RedisResult<(String, u16)> = redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(&c.master_name)
+                .query_async(&mut conn)
+                .await;
+            let replicas: redis::RedisResult<Vec<std::collections::HashMap<String, String>>> =
+                redis::cmd("SENTINEL").arg("replicas").arg(&c.master_name).query_async(&mut conn).await;
+            let (Ok((host, port)), Ok(replicas)) = (master, replicas) else { continue };
+            let replicas = replicas
+                .iter()
+                .filter(|r| {
+                    !r.get("flags").is_some_and(|f| f.contains("s_down") || f.contains("disconnected"))
+                })
+                .filter_map(|r| Some(format!("{}:{}", r.get("ip")?, r.get("port")?)))
+                .collect();
+            return Ok((format!("{host}:{port}"), replicas));
+        }
+        Err(RedisError::NoSentinel(c.sentinels.clone()))
+    }
+
+    /// Writes a client's registration and creates (or redefines) its agent's
+    /// ACL user with `passwords` (two while a password rotation overlaps)
+    /// on every node.
+    pub async fn apply_client(
+        &self,
+        registration: &ClientRecord,
+        user: &AclUser,
+        passwords: &[&str],
+    ) -> Result<(), RedisError> {
+        let (master, replicas) = self.nodes().await?;
+        for addr in std::iter::once(&master).chain(&replicas) {
+            let mut setuser = redis::cmd("ACL");
+            setuser.arg("SETUSER").arg(&user.name).arg("reset").arg("on");
+            for password in passwords {
+                setuser.arg(format!(">{password}"));
+            }
+            setuser.arg(user.rules.split_whitespace().collect::<Vec<_>>());
+            let () = setuser
+                .query_async(&mut self.node(addr).await?)
+                .await
+                .map_err(|source| RedisError::Node { addr: addr.clone(), source })?;
+        }
+        let json = serde_json::to_string(registration).expect("a registration serializes");
+        let () = redis::cmd("SET")
+            .arg(storage::client(&registration.client_id))
+            .arg(json)
+            .query_async(&mut self.node(&master).await?)
+            .await
+            .map_err(|source| RedisError::Node { addr: master.clone(), source })?;
+        Ok(())
+    }
+
+    /// Removes a client: every token issued before `now` dies (the
+    /// not-before mark, announced to the agents), then the registration and
+    /// the agent's ACL user go.
+    pub async fn remove_client(&self, client_id: &str, user: &AclUser, now: u64) -> Result<(), RedisError> {
+        let (master, replicas) = self.nodes().await?;
+        let mut pipe = redis::pipe();
+        pipe.hset(storage::NOT_BEFORE, client_id, now).ignore();
+        pipe.publish(storage::REVOCATIONS, format!("client {client_id} {now}")).ignore();
+        pipe.del(storage::client(client_id)).ignore();
+        let () = pipe
+            .query_async(&mut self.node(&master).await?)
+            .await
+            .map_err(|source| RedisError::Node { addr: master.clone(), source })?;
+        for addr in std::iter::once(&master).chain(&replicas) {
+            let _: i64 = redis::cmd("ACL")
+                .arg("DELUSER")
+                .arg(&user.name)
+                .query_async(&mut self.node(addr).await?)
+                .await
+                .map_err(|source| RedisError::Node { addr: addr.clone(), source })?;
+        }
+        Ok(())
+    }
+}

@@ -68,8 +68,7 @@ async fn a_client_gets_its_agent_user_everywhere_and_deletion_kills_its_tokens()
     admin.apply_client(&desired.registration, &desired.agent_user, &["agent-pw-4567"]).await.unwrap();
     assert!(cluster.connection(&master, &agent).await.is_err(), "the old password stopped working");
 
-    let mut listener = cluster.admin_connection(&master).await.unwrap();
-    let before: Option<String> = listener.hget(storage::NOT_BEFORE, "orders.shop").await.unwrap();
+    let before: Option<String> = conn.hget(storage::NOT_BEFORE, "orders.shop").await.unwrap();
     assert_eq!(before, None);
     admin.remove_client("orders.shop", &desired.agent_user, 1_900_000_000).await.unwrap();
     let mark: Option<u64> = conn.hget(storage::NOT_BEFORE, "orders.shop").await.unwrap();

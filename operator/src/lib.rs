@@ -5,6 +5,7 @@
 //! that apply them are next.
 #![forbid(unsafe_code)]
 
+pub mod controller;
 pub mod crdgen;
 pub mod reconcile;
 pub mod redis;

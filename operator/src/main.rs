@@ -2,8 +2,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
+use std::sync::Arc;
+
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use tokenplane_operator::controller::{self, Context, generate_secret};
+use tokenplane_operator::redis::{RedisAdmin, RedisConfig};
 
 #[derive(Parser)]
 #[command(version, about = "tokenplane operator")]
@@ -20,6 +24,9 @@ enum Command {
         #[arg(long, env = "TOKENPLANE_CRD_OUT")]
         out: Option<PathBuf>,
     },
+    /// Reconcile OAuth2Clients: in a cluster (service account) or out of it
+    /// (kubeconfig), against the Redis Sentinels given here.
+    Run(RunArgs),
     /// Print the Kubernetes objects the operator would create for the
     /// OAuth2Clients (and their TokenPolicies) in some YAML files, offline.
     /// Generated secrets show as placeholders.
@@ -30,8 +37,62 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Sentinel addresses, host:port, comma separated.
+    #[arg(long, env = "TOKENPLANE_REDIS_SENTINELS", value_delimiter = ',', required = true)]
+    redis_sentinels: Vec<String>,
+    /// Name the Sentinels monitor the master under.
+    #[arg(long, env = "TOKENPLANE_REDIS_MASTER", default_value = "tokenplane")]
+    redis_master: String,
+    /// The operator's Redis ACL user (administers ACL users and registrations).
+    #[arg(long, env = "TOKENPLANE_REDIS_USERNAME")]
+    redis_username: String,
+    /// File holding that user's password.
+    #[arg(long, env = "TOKENPLANE_REDIS_PASSWORD_FILE")]
+    redis_password_file: PathBuf,
+    /// User the Sentinels require, if any.
+    #[arg(long, env = "TOKENPLANE_REDIS_SENTINEL_USERNAME")]
+    redis_sentinel_username: Option<String>,
+    /// File holding the Sentinel user's password.
+    #[arg(long, env = "TOKENPLANE_REDIS_SENTINEL_PASSWORD_FILE")]
+    redis_sentinel_password_file: Option<PathBuf>,
+}
+
+fn read_secret(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text.trim().to_owned())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let redis = RedisAdmin::new(RedisConfig {
+        sentinels: args.redis_sentinels,
+        master_name: args.redis_master,
+        username: args.redis_username,
+        password: read_secret(&args.redis_password_file)?,
+        sentinel_username: args.redis_sentinel_username,
+        sentinel_password: args.redis_sentinel_password_file.as_deref().map(read_secret).transpose()?,
+        timeout: std::time::Duration::from_secs(2),
+    });
+    let kube = kube::Client::try_default()
+        .await
+        .context("cannot reach the Kubernetes API: run in a cluster, or set KUBECONFIG")?;
+    let ctx = Arc::new(Context { kube, redis, generate: generate_secret });
+    tracing::info!("reconciling OAuth2Clients");
+    controller::run(ctx).await;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().command {
+        Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(run(args)),
         Command::Crdgen { out: Some(dir) } => tokenplane_operator::crdgen::write(&dir),
         Command::Crdgen { out: None } => {
             for (_, yaml) in tokenplane_operator::crdgen::render()? {

@@ -1,0 +1,197 @@
+//! The OAuth2Client apply layer against a scripted in-memory API server
+//! (tower-test) and a real Redis Sentinel cluster: the requests it makes,
+//! their bodies, and what lands in Redis, for a new client, an invalid one,
+//! and a deletion.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use redis::AsyncCommands;
+use serde_json::{Value, json};
+use tokenplane_api::{OAuth2Client, storage};
+use tokenplane_operator::controller::{Context, oauth2client};
+use tokenplane_operator::redis::{RedisAdmin, RedisConfig};
+use tokenplane_testkit::{RedisCluster, RedisClusterOptions};
+use tower_test::mock::{self, Handle};
+
+type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+fn client_json(spec: Value, finalizers: &[&str], deleting: bool) -> Value {
+    let mut meta = json!({"name": "orders", "namespace": "shop", "uid": "uid-1", "generation": 3,
+                          "finalizers": finalizers, "resourceVersion": "7"});
+    if deleting {
+        meta["deletionTimestamp"] = "2026-11-23T00:00:00Z".into();
+    }
+    json!({"apiVersion": "tokenplane.io/v1alpha1", "kind": "OAuth2Client", "metadata": meta, "spec": spec})
+}
+
+fn spec() -> Value {
+    json!({"policyRef": {"name": "default", "namespace": "auth"}, "audiences": ["https://orders"], "scopes": ["read"]})
+}
+
+const POLICY: &str = r#"{"apiVersion": "tokenplane.io/v1alpha1", "kind": "TokenPolicy",
+    "metadata": {"name": "default", "namespace": "auth"}, "spec": {"lifetimes": {"accessToken": "15m"}}}"#;
+
+fn context(cluster: &RedisCluster, api: mock::Mock<Request<Body>, Response<Body>>) -> Arc<Context> {
+    let (admin, sentinel) = (cluster.admin_credentials(), cluster.sentinel_credentials());
+    let redis = RedisAdmin::new(RedisConfig {
+        sentinels: cluster.sentinel_addrs(),
+        master_name: cluster.master_name().to_owned(),
+        username: admin.username,
+        password: admin.password,
+        sentinel_username: Some(sentinel.username),
+        sentinel_password: Some(sentinel.password),
+        timeout: Duration::from_secs(2),
+    });
+    Arc::new(Context {
+        kube: kube::Client::new(api, "default"),
+        redis,
+        generate: || "generated-0123456789".into(),
+    })
+}
+
+/// Answers the next request, which must be `method` on `path`, with
+/// `reply` (its own body when `reply` is null); returns its body.
+async fn expect(api: &mut ApiHandle, method: Method, path: &str, status: StatusCode, reply: Value) -> Value {
+    let (request, respond) = api.next_request().await.expect("the controller made a request");
+    assert_eq!((request.method(), request.uri().path()), (&method, path), "{}", request.uri());
+    let query = request.uri().query().unwrap_or_default().to_owned();
+    let body = request.into_body().collect_bytes().await.unwrap();
+    let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap() };
+    if method == Method::PATCH && body.get("apiVersion").is_some() {
+        assert!(
+            query.contains("fieldManager=tokenplane") && query.contains("force=true"),
+            "server-side apply: {query}"
+        );
+    }
+    let reply = if reply.is_null() { body.clone() } else { reply };
+    respond.send_response(
+        Response::builder().status(status).body(Body::from(serde_json::to_vec(&reply).unwrap())).unwrap(),
+    );
+    body
+}
+
+fn not_found() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+}
+
+const CLIENT_PATH: &str = "/apis/tokenplane.io/v1alpha1/namespaces/shop/oauth2clients/orders";
+const SECRET_PATH: &str = "/api/v1/namespaces/shop/secrets/orders-oauth2-credentials";
+
+#[tokio::test]
+async fn a_new_client_gets_its_secret_registration_and_status_and_deletion_cleans_redis() {
+    let cluster = RedisCluster::start(RedisClusterOptions::default()).await.unwrap();
+    let (api, mut server) = mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(&cluster, api);
+
+    // First pass: the finalizer goes on, nothing else.
+    let fresh: OAuth2Client = serde_json::from_value(client_json(spec(), &[], false)).unwrap();
+    let run = tokio::spawn(oauth2client::reconcile(Arc::new(fresh), ctx.clone()));
+    let patch = expect(
+        &mut server,
+        Method::PATCH,
+        CLIENT_PATH,
+        StatusCode::OK,
+        client_json(spec(), &[oauth2client::FINALIZER], false),
+    )
+    .await;
+    assert!(patch.to_string().contains(oauth2client::FINALIZER), "{patch}");
+    assert_eq!(run.await.unwrap().unwrap(), Action::await_change());
+
+    // Second pass: policy, Secret (absent: generated), apply, Redis, status.
+    let held: OAuth2Client =
+        serde_json::from_value(client_json(spec(), &[oauth2client::FINALIZER], false)).unwrap();
+    let run = tokio::spawn(oauth2client::reconcile(Arc::new(held), ctx.clone()));
+    let policy: Value = serde_json::from_str(POLICY).unwrap();
+    expect(
+        &mut server,
+        Method::GET,
+        "/apis/tokenplane.io/v1alpha1/namespaces/auth/tokenpolicies/default",
+        StatusCode::OK,
+        policy,
+    )
+    .await;
+    expect(&mut server, Method::GET, SECRET_PATH, StatusCode::NOT_FOUND, not_found()).await;
+    let secret = expect(&mut server, Method::PATCH, SECRET_PATH, StatusCode::OK, Value::Null).await;
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+    assert_eq!(secret["data"]["client_id"], "b3JkZXJzLnNob3A=", "base64 of orders.shop");
+    let status = expect(
+        &mut server,
+        Method::PATCH,
+        &format!("{CLIENT_PATH}/status"),
+        StatusCode::OK,
+        client_json(spec(), &[], false),
+    )
+    .await;
+    assert_eq!(status["status"]["conditions"][0]["status"], "True");
+    assert_eq!(
+        (status["status"]["clientId"].as_str(), status["status"]["observedGeneration"].as_i64()),
+        (Some("orders.shop"), Some(3))
+    );
+    assert_eq!(
+        run.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(300)),
+        "looked at again for drift"
+    );
+    let mut redis = cluster.admin_connection(&cluster.master_addr().await.unwrap()).await.unwrap();
+    let record: String = redis.get(storage::client("orders.shop")).await.unwrap();
+    assert!(record.contains("\"client_id\":\"orders.shop\"") && !record.contains("generated-0123456789"));
+
+    // Deleted: Redis forgets it and every older token dies, then the finalizer comes off.
+    let deleting: OAuth2Client =
+        serde_json::from_value(client_json(spec(), &[oauth2client::FINALIZER], true)).unwrap();
+    let run = tokio::spawn(oauth2client::reconcile(Arc::new(deleting), ctx.clone()));
+    let patch =
+        expect(&mut server, Method::PATCH, CLIENT_PATH, StatusCode::OK, client_json(spec(), &[], true)).await;
+    assert_eq!(
+        patch[1],
+        json!({"op": "remove", "path": "/metadata/finalizers/0"}),
+        "the finalizer comes off: {patch}"
+    );
+    run.await.unwrap().unwrap();
+    let gone: Option<String> = redis.get(storage::client("orders.shop")).await.unwrap();
+    assert_eq!(gone, None);
+    let mark: Option<u64> = redis.hget(storage::NOT_BEFORE, "orders.shop").await.unwrap();
+    assert!(mark.is_some(), "the client's tokens are dead");
+}
+
+#[tokio::test]
+async fn an_invalid_client_gets_a_condition_and_nothing_else() {
+    let cluster = RedisCluster::start(RedisClusterOptions::default()).await.unwrap();
+    let (api, mut server) = mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(&cluster, api);
+    let mut bad = spec();
+    bad["grantTypes"] = json!(["authorization_code"]);
+    bad["redirectUris"] = json!(["http://evil.example/cb"]);
+    let client: OAuth2Client =
+        serde_json::from_value(client_json(bad.clone(), &[oauth2client::FINALIZER], false)).unwrap();
+    let run = tokio::spawn(oauth2client::reconcile(Arc::new(client), ctx));
+    let policy: Value = serde_json::from_str(POLICY).unwrap();
+    expect(
+        &mut server,
+        Method::GET,
+        "/apis/tokenplane.io/v1alpha1/namespaces/auth/tokenpolicies/default",
+        StatusCode::OK,
+        policy,
+    )
+    .await;
+    expect(&mut server, Method::GET, SECRET_PATH, StatusCode::NOT_FOUND, not_found()).await;
+    let status = expect(
+        &mut server,
+        Method::PATCH,
+        &format!("{CLIENT_PATH}/status"),
+        StatusCode::OK,
+        client_json(bad, &[], false),
+    )
+    .await;
+    let ready = &status["status"]["conditions"][0];
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("InvalidSpec")));
+    assert!(ready["message"].as_str().unwrap().contains("redirectUris[0]"), "{ready}");
+    assert_eq!(run.await.unwrap().unwrap(), Action::await_change());
+    let mut redis = cluster.admin_connection(&cluster.master_addr().await.unwrap()).await.unwrap();
+    let none: Option<String> = redis.get(storage::client("orders.shop")).await.unwrap();
+    assert_eq!(none, None, "nothing half-applied");
+}

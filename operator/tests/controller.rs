@@ -19,6 +19,28 @@ use tower_test::mock::{self, Handle};
 
 type ApiHandle = Handle<Request<Body>, Response<Body>>;
 
+/// Every (verb, resource) the controller asked for, across the tests.
+static USED: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// The RBAC verb and resource (`plural` or `plural/subresource`) of a request.
+fn rbac_of(method: &Method, path: &str) -> (String, String) {
+    let parts: Vec<&str> = path.split('/').collect();
+    let at = parts.iter().position(|p| *p == "namespaces").expect("namespaced path");
+    let resource = match parts.get(at + 4) {
+        Some(sub) => format!("{}/{sub}", parts[at + 2]),
+        None => parts[at + 2].to_owned(),
+    };
+    let verb = match *method {
+        Method::GET => "get",
+        Method::PATCH => "patch",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::DELETE => "delete",
+        _ => "other",
+    };
+    (verb.to_owned(), resource)
+}
+
 fn client_json(spec: Value, finalizers: &[&str], deleting: bool) -> Value {
     let mut meta = json!({"name": "orders", "namespace": "shop", "uid": "uid-1", "generation": 3,
                           "finalizers": finalizers, "resourceVersion": "7"});
@@ -58,6 +80,7 @@ fn context(cluster: &RedisCluster, api: mock::Mock<Request<Body>, Response<Body>
 async fn expect(api: &mut ApiHandle, method: Method, path: &str, status: StatusCode, reply: Value) -> Value {
     let (request, respond) = api.next_request().await.expect("the controller made a request");
     assert_eq!((request.method(), request.uri().path()), (&method, path), "{}", request.uri());
+    USED.lock().unwrap().push(rbac_of(request.method(), request.uri().path()));
     let query = request.uri().query().unwrap_or_default().to_owned();
     let body = request.into_body().collect_bytes().await.unwrap();
     let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap() };
@@ -156,6 +179,7 @@ async fn a_new_client_gets_its_secret_registration_and_status_and_deletion_clean
     assert_eq!(gone, None);
     let mark: Option<u64> = redis.hget(storage::NOT_BEFORE, "orders.shop").await.unwrap();
     assert!(mark.is_some(), "the client's tokens are dead");
+    assert_role_allows_what_was_used();
 }
 
 #[tokio::test]
@@ -194,4 +218,33 @@ async fn an_invalid_client_gets_a_condition_and_nothing_else() {
     let mut redis = cluster.admin_connection(&cluster.master_addr().await.unwrap()).await.unwrap();
     let none: Option<String> = redis.get(storage::client("orders.shop")).await.unwrap();
     assert_eq!(none, None, "nothing half-applied");
+}
+
+/// The role in config/rbac allows every request made so far, and the
+/// list/watch of the two resources the controller watches.
+fn assert_role_allows_what_was_used() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/rbac/role.yaml")).unwrap();
+    let role: Value = serde_norway::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+        .find(|doc: &Value| doc["kind"] == "ClusterRole")
+        .unwrap();
+    let allowed = |verb: &str, resource: &str| {
+        role["rules"].as_array().unwrap().iter().any(|rule| {
+            let has = |field: &str, value: &str| rule[field].as_array().unwrap().iter().any(|v| v == value);
+            has("verbs", verb) && has("resources", resource)
+        })
+    };
+    let mut used = USED.lock().unwrap().clone();
+    used.extend(
+        ["oauth2clients", "secrets"]
+            .iter()
+            .flat_map(|r| [("list".into(), (*r).into()), ("watch".into(), (*r).into())]),
+    );
+    for (verb, resource) in &used {
+        assert!(
+            allowed(verb, resource),
+            "the code does {verb} on {resource}, which config/rbac/role.yaml does not allow"
+        );
+    }
 }

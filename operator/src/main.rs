@@ -77,7 +77,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let kube = kube::Client::try_default()
         .await
         .context("cannot reach the Kubernetes API: run in a cluster, or set KUBECONFIG")?;
-    let ctx = Arc::new(Context { kube, redis, generate: generate_secret });
+    let ctx = Arc::new(Context::new(kube, redis, generate_secret));
     tracing::info!("reconciling OAuth2Clients");
     controller::run(ctx).await;
     Ok(())

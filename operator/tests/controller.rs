@@ -28,7 +28,7 @@ fn rbac_of(method: &Method, path: &str) -> (String, String) {
     let at = parts.iter().position(|p| *p == "namespaces").expect("namespaced path");
     let resource = match parts.get(at + 4) {
         Some(sub) => format!("{}/{sub}", parts[at + 2]),
-        None => parts[at + 2].to_owned(),
+        None => parts.get(at + 2).copied().unwrap_or_default().to_owned(),
     };
     let verb = match *method {
         Method::GET => "get",
@@ -68,11 +68,7 @@ fn context(cluster: &RedisCluster, api: mock::Mock<Request<Body>, Response<Body>
         sentinel_password: Some(sentinel.password),
         timeout: Duration::from_secs(2),
     });
-    Arc::new(Context {
-        kube: kube::Client::new(api, "default"),
-        redis,
-        generate: || "generated-0123456789".into(),
-    })
+    Arc::new(Context::new(kube::Client::new(api, "default"), redis, || "generated-0123456789".into()))
 }
 
 /// Answers the next request, which must be `method` on `path`, with
@@ -203,6 +199,16 @@ async fn an_invalid_client_gets_a_condition_and_nothing_else() {
     )
     .await;
     expect(&mut server, Method::GET, SECRET_PATH, StatusCode::NOT_FOUND, not_found()).await;
+    let event = expect(
+        &mut server,
+        Method::POST,
+        "/apis/events.k8s.io/v1/namespaces/shop/events",
+        StatusCode::OK,
+        Value::Null,
+    )
+    .await;
+    assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("InvalidSpec")));
+    assert_eq!(event["regarding"]["name"], "orders");
     let status = expect(
         &mut server,
         Method::PATCH,
@@ -218,6 +224,7 @@ async fn an_invalid_client_gets_a_condition_and_nothing_else() {
     let mut redis = cluster.admin_connection(&cluster.master_addr().await.unwrap()).await.unwrap();
     let none: Option<String> = redis.get(storage::client("orders.shop")).await.unwrap();
     assert_eq!(none, None, "nothing half-applied");
+    assert_role_allows_what_was_used();
 }
 
 /// The role in config/rbac allows every request made so far, and the

@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{finalizer, watcher};
 use tokenplane_api::OAuth2Client;
 
@@ -21,6 +22,16 @@ pub struct Context {
     pub redis: RedisAdmin,
     /// A new 256-bit secret, base64url (client secrets, Redis passwords).
     pub generate: fn() -> String,
+    /// Kubernetes events on the resources, as `tokenplane-operator`.
+    pub recorder: Recorder,
+}
+
+impl Context {
+    pub fn new(kube: kube::Client, redis: RedisAdmin, generate: fn() -> String) -> Self {
+        let reporter =
+            Reporter { controller: "tokenplane-operator".into(), instance: std::env::var("POD_NAME").ok() };
+        Self { recorder: Recorder::new(kube.clone(), reporter), kube, redis, generate }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,8 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event, finalizer};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{self, finalizer};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokenplane_api::oauth2client::AuthMethod;
@@ -31,8 +32,8 @@ pub async fn reconcile(client: Arc<OAuth2Client>, ctx: Arc<Context>) -> Result<A
     let api: Api<OAuth2Client> = Api::namespaced(ctx.kube.clone(), &namespace);
     finalizer(&api, FINALIZER, client, |event| async {
         match event {
-            Event::Apply(client) => apply(&client, &ctx).await,
-            Event::Cleanup(client) => cleanup(&client, &ctx).await,
+            finalizer::Event::Apply(client) => apply(&client, &ctx).await,
+            finalizer::Event::Cleanup(client) => cleanup(&client, &ctx).await,
         }
     })
     .await
@@ -53,6 +54,7 @@ async fn apply(client: &OAuth2Client, ctx: &Context) -> Result<Action, Error> {
         Ok(desired) => desired,
         Err(invalid) => {
             tracing::info!(client = %client.name_any(), %namespace, reason = invalid.reason, "not reconciled: {}", invalid.message);
+            warn(client, ctx, &invalid).await;
             set_status(client, ctx, Err(&invalid)).await?;
             return Ok(Action::await_change());
         }
@@ -62,6 +64,21 @@ async fn apply(client: &OAuth2Client, ctx: &Context) -> Result<Action, Error> {
     ctx.redis.apply_client(&desired.registration, &desired.agent_user, &[password]).await?;
     set_status(client, ctx, Ok(&desired)).await?;
     Ok(Action::requeue(RESYNC))
+}
+
+/// A Warning event on the client, best effort: the condition carries the
+/// same news.
+async fn warn(client: &OAuth2Client, ctx: &Context, invalid: &Invalid) {
+    let event = Event {
+        type_: EventType::Warning,
+        reason: invalid.reason.into(),
+        note: Some(invalid.message.clone()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &client.object_ref(&())).await {
+        tracing::warn!(error = %e, "could not record an event");
+    }
 }
 
 async fn policy_of(

@@ -57,6 +57,12 @@ struct RunArgs {
     /// File holding the Sentinel user's password.
     #[arg(long, env = "TOKENPLANE_REDIS_SENTINEL_PASSWORD_FILE")]
     redis_sentinel_password_file: Option<PathBuf>,
+    /// Namespace of the Lease the replicas elect a leader with.
+    #[arg(long, env = "TOKENPLANE_LEASE_NAMESPACE", default_value = "tokenplane-system")]
+    lease_namespace: String,
+    /// This replica's name in the Lease (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
 }
 
 fn read_secret(path: &std::path::Path) -> anyhow::Result<String> {
@@ -78,9 +84,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("cannot reach the Kubernetes API: run in a cluster, or set KUBECONFIG")?;
     let ctx = Arc::new(Context::new(kube, redis, generate_secret));
-    tracing::info!("reconciling OAuth2Clients");
-    controller::run(ctx).await;
-    Ok(())
+    let identity = args.identity.unwrap_or_else(|| format!("tokenplane-operator-{}", std::process::id()));
+    controller::lead(ctx, &args.lease_namespace, identity).await.with_context(|| {
+        format!("leader election on the Lease {}/{} failed", args.lease_namespace, controller::LEASE)
+    })
 }
 
 fn main() -> anyhow::Result<()> {

@@ -148,6 +148,27 @@ impl RedisAdmin {
         Ok(())
     }
 
+    /// What Redis holds for a client: its registration, and the password
+    /// hashes (SHA-256 hex) of its agent's ACL user on the master.
+    pub async fn registered(
+        &self,
+        client_id: &str,
+        user: &AclUser,
+    ) -> Result<(Option<ClientRecord>, Option<Vec<String>>), RedisError> {
+        let (master, _) = self.nodes().await?;
+        let node = |source| RedisError::Node { addr: master.clone(), source };
+        let mut conn = self.node(&master).await?;
+        let json: Option<String> =
+            redis::cmd("GET").arg(storage::client(client_id)).query_async(&mut conn).await.map_err(node)?;
+        let acl: Option<std::collections::HashMap<String, redis::Value>> =
+            redis::cmd("ACL").arg("GETUSER").arg(&user.name).query_async(&mut conn).await.map_err(node)?;
+        let passwords = acl
+            .and_then(|mut fields| fields.remove("passwords"))
+            .map(|p| redis::from_redis_value(p).unwrap_or_default());
+        // An unreadable registration is rewritten by the reconcile, like a missing one.
+        Ok((json.and_then(|j| serde_json::from_str(&j).ok()), passwords))
+    }
+
     /// Removes a client: every token issued before `now` dies (the
     /// not-before mark, announced to the agents), then the registration and
     /// the agent's ACL user go.

@@ -99,6 +99,8 @@ fn not_found() -> Value {
 
 const CLIENT_PATH: &str = "/apis/tokenplane.io/v1alpha1/namespaces/shop/oauth2clients/orders";
 const SECRET_PATH: &str = "/api/v1/namespaces/shop/secrets/orders-oauth2-credentials";
+const POLICY_PATH: &str = "/apis/tokenplane.io/v1alpha1/namespaces/auth/tokenpolicies/default";
+const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
 
 #[tokio::test]
 async fn a_new_client_gets_its_secret_registration_and_status_and_deletion_cleans_redis() {
@@ -125,14 +127,7 @@ async fn a_new_client_gets_its_secret_registration_and_status_and_deletion_clean
         serde_json::from_value(client_json(spec(), &[oauth2client::FINALIZER], false)).unwrap();
     let run = tokio::spawn(oauth2client::reconcile(Arc::new(held), ctx.clone()));
     let policy: Value = serde_json::from_str(POLICY).unwrap();
-    expect(
-        &mut server,
-        Method::GET,
-        "/apis/tokenplane.io/v1alpha1/namespaces/auth/tokenpolicies/default",
-        StatusCode::OK,
-        policy,
-    )
-    .await;
+    expect(&mut server, Method::GET, POLICY_PATH, StatusCode::OK, policy).await;
     expect(&mut server, Method::GET, SECRET_PATH, StatusCode::NOT_FOUND, not_found()).await;
     let secret = expect(&mut server, Method::PATCH, SECRET_PATH, StatusCode::OK, Value::Null).await;
     assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], "uid-1");
@@ -158,6 +153,33 @@ async fn a_new_client_gets_its_secret_registration_and_status_and_deletion_clean
     let mut redis = cluster.admin_connection(&cluster.master_addr().await.unwrap()).await.unwrap();
     let record: String = redis.get(storage::client("orders.shop")).await.unwrap();
     assert!(record.contains("\"client_id\":\"orders.shop\"") && !record.contains("generated-0123456789"));
+
+    // Someone sets a client secret of their choice in the Secret: it is not
+    // adopted; the operator issues fresh credentials and says so.
+    let held: OAuth2Client =
+        serde_json::from_value(client_json(spec(), &[oauth2client::FINALIZER], false)).unwrap();
+    let run = tokio::spawn(oauth2client::reconcile(Arc::new(held), ctx.clone()));
+    let policy: Value = serde_json::from_str(POLICY).unwrap();
+    expect(&mut server, Method::GET, POLICY_PATH, StatusCode::OK, policy).await;
+    let mut edited = secret.clone();
+    edited["data"]["client_secret"] = "Y2hvc2VuLWJ5LWhhbmQ=".into();
+    expect(&mut server, Method::GET, SECRET_PATH, StatusCode::OK, edited).await;
+    let event = expect(&mut server, Method::POST, EVENTS_PATH, StatusCode::OK, Value::Null).await;
+    assert_eq!(event["reason"], "CredentialsReplaced");
+    let repaired = expect(&mut server, Method::PATCH, SECRET_PATH, StatusCode::OK, Value::Null).await;
+    assert_eq!(
+        repaired["data"]["client_secret"], "Z2VuZXJhdGVkLTAxMjM0NTY3ODk=",
+        "a generated secret, not the edited one"
+    );
+    expect(
+        &mut server,
+        Method::PATCH,
+        &format!("{CLIENT_PATH}/status"),
+        StatusCode::OK,
+        client_json(spec(), &[], false),
+    )
+    .await;
+    run.await.unwrap().unwrap();
 
     // Deleted: Redis forgets it and every older token dies, then the finalizer comes off.
     let deleting: OAuth2Client =
@@ -190,23 +212,9 @@ async fn an_invalid_client_gets_a_condition_and_nothing_else() {
         serde_json::from_value(client_json(bad.clone(), &[oauth2client::FINALIZER], false)).unwrap();
     let run = tokio::spawn(oauth2client::reconcile(Arc::new(client), ctx));
     let policy: Value = serde_json::from_str(POLICY).unwrap();
-    expect(
-        &mut server,
-        Method::GET,
-        "/apis/tokenplane.io/v1alpha1/namespaces/auth/tokenpolicies/default",
-        StatusCode::OK,
-        policy,
-    )
-    .await;
+    expect(&mut server, Method::GET, POLICY_PATH, StatusCode::OK, policy).await;
     expect(&mut server, Method::GET, SECRET_PATH, StatusCode::NOT_FOUND, not_found()).await;
-    let event = expect(
-        &mut server,
-        Method::POST,
-        "/apis/events.k8s.io/v1/namespaces/shop/events",
-        StatusCode::OK,
-        Value::Null,
-    )
-    .await;
+    let event = expect(&mut server, Method::POST, EVENTS_PATH, StatusCode::OK, Value::Null).await;
     assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("InvalidSpec")));
     assert_eq!(event["regarding"]["name"], "orders");
     let status = expect(

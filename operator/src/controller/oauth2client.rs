@@ -18,7 +18,7 @@ use tokenplane_api::oauth2client::AuthMethod;
 use tokenplane_api::{OAuth2Client, TokenPolicy};
 
 use super::{Context, Error};
-use crate::reconcile::oauth2client::{self, Credentials, Desired};
+use crate::reconcile::oauth2client::{self, Credentials, Desired, Registered};
 use crate::reconcile::{Invalid, MANAGED_BY};
 
 /// Finalizer that holds a deleted client until Redis forgot it.
@@ -46,15 +46,23 @@ async fn apply(client: &OAuth2Client, ctx: &Context) -> Result<Action, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &namespace);
     let public = client.spec.token_endpoint_auth_method == AuthMethod::None;
     let existing = secrets.get_opt(&client.credentials_secret_name()).await?;
-    let credentials =
-        existing.as_ref().and_then(|s| oauth2client::existing_credentials(s, public)).unwrap_or_else(|| {
-            Credentials { client_secret: (!public).then(&ctx.generate), redis_password: (ctx.generate)() }
-        });
+    let client_id = OAuth2Client::client_id_for(&client.name_any(), &namespace);
+    let (registration, hashes) =
+        ctx.redis.registered(&client_id, &oauth2client::agent_user(&client_id)).await?;
+    let registered = Registered { registration: registration.as_ref(), password_hashes: hashes.as_deref() };
+    let fresh =
+        || Credentials { client_secret: (!public).then(ctx.generate), redis_password: (ctx.generate)() };
+    let existing = existing.as_ref().and_then(|s| oauth2client::existing_credentials(s, public));
+    let (credentials, replaced) = oauth2client::credentials_to_use(existing, &registered, unix_now(), fresh);
+    if replaced {
+        let note = "the credentials Secret was edited by hand: new credentials were issued and the edited ones do not work";
+        warn(client, ctx, "CredentialsReplaced", note).await;
+    }
     let desired = match oauth2client::desired(client, policy.as_ref(), &credentials) {
         Ok(desired) => desired,
         Err(invalid) => {
             tracing::info!(client = %client.name_any(), %namespace, reason = invalid.reason, "not reconciled: {}", invalid.message);
-            warn(client, ctx, &invalid).await;
+            warn(client, ctx, invalid.reason, &invalid.message).await;
             set_status(client, ctx, Err(&invalid)).await?;
             return Ok(Action::await_change());
         }
@@ -66,13 +74,13 @@ async fn apply(client: &OAuth2Client, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::requeue(RESYNC))
 }
 
-/// A Warning event on the client, best effort: the condition carries the
-/// same news.
-async fn warn(client: &OAuth2Client, ctx: &Context, invalid: &Invalid) {
+/// A Warning event on the client, best effort: logs and conditions carry
+/// the same news.
+async fn warn(client: &OAuth2Client, ctx: &Context, reason: &str, note: &str) {
     let event = Event {
         type_: EventType::Warning,
-        reason: invalid.reason.into(),
-        note: Some(invalid.message.clone()),
+        reason: reason.into(),
+        note: Some(note.into()),
         action: "Reconcile".into(),
         secondary: None,
     };
@@ -149,8 +157,11 @@ async fn set_status(
 async fn cleanup(client: &OAuth2Client, ctx: &Context) -> Result<Action, Error> {
     let namespace = client.namespace().ok_or(Error::NotNamespaced)?;
     let client_id = OAuth2Client::client_id_for(&client.name_any(), &namespace);
-    let now = u64::try_from(k8s_openapi::jiff::Timestamp::now().as_second()).unwrap_or_default();
-    ctx.redis.remove_client(&client_id, &oauth2client::agent_user(&client_id), now).await?;
+    ctx.redis.remove_client(&client_id, &oauth2client::agent_user(&client_id), unix_now()).await?;
     tracing::info!(%client_id, "client removed: its tokens stopped working, its registration and Redis user are gone");
     Ok(Action::await_change())
+}
+
+fn unix_now() -> u64 {
+    u64::try_from(k8s_openapi::jiff::Timestamp::now().as_second()).unwrap_or_default()
 }

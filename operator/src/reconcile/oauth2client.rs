@@ -157,6 +157,42 @@ pub fn existing_credentials(secret: &Secret, public: bool) -> Option<Credentials
     Some(Credentials { client_secret, redis_password: text(REDIS_PASSWORD)? })
 }
 
+/// What Redis holds for a client, to check its credentials Secret against:
+/// the registration's secret hashes and the agent user's password hashes
+/// (`ACL GETUSER`, SHA-256 hex).
+pub struct Registered<'a> {
+    pub registration: Option<&'a ClientRecord>,
+    pub password_hashes: Option<&'a [String]>,
+}
+
+/// The credentials to use: those of the Secret unless they no longer match
+/// what Redis holds (the Secret was edited by hand), in which case fresh
+/// ones replace them (`true`: repaired). A hand-set value is never adopted:
+/// it may be weak, or known to whoever set it.
+pub fn credentials_to_use(
+    existing: Option<Credentials>,
+    registered: &Registered<'_>,
+    now: u64,
+    fresh: impl FnOnce() -> Credentials,
+) -> (Credentials, bool) {
+    let Some(existing) = existing else { return (fresh(), false) };
+    let secret_ok = match (&existing.client_secret, registered.registration) {
+        (Some(secret), Some(r)) => r.secret_matches(secret, now),
+        (None, Some(r)) => r.secrets.is_empty(),
+        (_, None) => true,
+    };
+    let password_ok = registered
+        .password_hashes
+        .is_none_or(|hashes| hashes.contains(&sha256_hex(&existing.redis_password)));
+    if secret_ok && password_ok { (existing, false) } else { (fresh(), true) }
+}
+
+/// SHA-256 in lowercase hex, as `ACL GETUSER` shows passwords.
+fn sha256_hex(text: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +260,29 @@ mod tests {
         assert!(d.registration.secrets.is_empty());
         assert_eq!(existing_credentials(&d.secret, true), Some(creds));
         assert_eq!(existing_credentials(&d.secret, false), None, "a confidential client needs a secret");
+    }
+
+    #[test]
+    fn hand_edited_credentials_are_replaced_not_adopted() {
+        let d = desired(&client(ORDERS), Some(&policy()), &credentials()).unwrap();
+        let fresh = || Credentials { client_secret: Some("new".into()), redis_password: "new-pw".into() };
+        let held = |hashes: &[String]| {
+            let registered =
+                Registered { registration: Some(&d.registration), password_hashes: Some(hashes) };
+            credentials_to_use(Some(credentials()), &registered, 0, fresh)
+        };
+        assert_eq!(held(&[sha256_hex("pw")]), (credentials(), false), "matching: kept");
+        assert_eq!(held(&[sha256_hex("other")]), (fresh(), true), "Redis password edited by hand: replaced");
+        let edited = Credentials { client_secret: Some("chosen-by-hand".into()), ..credentials() };
+        let registered = Registered { registration: Some(&d.registration), password_hashes: None };
+        assert_eq!(credentials_to_use(Some(edited), &registered, 0, fresh), (fresh(), true));
+        let nothing = Registered { registration: None, password_hashes: None };
+        assert_eq!(
+            credentials_to_use(Some(credentials()), &nothing, 0, fresh),
+            (credentials(), false),
+            "first sight"
+        );
+        assert_eq!(credentials_to_use(None, &nothing, 0, fresh), (fresh(), false));
     }
 
     #[test]

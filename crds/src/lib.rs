@@ -8,6 +8,7 @@
 
 pub mod claims;
 pub mod client;
+pub mod credentials;
 pub mod duration;
 pub mod grant;
 pub mod oauth2client;

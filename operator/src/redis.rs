@@ -37,6 +37,19 @@ pub enum RedisError {
     Address(String),
 }
 
+/// The data nodes, as the Sentinels see them.
+pub struct Nodes {
+    pub master: String,
+    pub replicas: Vec<String>,
+}
+
+impl Nodes {
+    /// The master, then every replica: ACL users live on each.
+    fn all(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.master).chain(&self.replicas)
+    }
+}
+
 pub struct RedisAdmin {
     config: RedisConfig,
 }
@@ -86,9 +99,15 @@ impl RedisAdmin {
         self.connect(addr, Some(&self.config.username), Some(&self.config.password)).await
     }
 
+    /// Runs `cmd` on the node at `addr`.
+    async fn on<T: redis::FromRedisValue>(&self, addr: &str, cmd: &redis::Cmd) -> Result<T, RedisError> {
+        let node = |source| RedisError::Node { addr: addr.to_owned(), source };
+        cmd.query_async(&mut self.node(addr).await?).await.map_err(node)
+    }
+
     /// The master's address and every replica's, from the first Sentinel
-    /// that answers.
-    pub async fn nodes(&self) -> Result<(String, Vec<String>), RedisError> {
+    /// that answers. Resolve them once per reconcile and pass them on.
+    pub async fn nodes(&self) -> Result<Nodes, RedisError> {
         let c = &self.config;
         for sentinel in &c.sentinels {
             let Ok(mut conn) =
@@ -111,7 +130,7 @@ impl RedisAdmin {
                 })
                 .filter_map(|r| Some(format!("{}:{}", r.get("ip")?, r.get("port")?)))
                 .collect();
-            return Ok((format!("{host}:{port}"), replicas));
+            return Ok(Nodes { master: format!("{host}:{port}"), replicas });
         }
         Err(RedisError::NoSentinel(c.sentinels.clone()))
     }
@@ -121,47 +140,40 @@ impl RedisAdmin {
     /// on every node.
     pub async fn apply_client(
         &self,
+        nodes: &Nodes,
         registration: &ClientRecord,
         user: &AclUser,
         passwords: &[&str],
     ) -> Result<(), RedisError> {
-        let (master, replicas) = self.nodes().await?;
-        for addr in std::iter::once(&master).chain(&replicas) {
-            let mut setuser = redis::cmd("ACL");
-            setuser.arg("SETUSER").arg(&user.name).arg("reset").arg("on");
-            for password in passwords {
-                setuser.arg(format!(">{password}"));
-            }
-            setuser.arg(user.rules.split_whitespace().collect::<Vec<_>>());
-            let () = setuser
-                .query_async(&mut self.node(addr).await?)
-                .await
-                .map_err(|source| RedisError::Node { addr: addr.clone(), source })?;
+        let mut setuser = redis::cmd("ACL");
+        setuser.arg("SETUSER").arg(&user.name).arg("reset").arg("on");
+        for password in passwords {
+            setuser.arg(format!(">{password}"));
+        }
+        setuser.arg(user.rules.split_whitespace().collect::<Vec<_>>());
+        for addr in nodes.all() {
+            self.on::<()>(addr, &setuser).await?;
         }
         let json = serde_json::to_string(registration).expect("a registration serializes");
-        let () = redis::cmd("SET")
-            .arg(storage::client(&registration.client_id))
-            .arg(json)
-            .query_async(&mut self.node(&master).await?)
-            .await
-            .map_err(|source| RedisError::Node { addr: master.clone(), source })?;
-        Ok(())
+        let mut set = redis::cmd("SET");
+        set.arg(storage::client(&registration.client_id)).arg(json);
+        self.on(&nodes.master, &set).await
     }
 
     /// What Redis holds for a client: its registration, and the password
     /// hashes (SHA-256 hex) of its agent's ACL user on the master.
     pub async fn registered(
         &self,
+        nodes: &Nodes,
         client_id: &str,
         user: &AclUser,
     ) -> Result<(Option<ClientRecord>, Option<Vec<String>>), RedisError> {
-        let (master, _) = self.nodes().await?;
-        let node = |source| RedisError::Node { addr: master.clone(), source };
-        let mut conn = self.node(&master).await?;
         let json: Option<String> =
-            redis::cmd("GET").arg(storage::client(client_id)).query_async(&mut conn).await.map_err(node)?;
+            self.on(&nodes.master, &redis::Cmd::get(storage::client(client_id))).await?;
+        let mut getuser = redis::cmd("ACL");
+        getuser.arg("GETUSER").arg(&user.name);
         let acl: Option<std::collections::HashMap<String, redis::Value>> =
-            redis::cmd("ACL").arg("GETUSER").arg(&user.name).query_async(&mut conn).await.map_err(node)?;
+            self.on(&nodes.master, &getuser).await?;
         let passwords = acl
             .and_then(|mut fields| fields.remove("passwords"))
             .map(|p| redis::from_redis_value(p).unwrap_or_default());
@@ -172,23 +184,26 @@ impl RedisAdmin {
     /// Removes a client: every token issued before `now` dies (the
     /// not-before mark, announced to the agents), then the registration and
     /// the agent's ACL user go.
-    pub async fn remove_client(&self, client_id: &str, user: &AclUser, now: u64) -> Result<(), RedisError> {
-        let (master, replicas) = self.nodes().await?;
+    pub async fn remove_client(
+        &self,
+        nodes: &Nodes,
+        client_id: &str,
+        user: &AclUser,
+        now: u64,
+    ) -> Result<(), RedisError> {
+        let master = &nodes.master;
         let mut pipe = redis::pipe();
         pipe.hset(storage::NOT_BEFORE, client_id, now).ignore();
         pipe.publish(storage::REVOCATIONS, format!("client {client_id} {now}")).ignore();
         pipe.del(storage::client(client_id)).ignore();
         let () = pipe
-            .query_async(&mut self.node(&master).await?)
+            .query_async(&mut self.node(master).await?)
             .await
             .map_err(|source| RedisError::Node { addr: master.clone(), source })?;
-        for addr in std::iter::once(&master).chain(&replicas) {
-            let _: i64 = redis::cmd("ACL")
-                .arg("DELUSER")
-                .arg(&user.name)
-                .query_async(&mut self.node(addr).await?)
-                .await
-                .map_err(|source| RedisError::Node { addr: addr.clone(), source })?;
+        let mut deluser = redis::cmd("ACL");
+        deluser.arg("DELUSER").arg(&user.name);
+        for addr in nodes.all() {
+            self.on::<i64>(addr, &deluser).await?;
         }
         Ok(())
     }

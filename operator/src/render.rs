@@ -129,6 +129,7 @@ fn readable(mut secret: Secret) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokenplane_api::credentials;
 
     fn resources(yaml: &str) -> Resources {
         let mut r = Resources::default();
@@ -150,9 +151,9 @@ mod tests {
         let secret: Secret = serde_norway::from_str(out.split("---\n").nth(1).unwrap()).unwrap();
         assert_eq!(secret.metadata.name.as_deref(), Some("demo-oauth2-credentials"));
         let data = secret.string_data.unwrap();
-        assert_eq!(data[oauth2client::CLIENT_SECRET], GENERATED_SECRET);
-        assert_eq!(data[oauth2client::CLIENT_ID], "demo.default");
-        assert_eq!(data[oauth2client::ISSUER], "http://default-issuer.default.svc");
+        assert_eq!(data[credentials::CLIENT_SECRET], GENERATED_SECRET);
+        assert_eq!(data[credentials::CLIENT_ID], "demo.default");
+        assert_eq!(data[credentials::ISSUER], "http://default-issuer.default.svc");
         assert!(out.starts_with("# OAuth2Client demo: client id demo.default"), "{out}");
     }
 

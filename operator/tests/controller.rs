@@ -3,6 +3,8 @@
 //! their bodies, and what lands in Redis, for a new client, an invalid one,
 //! and a deletion.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +15,6 @@ use redis::AsyncCommands;
 use serde_json::{Value, json};
 use tokenplane_api::{OAuth2Client, storage};
 use tokenplane_operator::controller::{Context, oauth2client};
-use tokenplane_operator::redis::{RedisAdmin, RedisConfig};
 use tokenplane_testkit::{RedisCluster, RedisClusterOptions};
 use tower_test::mock::{self, Handle};
 
@@ -58,16 +59,7 @@ const POLICY: &str = r#"{"apiVersion": "tokenplane.io/v1alpha1", "kind": "TokenP
     "metadata": {"name": "default", "namespace": "auth"}, "spec": {"lifetimes": {"accessToken": "15m"}}}"#;
 
 fn context(cluster: &RedisCluster, api: mock::Mock<Request<Body>, Response<Body>>) -> Arc<Context> {
-    let (admin, sentinel) = (cluster.admin_credentials(), cluster.sentinel_credentials());
-    let redis = RedisAdmin::new(RedisConfig {
-        sentinels: cluster.sentinel_addrs(),
-        master_name: cluster.master_name().to_owned(),
-        username: admin.username,
-        password: admin.password,
-        sentinel_username: Some(sentinel.username),
-        sentinel_password: Some(sentinel.password),
-        timeout: Duration::from_secs(2),
-    });
+    let redis = support::admin(cluster);
     Arc::new(Context::new(kube::Client::new(api, "default"), redis, || "generated-0123456789".into()))
 }
 
@@ -91,6 +83,16 @@ async fn expect(api: &mut ApiHandle, method: Method, path: &str, status: StatusC
         Response::builder().status(status).body(Body::from(serde_json::to_vec(&reply).unwrap())).unwrap(),
     );
     body
+}
+
+/// The TokenPolicy read every apply starts with.
+async fn expect_policy(api: &mut ApiHandle) {
+    expect(api, Method::GET, POLICY_PATH, StatusCode::OK, serde_json::from_str(POLICY).unwrap()).await;
+}
+
+/// The status patch every apply ends with; returns its body.
+async fn expect_status(api: &mut ApiHandle, reply: Value) -> Value {
+    expect(api, Method::PATCH, &format!("{CLIENT_PATH}/status"), StatusCode::OK, reply).await
 }
 
 fn not_found() -> Value {
@@ -126,20 +128,12 @@ async fn a_new_client_gets_its_secret_registration_and_status_and_deletion_clean
     let held: OAuth2Client =
         serde_json::from_value(client_json(spec(), &[oauth2client::FINALIZER], false)).unwrap();
     let run = tokio::spawn(oauth2client::reconcile(Arc::new(held), ctx.clone()));
-    let policy: Value = serde_json::from_str(POLICY).unwrap();
-    expect(&mut server, Method::GET, POLICY_PATH, StatusCode::OK, policy).await;
+    expect_policy(&mut server).await;
     expect(&mut server, Method::GET, SECRET_PATH, StatusCode::NOT_FOUND, not_found()).await;
     let secret = expect(&mut server, Method::PATCH, SECRET_PATH, StatusCode::OK, Value::Null).await;
     assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], "uid-1");
     assert_eq!(secret["data"]["client_id"], "b3JkZXJzLnNob3A=", "base64 of orders.shop");
-    let status = expect(
-        &mut server,
-        Method::PATCH,
-        &format!("{CLIENT_PATH}/status"),
-        StatusCode::OK,
-        client_json(spec(), &[], false),
-    )
-    .await;
+    let status = expect_status(&mut server, client_json(spec(), &[], false)).await;
     assert_eq!(status["status"]["conditions"][0]["status"], "True");
     assert_eq!(
         (status["status"]["clientId"].as_str(), status["status"]["observedGeneration"].as_i64()),
@@ -159,8 +153,7 @@ async fn a_new_client_gets_its_secret_registration_and_status_and_deletion_clean
     let held: OAuth2Client =
         serde_json::from_value(client_json(spec(), &[oauth2client::FINALIZER], false)).unwrap();
     let run = tokio::spawn(oauth2client::reconcile(Arc::new(held), ctx.clone()));
-    let policy: Value = serde_json::from_str(POLICY).unwrap();
-    expect(&mut server, Method::GET, POLICY_PATH, StatusCode::OK, policy).await;
+    expect_policy(&mut server).await;
     let mut edited = secret.clone();
     edited["data"]["client_secret"] = "Y2hvc2VuLWJ5LWhhbmQ=".into();
     expect(&mut server, Method::GET, SECRET_PATH, StatusCode::OK, edited).await;
@@ -171,14 +164,7 @@ async fn a_new_client_gets_its_secret_registration_and_status_and_deletion_clean
         repaired["data"]["client_secret"], "Z2VuZXJhdGVkLTAxMjM0NTY3ODk=",
         "a generated secret, not the edited one"
     );
-    expect(
-        &mut server,
-        Method::PATCH,
-        &format!("{CLIENT_PATH}/status"),
-        StatusCode::OK,
-        client_json(spec(), &[], false),
-    )
-    .await;
+    expect_status(&mut server, client_json(spec(), &[], false)).await;
     run.await.unwrap().unwrap();
 
     // Deleted: Redis forgets it and every older token dies, then the finalizer comes off.
@@ -211,20 +197,12 @@ async fn an_invalid_client_gets_a_condition_and_nothing_else() {
     let client: OAuth2Client =
         serde_json::from_value(client_json(bad.clone(), &[oauth2client::FINALIZER], false)).unwrap();
     let run = tokio::spawn(oauth2client::reconcile(Arc::new(client), ctx));
-    let policy: Value = serde_json::from_str(POLICY).unwrap();
-    expect(&mut server, Method::GET, POLICY_PATH, StatusCode::OK, policy).await;
+    expect_policy(&mut server).await;
     expect(&mut server, Method::GET, SECRET_PATH, StatusCode::NOT_FOUND, not_found()).await;
     let event = expect(&mut server, Method::POST, EVENTS_PATH, StatusCode::OK, Value::Null).await;
     assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("InvalidSpec")));
     assert_eq!(event["regarding"]["name"], "orders");
-    let status = expect(
-        &mut server,
-        Method::PATCH,
-        &format!("{CLIENT_PATH}/status"),
-        StatusCode::OK,
-        client_json(bad, &[], false),
-    )
-    .await;
+    let status = expect_status(&mut server, client_json(bad, &[], false)).await;
     let ready = &status["status"]["conditions"][0];
     assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("InvalidSpec")));
     assert!(ready["message"].as_str().unwrap().contains("redirectUris[0]"), "{ready}");

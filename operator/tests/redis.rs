@@ -2,13 +2,12 @@
 //! user on every node with exactly its rights, the registration issuers
 //! read, and a deletion that kills the client's tokens at once.
 
-use std::time::Duration;
+mod support;
 
 use redis::AsyncCommands;
 use tokenplane_api::client::ClientRecord;
 use tokenplane_api::storage;
 use tokenplane_operator::reconcile::oauth2client::{self, Credentials};
-use tokenplane_operator::redis::{RedisAdmin, RedisConfig};
 use tokenplane_testkit::{Credentials as Login, RedisCluster, RedisClusterOptions};
 
 fn fixtures() -> (tokenplane_api::OAuth2Client, tokenplane_api::TokenPolicy) {
@@ -26,19 +25,6 @@ fn fixtures() -> (tokenplane_api::OAuth2Client, tokenplane_api::TokenPolicy) {
     (client, policy)
 }
 
-fn admin(cluster: &RedisCluster) -> RedisAdmin {
-    let (admin, sentinel) = (cluster.admin_credentials(), cluster.sentinel_credentials());
-    RedisAdmin::new(RedisConfig {
-        sentinels: cluster.sentinel_addrs(),
-        master_name: cluster.master_name().to_owned(),
-        username: admin.username,
-        password: admin.password,
-        sentinel_username: Some(sentinel.username),
-        sentinel_password: Some(sentinel.password),
-        timeout: Duration::from_secs(2),
-    })
-}
-
 #[tokio::test]
 async fn a_client_gets_its_agent_user_everywhere_and_deletion_kills_its_tokens() {
     let cluster = RedisCluster::start(RedisClusterOptions::default()).await.unwrap();
@@ -46,10 +32,11 @@ async fn a_client_gets_its_agent_user_everywhere_and_deletion_kills_its_tokens()
     let creds =
         Credentials { client_secret: Some("secret-0123".into()), redis_password: "agent-pw-0123".into() };
     let desired = oauth2client::desired(&client, Some(&policy), &creds).unwrap();
-    let admin = admin(&cluster);
-    let (master, replicas) = admin.nodes().await.unwrap();
-    assert_eq!(replicas.len(), 2, "every replica is found through the Sentinels");
-    admin.apply_client(&desired.registration, &desired.agent_user, &["agent-pw-0123"]).await.unwrap();
+    let admin = support::admin(&cluster);
+    let nodes = admin.nodes().await.unwrap();
+    assert_eq!(nodes.replicas.len(), 2, "every replica is found through the Sentinels");
+    let master = nodes.master.clone();
+    admin.apply_client(&nodes, &desired.registration, &desired.agent_user, &["agent-pw-0123"]).await.unwrap();
 
     let agent = Login::new(&desired.agent_user.name, "agent-pw-0123");
     for node in cluster.node_addrs() {
@@ -65,12 +52,12 @@ async fn a_client_gets_its_agent_user_everywhere_and_deletion_kills_its_tokens()
     assert!(stored.secret_matches("secret-0123", 0) && !json.contains("secret-0123"));
 
     // A second apply (a password rotation) redefines the user from scratch.
-    admin.apply_client(&desired.registration, &desired.agent_user, &["agent-pw-4567"]).await.unwrap();
+    admin.apply_client(&nodes, &desired.registration, &desired.agent_user, &["agent-pw-4567"]).await.unwrap();
     assert!(cluster.connection(&master, &agent).await.is_err(), "the old password stopped working");
 
     let before: Option<String> = conn.hget(storage::NOT_BEFORE, "orders.shop").await.unwrap();
     assert_eq!(before, None);
-    admin.remove_client("orders.shop", &desired.agent_user, 1_900_000_000).await.unwrap();
+    admin.remove_client(&nodes, "orders.shop", &desired.agent_user, 1_900_000_000).await.unwrap();
     let mark: Option<u64> = conn.hget(storage::NOT_BEFORE, "orders.shop").await.unwrap();
     assert_eq!(mark, Some(1_900_000_000), "every older token of the client is dead");
     let gone: Option<String> = conn.get(storage::client("orders.shop")).await.unwrap();

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokenplane_api::client::{ClientRecord, SecretHash};
+use tokenplane_api::credentials;
 use tokenplane_api::oauth2client::AuthMethod;
 use tokenplane_api::{OAuth2Client, TokenPolicy};
 
@@ -244,7 +245,7 @@ fn client_record(
         ))
     })?;
     let entries = secret_entries(&secret.object);
-    if let Some(id) = entries.get("client_id").filter(|id| **id != client_id.as_bytes()) {
+    if let Some(id) = entries.get(credentials::CLIENT_ID).filter(|id| **id != client_id.as_bytes()) {
         return Err(secret.invalid(format!(
             "client_id is {:?} but the OAuth2Client {} has client id {client_id}",
             String::from_utf8_lossy(id),
@@ -252,7 +253,7 @@ fn client_record(
         )));
     }
     let plain = entries
-        .get("client_secret")
+        .get(credentials::CLIENT_SECRET)
         .and_then(|s| std::str::from_utf8(s).ok())
         .filter(|s| !s.is_empty())
         .ok_or_else(|| secret.invalid("key client_secret is missing or not UTF-8".into()))?;

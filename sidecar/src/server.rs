@@ -16,8 +16,41 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
 use crate::issuer::{Issuer, Peer};
 use crate::store::Store;
+
+/// Time from request head to response by endpoint and status: the
+/// `http_request_duration_seconds` histogram both roles expose.
+#[derive(Clone)]
+pub struct RequestLatency(Family<RequestLabels, Histogram, fn() -> Histogram>);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: &'static str,
+    status: u16,
+}
+
+impl RequestLatency {
+    /// Registers the histogram, with the buckets `histogram` makes.
+    pub fn register(registry: &mut Registry, histogram: fn() -> Histogram) -> Self {
+        let family = Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(histogram);
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request head to response, by endpoint and status",
+            family.clone(),
+        );
+        Self(family)
+    }
+
+    pub fn observe(&self, endpoint: &'static str, status: u16, seconds: f64) {
+        self.0.get_or_create(&RequestLabels { endpoint, status }).observe(seconds);
+    }
+}
 
 /// What a server serves: every request gets a response, errors included.
 pub trait Handler: Send + Sync + 'static {

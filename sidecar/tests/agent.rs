@@ -56,8 +56,7 @@ async fn start_agent(cluster: &RedisCluster, issuer: &str, options: Options) -> 
     ] {
         std::fs::write(dir.path().join(file), value).unwrap();
     }
-    let mut redis = store_config(cluster);
-    (redis.username, redis.password) = (None, None);
+    let redis = support::redis::config(cluster);
     let agent = Agent::start(Settings {
         issuer: issuer.to_owned(),
         audiences: vec![API.into()],
@@ -80,21 +79,6 @@ async fn start_agent(cluster: &RedisCluster, issuer: &str, options: Options) -> 
     let agent = TestAgent { base, agent, http: reqwest::Client::new(), _stop: stop, dir };
     agent.wait_ready().await;
     agent
-}
-
-fn store_config(cluster: &RedisCluster) -> tokenplane_sidecar::store::RedisConfig {
-    let sentinel = cluster.sentinel_credentials();
-    tokenplane_sidecar::store::RedisConfig {
-        sentinels: cluster.sentinel_addrs(),
-        master_name: cluster.master_name().to_owned(),
-        username: None,
-        password: None,
-        sentinel_username: Some(sentinel.username),
-        sentinel_password: Some(sentinel.password),
-        tls: false,
-        min_replicas: 1,
-        timeout: Duration::from_millis(500),
-    }
 }
 
 impl TestAgent {
@@ -143,6 +127,11 @@ fn claims(issuer: &str) -> Value {
 
 fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
+}
+
+async fn issuer_with_fresh_key(cluster: &RedisCluster) -> TestIssuer {
+    issuer_with(cluster, KeySet::generate(tokenplane_api::tokenpolicy::SigningAlgorithm::EdDSA).unwrap())
+        .await
 }
 
 async fn issuer_with(cluster: &RedisCluster, keys: KeySet) -> TestIssuer {
@@ -242,11 +231,7 @@ async fn until_rejected(agent: &TestAgent, token: &str, reason: &str, since: Ins
 #[tokio::test]
 async fn revocations_reach_three_agents_within_a_second() {
     let cluster = cluster().await;
-    let issuer = issuer_with(
-        &cluster,
-        KeySet::generate(tokenplane_api::tokenpolicy::SigningAlgorithm::EdDSA).unwrap(),
-    )
-    .await;
+    let issuer = issuer_with_fresh_key(&cluster).await;
     let agents =
         futures::future::join_all((0..3).map(|_| start_agent(&cluster, &issuer.base, Options::default())))
             .await;
@@ -296,11 +281,7 @@ async fn revocations_reach_three_agents_within_a_second() {
 #[tokio::test]
 async fn a_cut_feed_fails_closed_and_resyncs_before_trusting_again() {
     let cluster = cluster().await;
-    let issuer = issuer_with(
-        &cluster,
-        KeySet::generate(tokenplane_api::tokenpolicy::SigningAlgorithm::EdDSA).unwrap(),
-    )
-    .await;
+    let issuer = issuer_with_fresh_key(&cluster).await;
     let options = Options { max_staleness: Duration::from_secs(1), ..Options::default() };
     let agent = start_agent(&cluster, &issuer.base, options).await;
     let (kept, revoked) = (issuer.svc_token(&[]).await, issuer.svc_token(&[]).await);
@@ -380,11 +361,7 @@ async fn rebind(cluster: &RedisCluster, base: &str, keys: KeySet) -> TestIssuer 
 #[tokio::test]
 async fn a_thousand_concurrent_callers_cause_one_issuer_request() {
     let cluster = cluster().await;
-    let issuer = issuer_with(
-        &cluster,
-        KeySet::generate(tokenplane_api::tokenpolicy::SigningAlgorithm::EdDSA).unwrap(),
-    )
-    .await;
+    let issuer = issuer_with_fresh_key(&cluster).await;
     let agent = start_agent(&cluster, &issuer.base, Options::default()).await;
     let issued = || async {
         let metrics = issuer.get("/metrics").await.text().await.unwrap();

@@ -47,8 +47,9 @@ async fn apply(client: &OAuth2Client, ctx: &Context) -> Result<Action, Error> {
     let public = client.spec.token_endpoint_auth_method == AuthMethod::None;
     let existing = secrets.get_opt(&client.credentials_secret_name()).await?;
     let client_id = OAuth2Client::client_id_for(&client.name_any(), &namespace);
+    let nodes = ctx.redis.nodes().await?;
     let (registration, hashes) =
-        ctx.redis.registered(&client_id, &oauth2client::agent_user(&client_id)).await?;
+        ctx.redis.registered(&nodes, &client_id, &oauth2client::agent_user(&client_id)).await?;
     let registered = Registered { registration: registration.as_ref(), password_hashes: hashes.as_deref() };
     let fresh =
         || Credentials { client_secret: (!public).then(ctx.generate), redis_password: (ctx.generate)() };
@@ -69,7 +70,7 @@ async fn apply(client: &OAuth2Client, ctx: &Context) -> Result<Action, Error> {
     };
     apply_secret(&secrets, &desired).await?;
     let password = credentials.redis_password.as_str();
-    ctx.redis.apply_client(&desired.registration, &desired.agent_user, &[password]).await?;
+    ctx.redis.apply_client(&nodes, &desired.registration, &desired.agent_user, &[password]).await?;
     set_status(client, ctx, Ok(&desired)).await?;
     Ok(Action::requeue(RESYNC))
 }
@@ -157,7 +158,8 @@ async fn set_status(
 async fn cleanup(client: &OAuth2Client, ctx: &Context) -> Result<Action, Error> {
     let namespace = client.namespace().ok_or(Error::NotNamespaced)?;
     let client_id = OAuth2Client::client_id_for(&client.name_any(), &namespace);
-    ctx.redis.remove_client(&client_id, &oauth2client::agent_user(&client_id), unix_now()).await?;
+    let nodes = ctx.redis.nodes().await?;
+    ctx.redis.remove_client(&nodes, &client_id, &oauth2client::agent_user(&client_id), unix_now()).await?;
     tracing::info!(%client_id, "client removed: its tokens stopped working, its registration and Redis user are gone");
     Ok(Action::await_change())
 }

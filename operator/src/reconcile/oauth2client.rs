@@ -11,18 +11,13 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use tokenplane_api::client::{ClientRecord, SecretHash};
+use tokenplane_api::credentials::{
+    CLIENT_ID, CLIENT_SECRET, ISSUER, REDIS_PASSWORD, REDIS_USERNAME, TOKEN_ENDPOINT,
+};
 use tokenplane_api::oauth2client::AuthMethod;
 use tokenplane_api::{OAuth2Client, TokenPolicy, storage};
 
 use super::{Invalid, MANAGED_BY};
-
-/// Keys of the credentials Secret (the agent reads the same names).
-pub const CLIENT_ID: &str = "client_id";
-pub const CLIENT_SECRET: &str = "client_secret";
-pub const ISSUER: &str = "issuer";
-pub const TOKEN_ENDPOINT: &str = "token_endpoint";
-pub const REDIS_USERNAME: &str = "redis_username";
-pub const REDIS_PASSWORD: &str = "redis_password";
 
 /// Secrets the operator generated for a client (256-bit random each), kept
 /// in its credentials Secret between reconciles.

@@ -8,11 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-/// File names in the credentials folder (keys of the credentials Secret).
-pub const CLIENT_ID: &str = "client_id";
-pub const CLIENT_SECRET: &str = "client_secret";
-pub const REDIS_USERNAME: &str = "redis_username";
-pub const REDIS_PASSWORD: &str = "redis_password";
+use tokenplane_api::credentials::{CLIENT_ID, CLIENT_SECRET, REDIS_PASSWORD, REDIS_USERNAME};
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {

@@ -7,15 +7,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::server::RequestLatency;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    endpoint: &'static str,
-    status: u16,
 }
 
 fn latency_histogram() -> Histogram {
@@ -26,7 +22,7 @@ pub struct Metrics {
     registry: Registry,
     validations: Family<ResultLabels, Counter>,
     vends: Family<ResultLabels, Counter>,
-    latency: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    latency: RequestLatency,
     feed_staleness: Gauge<f64, std::sync::atomic::AtomicU64>,
     revoked: Gauge,
     verified: Gauge,
@@ -43,13 +39,7 @@ impl Default for Metrics {
         );
         let vends = Family::default();
         registry.register("vended_tokens", "Token requests of the workload, by result", vends.clone());
-        let latency =
-            Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
-        registry.register(
-            "http_request_duration_seconds",
-            "Time from request head to response, by endpoint and status",
-            latency.clone(),
-        );
+        let latency = RequestLatency::register(&mut registry, latency_histogram);
         let feed_staleness = Gauge::default();
         registry.register(
             "revocation_feed_staleness_seconds",
@@ -78,7 +68,7 @@ impl Metrics {
     }
 
     pub fn request(&self, endpoint: &'static str, status: u16, seconds: f64) {
-        self.latency.get_or_create(&RequestLabels { endpoint, status }).observe(seconds);
+        self.latency.observe(endpoint, status, seconds);
     }
 
     /// OpenMetrics text exposition, with the state gauges as of now.

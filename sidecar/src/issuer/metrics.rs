@@ -7,6 +7,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::server::RequestLatency;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GrantLabels {
     grant_type: &'static str,
@@ -16,12 +18,6 @@ struct GrantLabels {
 struct ErrorLabels {
     endpoint: &'static str,
     error: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    endpoint: &'static str,
-    status: u16,
 }
 
 fn latency_histogram() -> Histogram {
@@ -34,7 +30,7 @@ pub struct Metrics {
     registry: Registry,
     issued: Family<GrantLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
-    latency: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    latency: RequestLatency,
     revocations: Counter,
     replays: Family<GrantLabels, Counter>,
 }
@@ -50,13 +46,7 @@ impl Default for Metrics {
             "OAuth2 error responses, by endpoint and error code",
             errors.clone(),
         );
-        let latency =
-            Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
-        registry.register(
-            "http_request_duration_seconds",
-            "Time from request head to response, by endpoint and status",
-            latency.clone(),
-        );
+        let latency = RequestLatency::register(&mut registry, latency_histogram);
         let revocations = Counter::default();
         registry.register(
             "revocations",
@@ -83,7 +73,7 @@ impl Metrics {
     }
 
     pub fn request(&self, endpoint: &'static str, status: u16, seconds: f64) {
-        self.latency.get_or_create(&RequestLabels { endpoint, status }).observe(seconds);
+        self.latency.observe(endpoint, status, seconds);
     }
 
     pub fn replayed(&self, grant_type: &'static str) {

@@ -17,18 +17,28 @@ pub async fn cluster() -> Arc<RedisCluster> {
     Arc::new(cluster)
 }
 
-pub fn store(cluster: &RedisCluster) -> RedisStore {
+/// Where `cluster` is, with its Sentinel credentials and no Redis user.
+pub fn config(cluster: &RedisCluster) -> RedisConfig {
     let sentinel = cluster.sentinel_credentials();
-    RedisStore::new(RedisConfig {
+    RedisConfig {
         sentinels: cluster.sentinel_addrs(),
         master_name: cluster.master_name().to_owned(),
-        username: Some("issuer".into()),
-        password: Some(ISSUER_PASSWORD.into()),
+        username: None,
+        password: None,
         sentinel_username: Some(sentinel.username),
         sentinel_password: Some(sentinel.password),
         tls: false,
         min_replicas: 1,
         timeout: Duration::from_millis(500),
-    })
-    .unwrap()
+    }
+}
+
+/// A store on `cluster` as the issuer's ACL user.
+pub fn store(cluster: &RedisCluster) -> RedisStore {
+    let config = RedisConfig {
+        username: Some("issuer".into()),
+        password: Some(ISSUER_PASSWORD.into()),
+        ..config(cluster)
+    };
+    RedisStore::new(config).unwrap()
 }

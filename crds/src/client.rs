@@ -52,6 +52,10 @@ pub struct ClientRecord {
     pub redirect_uris: Vec<String>,
     pub first_party: bool,
     pub disabled: bool,
+    /// The TokenPolicy (`<name>.<namespace>`) whose issuers serve this
+    /// client; an issuer of another policy treats it as unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 /// A hash to compare against when a client id is unknown, so that an unknown
@@ -71,6 +75,7 @@ impl ClientRecord {
             redirect_uris: spec.redirect_uris.clone(),
             first_party: spec.first_party,
             disabled: spec.disabled,
+            policy: None,
         }
     }
 

@@ -61,6 +61,14 @@ pub struct PolicyReference {
     pub namespace: Option<String>,
 }
 
+impl PolicyReference {
+    /// The policy id (`TokenPolicy::id_for`) this reference names from a
+    /// client in `client_namespace`.
+    pub fn policy_id(&self, client_namespace: &str) -> String {
+        crate::TokenPolicy::id_for(&self.name, self.namespace.as_deref().unwrap_or(client_namespace))
+    }
+}
+
 /// Scheduled and on-demand rotation of the client secret.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]

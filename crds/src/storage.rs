@@ -83,7 +83,56 @@ pub const ISSUER_ACL: &str = "~auth:* &auth:revocations -@all +get +set +getdel 
      +hgetall +hmget +zadd +zscore +zrange +zrangebyscore +zremrangebyscore +expireat +publish +eval \
      +evalsha +script|load +wait +ping +multi +exec +role +time +hello +client|tracking +client|caching +pttl";
 
-/// Redis ACL rules of a client's agent: read the revocation set and the
-/// not-before marks, listen on the revocation channel, nothing else.
+/// Redis ACL rules every agent shares: read the revocation set and the
+/// not-before marks, listen on the revocation channel.
 pub const AGENT_ACL: &str = "%R~auth:revoked %R~auth:notbefore &auth:revocations -@all +subscribe +ping \
-     +hello +role +zscan +hgetall";
+     +hello +role +zscan +hgetall +set";
+
+/// Redis ACL rules of the agent of `client_id`: [`AGENT_ACL`], and writing
+/// its own replicas' heartbeats, nothing else.
+pub fn agent_acl(client_id: &str) -> String {
+    format!("{AGENT_ACL} %W~{}", verifier(&agent_verifier(client_id, "*")))
+}
+
+/// JSON [`crate::tokenpolicy::PolicyRecord`] of a TokenPolicy; owned by it.
+/// Issuers re-read it, so lifetime and rate-limit changes apply live.
+pub fn policy(policy_id: &str) -> String {
+    format!("auth:policy:{policy_id}")
+}
+
+/// The public JWKS of a TokenPolicy, as its issuers serve it; owned by it.
+pub fn jwks(policy_id: &str) -> String {
+    format!("auth:jwks:{policy_id}")
+}
+
+/// JSON [`VerifierHeartbeat`] of one issuer or agent replica, refreshed
+/// every [`HEARTBEAT_INTERVAL_SECS`]; TTL [`HEARTBEAT_TTL_SECS`].
+pub fn verifier(verifier_id: &str) -> String {
+    format!("auth:verifier:{verifier_id}")
+}
+
+/// Pattern of every heartbeat key, for SCAN.
+pub const VERIFIERS: &str = "auth:verifier:*";
+
+/// The verifier id of one agent replica of `client_id`.
+pub fn agent_verifier(client_id: &str, instance: &str) -> String {
+    format!("agent:{client_id}:{instance}")
+}
+
+/// The verifier id of one issuer replica of the policy `policy_id`.
+pub fn issuer_verifier(policy_id: &str, instance: &str) -> String {
+    format!("issuer:{policy_id}:{instance}")
+}
+
+pub const HEARTBEAT_INTERVAL_SECS: u64 = 10;
+/// A verifier silent for longer is gone: key rotation stops waiting for it.
+pub const HEARTBEAT_TTL_SECS: u64 = 30;
+
+/// What a verifier reports: the issuer whose tokens it verifies and the key
+/// ids it holds, so the operator promotes a new signing key only once every
+/// live verifier can check its signatures.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VerifierHeartbeat {
+    pub issuer: String,
+    pub kids: Vec<String>,
+}

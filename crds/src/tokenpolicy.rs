@@ -285,7 +285,21 @@ pub struct TokenPolicyStatus {
     pub lagging_verifiers: Vec<String>,
 }
 
+/// What an issuer replica reads from Redis (`storage::policy`): the issuer
+/// identifier in force and the policy's spec.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    pub issuer: String,
+    pub spec: TokenPolicySpec,
+}
+
 impl TokenPolicy {
+    /// The id of the policy named `name` in `namespace`, as client
+    /// registrations and Redis keys name it.
+    pub fn id_for(name: &str, namespace: &str) -> String {
+        format!("{name}.{namespace}")
+    }
+
     /// The Secret with this policy's private signing keys.
     pub fn keys_secret_name(&self) -> String {
         self.spec

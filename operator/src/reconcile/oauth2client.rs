@@ -42,7 +42,7 @@ impl std::fmt::Debug for Credentials {
 pub struct AclUser {
     pub name: String,
     /// Rules without the password (`ACL SETUSER name on >password RULES`).
-    pub rules: &'static str,
+    pub rules: String,
 }
 
 /// Everything an OAuth2Client should have.
@@ -64,7 +64,7 @@ pub fn issuer_url(policy: &TokenPolicy) -> String {
 
 /// The Redis user of a client's agent.
 pub fn agent_user(client_id: &str) -> AclUser {
-    AclUser { name: format!("agent:{client_id}"), rules: storage::AGENT_ACL }
+    AclUser { name: format!("agent:{client_id}"), rules: storage::agent_acl(client_id) }
 }
 
 /// Checks `client` and builds what it should have. `policy` is the
@@ -94,7 +94,10 @@ pub fn desired(
     let agent_user = agent_user(&client_id);
     let secret = credentials_secret(client, &client_id, &issuer, &agent_user, credentials);
     let hashes = credentials.client_secret.iter().map(|s| SecretHash::of(s)).collect();
-    let registration = ClientRecord::new(client_id.clone(), &client.spec, hashes);
+    let registration = ClientRecord {
+        policy: Some(client.spec.policy_ref.policy_id(namespace)),
+        ..ClientRecord::new(client_id.clone(), &client.spec, hashes)
+    };
     Ok(Desired { client_id, secret, registration, agent_user })
 }
 
@@ -235,7 +238,8 @@ mod tests {
         assert_eq!(text(&d.secret, CLIENT_SECRET), "s3cret");
         assert_eq!(text(&d.secret, TOKEN_ENDPOINT), "http://default-issuer.auth.svc/oauth2/token");
         assert_eq!(text(&d.secret, REDIS_USERNAME), "agent:orders.shop");
-        assert_eq!(d.agent_user.rules, storage::AGENT_ACL);
+        assert_eq!(d.agent_user.rules, storage::agent_acl("orders.shop"));
+        assert_eq!(d.registration.policy.as_deref(), Some("default.auth"));
         assert!(d.registration.secret_matches("s3cret", 0), "the registration holds the secret's hash");
         let json = serde_json::to_string(&d.registration).unwrap();
         assert!(!json.contains("s3cret"), "never the secret itself: {json}");

@@ -2,7 +2,7 @@
 //! hack/bench-agent.sh): the test harness's cluster
 //! (`tokenplane_testkit::RedisCluster`, default options: a master, 2
 //! replicas, 3 Sentinels, ACLs on) plus an `issuer` and an `agent` ACL user
-//! with exactly `tokenplane_api::storage::ISSUER_ACL` and `AGENT_ACL`. With
+//! with exactly `tokenplane_api::storage::ISSUER_ACL` and `agent_acl("demo.default")`. With
 //! `REVOKED=N` in the environment, N revoked token ids are written to the
 //! revocation set first (for the agent's memory benchmark). Runs until
 //! SIGTERM or ctrl-c, then stops every process it started.
@@ -42,6 +42,8 @@ use tokenplane_testkit::{RedisCluster, RedisClusterOptions};
 
 const ISSUER_USER: &str = "issuer";
 const AGENT_USER: &str = "agent";
+/// The client whose agent the benchmarks run (config/samples).
+const AGENT_CLIENT_ID: &str = "demo.default";
 
 /// Adds `count` revoked token ids, valid for a day, in batches.
 async fn revoke_many(admin: &mut redis::aio::MultiplexedConnection, count: usize) -> anyhow::Result<()> {
@@ -97,7 +99,8 @@ async fn main() -> anyhow::Result<()> {
     let issuer_password = tokenplane_sidecar::opaque::secret();
     cluster.add_user(ISSUER_USER, &issuer_password, tokenplane_api::storage::ISSUER_ACL).await?;
     let agent_password = tokenplane_sidecar::opaque::secret();
-    cluster.add_user(AGENT_USER, &agent_password, tokenplane_api::storage::AGENT_ACL).await?;
+    let agent_acl = tokenplane_api::storage::agent_acl(AGENT_CLIENT_ID);
+    cluster.add_user(AGENT_USER, &agent_password, &agent_acl).await?;
 
     let master = cluster.master_addr().await?;
     let mut admin = cluster.admin_connection(&master).await?;

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod clock;
+pub mod heartbeat;
 pub mod issuer;
 pub mod keys;
 pub mod manifests;

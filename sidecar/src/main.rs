@@ -1,14 +1,14 @@
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokenplane_sidecar::agent::{self, Agent};
-use tokenplane_sidecar::issuer::{Issuer, Settings};
+use tokenplane_sidecar::issuer::{Issuer, Settings, managed};
 use tokenplane_sidecar::keys::KeySet;
 use tokenplane_sidecar::store::{MemoryStore, RedisConfig, RedisStore, Store};
 use tokenplane_sidecar::{manifests, server};
@@ -80,18 +80,28 @@ struct AgentArgs {
 }
 
 #[derive(clap::Args)]
+#[group(id = "mode", required = true, multiple = false, args = ["manifests", "keys_dir"])]
 struct IssuerArgs {
-    /// Folder of OAuth2Client, TokenPolicy and Secret manifests to serve from
-    /// memory (standalone mode).
+    /// Folder of OAuth2Client, TokenPolicy and Secret manifests to serve
+    /// (standalone mode).
     #[arg(long, env = "TOKENPLANE_MANIFESTS")]
-    manifests: PathBuf,
+    manifests: Option<PathBuf>,
+    /// The mounted keys Secret of the TokenPolicy given by --policy
+    /// NAMESPACE/NAME, whose record and clients are read from Redis
+    /// (managed mode, as the operator runs issuers).
+    #[arg(long, env = "TOKENPLANE_KEYS_DIR", requires = "policy")]
+    keys_dir: Option<PathBuf>,
+    /// Managed mode: how often the policy record and the keys are re-read.
+    #[arg(long, env = "TOKENPLANE_RELOAD", default_value = "5s", value_parser = humantime::parse_duration)]
+    reload: Duration,
     /// Address to listen on.
     #[arg(long, env = "TOKENPLANE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Issuer identifier (`iss`); the policy's issuerUrl, else http://LISTEN.
     #[arg(long, env = "TOKENPLANE_ISSUER_URL")]
     issuer: Option<String>,
-    /// TokenPolicy to serve, as NAME or NAMESPACE/NAME, when the folder has several.
+    /// TokenPolicy to serve: NAMESPACE/NAME in managed mode; NAME or
+    /// NAMESPACE/NAME when the manifests folder has several.
     #[arg(long, env = "TOKENPLANE_POLICY")]
     policy: Option<String>,
     /// File holding the bearer token of the admin API the login app calls
@@ -209,18 +219,63 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let issuer = settings.issuer.clone();
     let audiences = settings.audiences.join(",");
     let agent = Agent::start(settings).context("cannot start the agent")?;
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
-        format!("cannot listen on {}; is another process using it? (--listen)", args.listen)
-    })?;
+    let listener = listen_on(args.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, %issuer, %audiences, "agent ready");
     server::serve(listener, agent, shutdown_signal()).await;
     Ok(())
 }
 
 async fn run_issuer(args: IssuerArgs) -> anyhow::Result<()> {
-    let loaded = manifests::load_dir(&args.manifests)
+    let admin_token_hash = args.admin_token_file.as_deref().map(admin_token_hash).transpose()?;
+    match (&args.manifests, &args.keys_dir) {
+        (Some(dir), _) => run_standalone(dir, admin_token_hash, &args).await,
+        (None, Some(keys_dir)) => run_managed(keys_dir, admin_token_hash, &args).await,
+        (None, None) => unreachable!("clap requires --manifests or --keys-dir"),
+    }
+}
+
+async fn run_managed(
+    keys_dir: &Path,
+    admin_token_hash: Option<String>,
+    args: &IssuerArgs,
+) -> anyhow::Result<()> {
+    let wanted = args.policy.as_deref().unwrap_or_default();
+    let (namespace, name) =
+        wanted.split_once('/').context("--policy must be NAMESPACE/NAME with --keys-dir")?;
+    let config = args
+        .redis
+        .config()?
+        .context("managed mode reads its policy and clients from Redis: give --redis-sentinels")?;
+    let store = RedisStore::new(config)?;
+    let source = managed::Source {
+        policy_id: tokenplane_api::TokenPolicy::id_for(name, namespace),
+        keys_dir: keys_dir.to_owned(),
+        admin_token_hash,
+    };
+    let (record, settings) = source.settings(&store).await.context("cannot load the policy")?;
+    let (entries, keys) = source.keys()?;
+    let issuer = Arc::new(Issuer::new(store, keys, settings));
+    tokio::spawn(managed::follow(issuer.clone(), source, (record, entries), args.reload));
+    let listener = listen_on(args.listen).await?;
+    tracing::info!(listen = %listener.local_addr()?, issuer = %issuer.current().settings.issuer, policy = wanted, "managed issuer ready");
+    server::serve(listener, issuer, shutdown_signal()).await;
+    Ok(())
+}
+
+async fn listen_on(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}; is another process using it? (--listen)"))
+}
+
+async fn run_standalone(
+    dir: &Path,
+    admin_token_hash: Option<String>,
+    args: &IssuerArgs,
+) -> anyhow::Result<()> {
+    let loaded = manifests::load_dir(dir)
         .and_then(|m| manifests::resolve(m, args.policy.as_deref()))
-        .with_context(|| format!("cannot serve the manifests in {}", args.manifests.display()))?;
+        .with_context(|| format!("cannot serve the manifests in {}", dir.display()))?;
     let spec = &loaded.policy.object.spec;
     let keys = match loaded.keys {
         Some(keys) => keys,
@@ -233,12 +288,13 @@ async fn run_issuer(args: IssuerArgs) -> anyhow::Result<()> {
             KeySet::generate(spec.signing.algorithm).context("cannot generate a signing key")?
         }
     };
-    let issuer_url =
-        args.issuer.or_else(|| spec.issuer_url.clone()).unwrap_or_else(|| format!("http://{}", args.listen));
+    let issuer_url = args
+        .issuer
+        .clone()
+        .or_else(|| spec.issuer_url.clone())
+        .unwrap_or_else(|| format!("http://{}", args.listen));
     let mut settings = Settings::from_policy(issuer_url, spec);
-    if let Some(path) = &args.admin_token_file {
-        settings.admin_token_hash = Some(admin_token_hash(path)?);
-    }
+    settings.admin_token_hash = admin_token_hash;
     let policy = format!("{}/{}", loaded.policy.namespace, loaded.policy.name);
     let served = Served { clients: loaded.clients, keys, settings, listen: args.listen, policy };
     match args.redis.config()? {
@@ -264,9 +320,7 @@ async fn serve<S: Store>(store: S, served: Served) -> anyhow::Result<()> {
     }
     let issuer_url = settings.issuer.clone();
     let issuer = Arc::new(Issuer::new(store, keys, settings));
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}; is another process using it? (--listen)"))?;
+    let listener = listen_on(listen).await?;
     tracing::info!(listen = %listener.local_addr()?, issuer = %issuer_url, policy, clients = count, "standalone issuer ready");
     server::serve(listener, issuer, shutdown_signal()).await;
     Ok(())

@@ -14,7 +14,7 @@ use tokenplane_api::credentials;
 use tokenplane_api::oauth2client::AuthMethod;
 use tokenplane_api::{OAuth2Client, TokenPolicy};
 
-use crate::keys::{KeyError, KeyPair, KeySet};
+use crate::keys::{KeyError, KeySet};
 
 /// Where a manifest came from: file and document number (from 1).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,13 +265,5 @@ fn client_record(
 
 /// A keys Secret: `<kid>.pem` entries, and `active` naming the signing kid.
 fn signing_keys(secret: &Loaded<Secret>) -> Result<KeySet, KeyError> {
-    let entries = secret_entries(&secret.object);
-    let active =
-        entries.get("active").map(|a| String::from_utf8_lossy(a).trim().to_owned()).unwrap_or_default();
-    let pairs = entries
-        .iter()
-        .filter_map(|(k, pem)| Some((k.strip_suffix(".pem")?.to_owned(), pem)))
-        .map(|(kid, pem)| KeyPair::from_pem(&kid, pem).map(|pair| (kid, pair)))
-        .collect::<Result<Vec<_>, _>>()?;
-    KeySet::new(&active, pairs)
+    KeySet::from_entries(&secret_entries(&secret.object))
 }

@@ -44,9 +44,9 @@ impl Default for Options {
     }
 }
 
-/// An agent for the svc client, with its own ACL user (`storage::AGENT_ACL`).
+/// An agent for the svc client, with its own ACL user (`storage::agent_acl`).
 async fn start_agent(cluster: &RedisCluster, issuer: &str, options: Options) -> TestAgent {
-    cluster.add_user("agent-svc", AGENT_PASSWORD, storage::AGENT_ACL).await.unwrap();
+    cluster.add_user("agent-svc", AGENT_PASSWORD, &storage::agent_acl("svc.team")).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     for (file, value) in [
         ("client_id", "svc.team"),
@@ -335,11 +335,41 @@ async fn a_new_signing_key_is_accepted_without_restart_and_a_removed_one_rejecte
     let new = second.svc_token(&[]).await;
     assert_eq!(agent.validate(&new).await.0, StatusCode::OK, "new kid fetched on first sight");
     assert_eq!(agent.validate(&old).await.0, StatusCode::OK, "old key still published");
+    let beat = heartbeat_holding(&cluster, "k2").await;
+    assert_eq!(
+        (beat.issuer.as_str(), beat.kids.as_slice()),
+        (swap.as_str(), ["k1".to_owned(), "k2".into()].as_slice())
+    );
 
     drop(second);
     let _third = rebind(&cluster, &swap, key_set("k2", &[("k2", &k2)])).await;
     until_rejected(&agent, &old, "unknown_key", Instant::now()).await;
     assert_eq!(agent.validate(&new).await.0, StatusCode::OK);
+}
+
+/// The svc agent's heartbeat, once it reports holding `kid` (it beats
+/// every `HEARTBEAT_INTERVAL_SECS`).
+async fn heartbeat_holding(cluster: &RedisCluster, kid: &str) -> storage::VerifierHeartbeat {
+    let mut conn = cluster.admin_connection(&cluster.master_addr().await.unwrap()).await.unwrap();
+    let key =
+        storage::verifier(&storage::agent_verifier("svc.team", &tokenplane_sidecar::heartbeat::instance()));
+    let deadline = Instant::now() + Duration::from_secs(storage::HEARTBEAT_INTERVAL_SECS + 5);
+    loop {
+        let raw: Option<String> = redis::AsyncCommands::get(&mut conn, &key).await.unwrap();
+        let beat = raw.map(|r| serde_json::from_str::<storage::VerifierHeartbeat>(&r).unwrap());
+        match beat {
+            Some(beat) if beat.kids.iter().any(|k| k == kid) => {
+                let ttl: i64 = redis::AsyncCommands::ttl(&mut conn, &key).await.unwrap();
+                assert!(
+                    ttl > 0 && ttl <= storage::HEARTBEAT_TTL_SECS as i64,
+                    "a heartbeat expires: ttl {ttl}"
+                );
+                return beat;
+            }
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            other => panic!("no heartbeat holding {kid} in {key}: {other:?}"),
+        }
+    }
 }
 
 /// Starts an issuer on the address another one just left.

@@ -22,7 +22,9 @@ use tokenplane_api::storage;
 use tokio::sync::mpsc;
 
 use super::credentials::Watched;
+use super::jwks::Jwks;
 use crate::clock::unix_now;
+use crate::heartbeat;
 use crate::store::RedisConfig;
 
 /// Revoked ids read per `ZSCAN` call during a resync.
@@ -152,12 +154,44 @@ impl Revocations {
     }
 }
 
+/// What the agent reports on its feed connection: the issuer it verifies
+/// for and the keys it holds (its heartbeat, for the operator's key rotation).
+pub struct Reporter {
+    pub issuer: String,
+    pub jwks: Arc<Jwks>,
+    pub instance: String,
+}
+
+impl Reporter {
+    /// Best effort: a heartbeat that cannot be written (say, a Redis user
+    /// from before heartbeats) must not cost the revocation feed.
+    async fn beat(&self, conn: &mut MultiplexedConnection, client_id: &str) {
+        let key = storage::verifier(&storage::agent_verifier(client_id, &self.instance));
+        let report = heartbeat::report(&self.issuer, self.jwks.keys().kids());
+        let written: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(key)
+            .arg(serde_json::to_string(&report).expect("a heartbeat serializes"))
+            .arg("EX")
+            .arg(storage::HEARTBEAT_TTL_SECS)
+            .query_async(conn)
+            .await;
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot report the keys held (heartbeat)");
+        }
+    }
+}
+
 /// Keeps `revocations` current until the process ends: a session per
 /// connection, a short pause between sessions. Each session takes the
 /// Redis username and password from `credentials` unless `config` sets
 /// them, so a rotated ACL password is picked up at the next connection.
-pub async fn follow(revocations: Arc<Revocations>, config: RedisConfig, credentials: Arc<Watched>) {
-    let heartbeat = (revocations.max_staleness / 4).max(Duration::from_millis(50));
+pub async fn follow(
+    revocations: Arc<Revocations>,
+    config: RedisConfig,
+    credentials: Arc<Watched>,
+    reporter: Reporter,
+) {
+    let ping_every = (revocations.max_staleness / 4).max(Duration::from_millis(50));
     let mut pause = Duration::from_millis(100);
     loop {
         let started = Instant::now();
@@ -167,7 +201,7 @@ pub async fn follow(revocations: Arc<Revocations>, config: RedisConfig, credenti
             password: config.password.clone().or_else(|| creds.redis_password.clone()),
             ..config.clone()
         };
-        if let Err(e) = session(&revocations, &config, heartbeat).await {
+        if let Err(e) = session(&revocations, &config, ping_every, (&reporter, &creds.client_id)).await {
             tracing::warn!(error = %e, staleness = ?revocations.staleness(), "revocation feed interrupted; reconnecting");
         }
         pause = if started.elapsed() > Duration::from_secs(10) {
@@ -182,7 +216,8 @@ pub async fn follow(revocations: Arc<Revocations>, config: RedisConfig, credenti
 async fn session(
     revocations: &Revocations,
     config: &RedisConfig,
-    heartbeat: Duration,
+    ping_every: Duration,
+    (reporter, client_id): (&Reporter, &str),
 ) -> redis::RedisResult<()> {
     let mut sentinel = crate::store::sentinel_client(config).map_err(|e| {
         redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "bad Redis settings", e.0))
@@ -196,10 +231,12 @@ async fn session(
     let mut conn = client.get_multiplexed_async_connection_with_config(&limits).await?;
     conn.subscribe(storage::REVOCATIONS).await?;
     resync(revocations, &mut conn).await?;
-    let mut tick = tokio::time::interval(heartbeat);
+    let mut tick = tokio::time::interval(ping_every);
+    let mut beat = tokio::time::interval(heartbeat::INTERVAL);
     loop {
         tokio::select! {
             push = pushed.recv() => on_push(revocations, push)?,
+            _ = beat.tick() => reporter.beat(&mut conn, client_id).await,
             _ = tick.tick() => {
                 redis::cmd("PING").query_async::<Value>(&mut conn).await?;
                 revocations.confirm();

@@ -22,6 +22,7 @@ use hyper::body::Body;
 use serde_json::json;
 use tokenplane_api::claims::AccessTokenClaims;
 
+use crate::heartbeat;
 use crate::issuer::error::OAuthError;
 use crate::issuer::form::{self, Form};
 use crate::keys::Checks;
@@ -87,7 +88,17 @@ impl Agent {
         let jwks = Arc::new(Jwks::new(&settings.issuer, http.clone(), checks, settings.jwks_min_refresh));
         let revocations = Arc::new(Revocations::new(settings.max_staleness));
         tokio::spawn(jwks.clone().run(settings.jwks_refresh));
-        tokio::spawn(feed::follow(revocations.clone(), settings.redis.clone(), credentials.clone()));
+        let reporter = feed::Reporter {
+            issuer: settings.issuer.clone(),
+            jwks: jwks.clone(),
+            instance: heartbeat::instance(),
+        };
+        tokio::spawn(feed::follow(
+            revocations.clone(),
+            settings.redis.clone(),
+            credentials.clone(),
+            reporter,
+        ));
         tokio::spawn(credentials.clone().watch(settings.credentials_poll));
         Ok(Arc::new(Self {
             validator: Validator::new(

@@ -10,6 +10,7 @@ use http::HeaderMap;
 use tokenplane_api::client::{ClientRecord, compare_decoy};
 use tokenplane_api::oauth2client::AuthMethod;
 
+use super::Issuer;
 use super::error::OAuthError;
 use super::form::Form;
 use crate::store::Store;
@@ -84,11 +85,11 @@ fn basic(value: &[u8], body_client_id: Option<&str>) -> Result<Credentials, OAut
 /// Checks credentials against the registration. Every failure looks the same
 /// to the caller, and an unknown client costs as much as a wrong secret.
 pub async fn authenticate<S: Store>(
-    store: &S,
+    issuer: &Issuer<S>,
     creds: &Credentials,
     now: u64,
 ) -> Result<Arc<ClientRecord>, OAuthError> {
-    let client = store.client(&creds.client_id).await?;
+    let client = issuer.client(&creds.client_id).await?;
     let Some(client) = client else {
         if let Some(secret) = &creds.secret {
             compare_decoy(secret);

@@ -61,7 +61,7 @@ async fn client_and_callback<S: Store>(
     form: &Form<'_>,
 ) -> Result<(Arc<ClientRecord>, Callback), Failure> {
     let client_id = form.get("client_id").ok_or_else(|| Failure::Page("client_id is missing".into()))?;
-    let client = issuer.store.client(client_id).await.map_err(|e| Failure::Store(e.into()))?;
+    let client = issuer.client(client_id).await.map_err(|e| Failure::Store(e.into()))?;
     let client = client.ok_or_else(|| Failure::Page(format!("unknown client {client_id}")))?;
     let redirect_uri = match (form.get("redirect_uri"), client.redirect_uris.as_slice()) {
         (Some(presented), registered) => registered
@@ -111,7 +111,8 @@ async fn start_login<S: Store>(
         subject: None,
         auth_time: None,
     };
-    let login_url = issuer.settings.login_url.as_deref().ok_or_else(|| {
+    let live = issuer.current();
+    let login_url = live.settings.login_url.as_deref().ok_or_else(|| {
         OAuthError::server_error("this issuer has no login app: set spec.login.loginUrl in its TokenPolicy")
     })?;
     let challenge = opaque::secret();
@@ -147,11 +148,12 @@ pub(super) fn with_query(url: &str, pairs: &[(&str, &str)]) -> String {
 impl Callback {
     /// The redirect URI with the response parameters, `state` and `iss`.
     pub(super) fn url<S>(&self, issuer: &Issuer<S>, params: &[(&str, &str)]) -> String {
+        let live = issuer.current();
         let mut pairs = params.to_vec();
         if let Some(state) = &self.state {
             pairs.push(("state", state));
         }
-        pairs.push(("iss", &issuer.settings.issuer));
+        pairs.push(("iss", &live.settings.issuer));
         with_query(&self.redirect_uri, &pairs)
     }
 

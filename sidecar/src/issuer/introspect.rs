@@ -30,7 +30,7 @@ pub(super) async fn handle<S: Store>(
     if creds.secret.is_none() {
         return Err(OAuthError::invalid_client("introspection requires client authentication with a secret"));
     }
-    auth::authenticate(&issuer.store, &creds, unix_now()).await?;
+    auth::authenticate(issuer, &creds, unix_now()).await?;
     let token = form.require("token")?;
     let body = match live_claims(issuer, token).await? {
         Some(claims) => serde_json::to_vec(&Active { active: true, token_type: "Bearer", claims: &claims })
@@ -47,8 +47,8 @@ pub(super) async fn live_claims<S: Store>(
     issuer: &Issuer<S>,
     token: &str,
 ) -> Result<Option<AccessTokenClaims>, OAuthError> {
-    let claims = match issuer.keys.verify(token) {
-        Ok(c) if c.iss == issuer.settings.issuer => c,
+    let claims = match issuer.current().keys.verify(token) {
+        Ok(c) if c.iss == issuer.current().settings.issuer => c,
         Ok(_) => return Ok(None),
         Err(why) => {
             tracing::debug!(reason = %why, "inactive token");
@@ -61,6 +61,6 @@ pub(super) async fn live_claims<S: Store>(
     if issuer.store.not_before(&claims.client_id).await?.is_some_and(|t| claims.iat < t) {
         return Ok(None);
     }
-    let client = issuer.store.client(&claims.client_id).await?;
+    let client = issuer.client(&claims.client_id).await?;
     Ok(client.filter(|c| !c.disabled).map(|_| claims))
 }

@@ -109,7 +109,7 @@ pub(super) async fn handle<S: Store>(
 }
 
 fn authorize_admin<S>(issuer: &Issuer<S>, headers: &HeaderMap) -> Result<(), OAuthError> {
-    let Some(expected) = &issuer.settings.admin_token_hash else {
+    let Some(expected) = &issuer.current().settings.admin_token_hash else {
         return Err(OAuthError::not_found());
     };
     let presented = headers
@@ -215,7 +215,7 @@ async fn after_login<S: Store>(
     pending: PendingAuthorization,
     now: u64,
 ) -> Result<String, OAuthError> {
-    let client = issuer.store.client(&pending.client_id).await?;
+    let client = issuer.client(&pending.client_id).await?;
     let client =
         client.filter(|c| !c.disabled).ok_or_else(|| OAuthError::access_denied("the client is gone"))?;
     let subject = pending.subject.as_deref().unwrap_or_default();
@@ -223,7 +223,8 @@ async fn after_login<S: Store>(
     if client.first_party || pending.scopes.iter().all(|s| remembered.contains(s)) {
         return issue_code(issuer, pending, now).await;
     }
-    let consent_url = issuer.settings.consent_url.as_deref().or(issuer.settings.login_url.as_deref());
+    let live = issuer.current();
+    let consent_url = live.settings.consent_url.as_deref().or(live.settings.login_url.as_deref());
     let consent_url = consent_url.ok_or_else(|| OAuthError::server_error("no consent URL configured"))?;
     let challenge = opaque::secret();
     issuer
@@ -250,7 +251,7 @@ async fn issue_code<S: Store>(
         audience: pending.audience,
         code_challenge: pending.code_challenge,
     };
-    issuer.store.put_code(&opaque::hash(&code), &grant, now + issuer.settings.code_ttl).await?;
+    issuer.store.put_code(&opaque::hash(&code), &grant, now + issuer.current().settings.code_ttl).await?;
     Ok(callback.url(issuer, &[("code", &code)]))
 }
 

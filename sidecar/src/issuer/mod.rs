@@ -7,12 +7,16 @@ pub mod error;
 pub mod form;
 mod introspect;
 mod login;
+pub mod managed;
 mod metadata;
 pub mod metrics;
 mod revoke;
 mod token;
 
+use std::sync::Arc;
 use std::time::Instant;
+
+use arc_swap::{ArcSwap, Guard};
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
@@ -30,7 +34,9 @@ use metrics::Metrics;
 /// Largest form body accepted; OAuth2 requests are a few hundred bytes.
 pub const MAX_BODY: usize = 16 * 1024;
 
-/// What an issuer serves, fixed at start. Lifetimes are in seconds.
+/// How an issuer serves: from its TokenPolicy, replaced whole when the
+/// policy changes. Lifetimes are in seconds.
+#[derive(Clone)]
 pub struct Settings {
     /// The `iss` of every token and the base of every endpoint URL.
     pub issuer: String,
@@ -49,6 +55,10 @@ pub struct Settings {
     /// Token endpoint limits per authenticated client and per source address.
     pub per_client: Option<Rate>,
     pub per_address: Option<Rate>,
+    /// The policy id (`<name>.<namespace>`) served: registrations of other
+    /// policies are unknown clients here. Any registration when unset
+    /// (standalone, where only the policy's clients are loaded).
+    pub policy: Option<String>,
 }
 
 /// A token bucket: `per_second` sustained, `burst` at once.
@@ -86,16 +96,29 @@ impl Settings {
                 .as_ref()
                 .and_then(|r| r.per_source_address.as_ref())
                 .map(Rate::from_spec),
+            policy: None,
         }
     }
 }
 
 pub struct Issuer<S> {
     store: S,
-    keys: KeySet,
-    settings: Settings,
-    metadata: Bytes,
+    live: ArcSwap<Live>,
     metrics: Metrics,
+}
+
+/// What a policy or key change replaces, as one value, so a request sees
+/// one consistent version of it.
+pub struct Live {
+    pub keys: Arc<KeySet>,
+    pub settings: Settings,
+    metadata: Bytes,
+}
+
+impl Live {
+    fn new(keys: Arc<KeySet>, settings: Settings) -> Self {
+        Self { metadata: metadata::document(&settings.issuer), keys, settings }
+    }
 }
 
 /// The address a request came from, put in its extensions by the server.
@@ -116,10 +139,40 @@ impl From<StoreError> for OAuthError {
     }
 }
 
+impl<S> Issuer<S> {
+    /// The keys and settings in force.
+    pub fn current(&self) -> Guard<Arc<Live>> {
+        self.live.load()
+    }
+
+    /// Signs with `keys` from the next request on.
+    pub fn replace_keys(&self, keys: KeySet) {
+        let settings = self.current().settings.clone();
+        self.live.store(Arc::new(Live::new(Arc::new(keys), settings)));
+    }
+
+    /// Serves with `settings` from the next request on.
+    pub fn replace_settings(&self, settings: Settings) {
+        let keys = self.current().keys.clone();
+        self.live.store(Arc::new(Live::new(keys, settings)));
+    }
+}
+
 impl<S: Store> Issuer<S> {
+    /// A registration this issuer serves: one of its policy's clients.
+    pub(crate) async fn client(
+        &self,
+        client_id: &str,
+    ) -> crate::store::Result<Option<Arc<tokenplane_api::client::ClientRecord>>> {
+        let client = self.store.client(client_id).await?;
+        let live = self.current();
+        let wanted = live.settings.policy.as_ref();
+        Ok(client.filter(|c| wanted.is_none() || c.policy.as_ref() == wanted))
+    }
+
     pub fn new(store: S, keys: KeySet, settings: Settings) -> Self {
-        let metadata = metadata::document(&settings.issuer);
-        Self { store, keys, settings, metadata, metrics: Metrics::default() }
+        let live = ArcSwap::from_pointee(Live::new(Arc::new(keys), settings));
+        Self { store, live, metrics: Metrics::default() }
     }
 
     pub fn store(&self) -> &S {
@@ -174,11 +227,14 @@ impl<S: Store> Issuer<S> {
             "/oauth2/revoke" => ("revoke", self.post(req, Post::Revoke).await),
             "/.well-known/oauth-authorization-server" => (
                 "metadata",
-                only_get(get).map(|()| json(StatusCode::OK, self.metadata.clone(), "public, max-age=300")),
+                only_get(get)
+                    .map(|()| json(StatusCode::OK, self.current().metadata.clone(), "public, max-age=300")),
             ),
-            "/.well-known/jwks.json" => {
-                ("jwks", only_get(get).map(|()| json(StatusCode::OK, self.keys.jwks(), "public, max-age=60")))
-            }
+            "/.well-known/jwks.json" => (
+                "jwks",
+                only_get(get)
+                    .map(|()| json(StatusCode::OK, self.current().keys.jwks(), "public, max-age=60")),
+            ),
             "/healthz" => ("healthz", only_get(get).map(|()| text(StatusCode::OK, "ok\n".into()))),
             "/readyz" => ("readyz", self.ready(get).await),
             "/metrics" => ("metrics", only_get(get).map(|()| self.metrics_reply())),

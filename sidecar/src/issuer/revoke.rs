@@ -18,7 +18,7 @@ pub(super) async fn handle<S: Store>(
     form: &Form<'_>,
 ) -> Result<Reply, OAuthError> {
     let creds = auth::credentials(headers, form)?;
-    let client = auth::authenticate(&issuer.store, &creds, unix_now()).await?;
+    let client = auth::authenticate(issuer, &creds, unix_now()).await?;
     let token = form.require("token")?;
     let other_client = || OAuthError::unauthorized_client("this token was issued to another client");
     // token_type_hint is only a hint (RFC 7009 §2.1): both kinds are looked for.

@@ -35,7 +35,8 @@ use serde::{Deserialize, Serialize};
 use tokenplane_api::claims::Audience;
 use tokenplane_api::client::ClientRecord;
 use tokenplane_api::grant::{CodeGrant, Issued, PendingAuthorization, RefreshFamily};
-use tokenplane_api::storage;
+use tokenplane_api::storage::{self, VerifierHeartbeat};
+use tokenplane_api::tokenpolicy::PolicyRecord;
 use tokio::sync::{Mutex, RwLock};
 
 use super::batch::Batcher;
@@ -396,6 +397,17 @@ impl RedisStore {
     async fn get_json<T: serde::de::DeserializeOwned>(&self, key: String, what: &str) -> Result<Option<T>> {
         let raw: Option<String> = self.query(true, redis::Cmd::get(key)).await?;
         raw.map(|v| serde_json::from_str(&v).map_err(|e| corrupt(what, e))).transpose()
+    }
+
+    /// The record of the TokenPolicy `policy_id`, as the operator wrote it.
+    pub async fn policy(&self, policy_id: &str) -> Result<Option<PolicyRecord>> {
+        self.get_json(storage::policy(policy_id), "policy record").await
+    }
+
+    /// Reports the keys this replica holds, for the operator's key rotation.
+    pub async fn report(&self, verifier_id: &str, heartbeat: &VerifierHeartbeat) -> Result<()> {
+        let expires_at = crate::clock::unix_now() + storage::HEARTBEAT_TTL_SECS;
+        self.set_json(storage::verifier(verifier_id), heartbeat, Some(expires_at)).await
     }
 
     async fn set_json<T: Serialize>(&self, key: String, value: &T, expires_at: Option<u64>) -> Result<()> {

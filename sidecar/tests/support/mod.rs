@@ -129,6 +129,38 @@ pub async fn start_at<S: Store>(
         store.put_client(client).await.unwrap();
     }
     let issuer = Arc::new(Issuer::new(store, keys, settings));
+    serve_test_issuer(issuer, listener, login, dir)
+}
+
+/// An issuer in managed mode on `store`: policy `policy_id` from Redis,
+/// keys from `keys_dir`, both re-read every `reload`.
+pub async fn start_managed(
+    store: tokenplane_sidecar::store::RedisStore,
+    policy_id: &str,
+    keys_dir: &std::path::Path,
+    listener: tokio::net::TcpListener,
+    reload: std::time::Duration,
+) -> TestIssuer {
+    use tokenplane_sidecar::issuer::managed;
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let source =
+        managed::Source { policy_id: policy_id.into(), keys_dir: keys_dir.into(), admin_token_hash: None };
+    let (record, settings) = source.settings(&store).await.unwrap();
+    let (entries, keys) = source.keys().unwrap();
+    let issuer = Arc::new(Issuer::new(store, keys, settings));
+    tokio::spawn(managed::follow(issuer.clone(), source, (record, entries), reload));
+    let login_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let login = login_app::LoginApp::serve(login_listener, base, ADMIN_TOKEN);
+    serve_test_issuer(issuer, listener, login, tempfile::tempdir().unwrap())
+}
+
+fn serve_test_issuer<S: Store>(
+    issuer: Arc<Issuer<S>>,
+    listener: tokio::net::TcpListener,
+    login: login_app::LoginApp,
+    dir: tempfile::TempDir,
+) -> TestIssuer {
+    let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(server::serve(listener, issuer, async move {
         let _ = stopped.await;

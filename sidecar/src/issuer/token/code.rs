@@ -30,7 +30,7 @@ pub(super) async fn redeem<S: Store>(
     }
     let plan = Issued {
         jti: opaque::id(),
-        exp: now + issuer.settings.access_token_ttl,
+        exp: now + issuer.current().settings.access_token_ttl,
         family: client.allows(GrantType::RefreshToken).then(opaque::id),
     };
     let grant = match issuer.store.redeem_code(&opaque::hash(code), &plan).await? {
@@ -96,8 +96,9 @@ async fn start_family<S: Store>(
     now: u64,
 ) -> Result<String, OAuthError> {
     let token = opaque::secret();
-    let expires_at = issuer.settings.refresh_family_ttl.map(|ttl| now + ttl);
-    let current_expires_at = (now + issuer.settings.refresh_token_ttl).min(expires_at.unwrap_or(u64::MAX));
+    let expires_at = issuer.current().settings.refresh_family_ttl.map(|ttl| now + ttl);
+    let current_expires_at =
+        (now + issuer.current().settings.refresh_token_ttl).min(expires_at.unwrap_or(u64::MAX));
     let family = RefreshFamily {
         id: id.to_owned(),
         client_id: grant.client_id.clone(),

@@ -46,13 +46,14 @@ pub(super) async fn handle<S: Store>(
     let grant = form.require("grant_type")?;
     let now = unix_now();
     let client = match auth::credentials(headers, form) {
-        Ok(creds) => auth::authenticate(&issuer.store, &creds, now).await,
+        Ok(creds) => auth::authenticate(issuer, &creds, now).await,
         Err(e) => Err(e),
     };
     // Every request counts against its source address, failed ones too, so
     // guessing secrets is limited; only authenticated ones count against a
     // client, so nobody can spend another client's budget. One store call.
-    let settings = &issuer.settings;
+    let live = issuer.current();
+    let settings = &live.settings;
     issuer
         .limit([
             settings.per_address.zip(peer).map(|(rate, ip)| (rate, format!("addr:{ip}"), "source address")),
@@ -101,9 +102,9 @@ pub(super) fn reply<S: Store>(
     refresh_token: Option<&str>,
     grant_type: GrantType,
 ) -> Reply {
-    let ttl = issuer.settings.access_token_ttl;
+    let ttl = issuer.current().settings.access_token_ttl;
     let claims = AccessTokenClaims {
-        iss: issuer.settings.issuer.clone(),
+        iss: issuer.current().settings.issuer.clone(),
         sub: grant.subject,
         aud: grant.audience,
         exp: now + ttl,
@@ -114,7 +115,7 @@ pub(super) fn reply<S: Store>(
         auth_time: grant.auth_time,
     };
     let body = TokenResponse {
-        access_token: issuer.keys.sign(&claims),
+        access_token: issuer.current().keys.sign(&claims),
         token_type: "Bearer",
         expires_in: ttl,
         scope: claims.scope.as_deref(),

@@ -35,8 +35,8 @@ pub(super) async fn rotate<S: Store>(
     let jti = opaque::id();
     let next = opaque::secret();
     let next_expires_at =
-        (now + issuer.settings.refresh_token_ttl).min(family.expires_at.unwrap_or(u64::MAX));
-    let access = (jti.as_str(), now + issuer.settings.access_token_ttl);
+        (now + issuer.current().settings.refresh_token_ttl).min(family.expires_at.unwrap_or(u64::MAX));
+    let access = (jti.as_str(), now + issuer.current().settings.access_token_ttl);
     let family = match issuer
         .store
         .rotate_refresh(&presented, &opaque::hash(&next), next_expires_at, access)

@@ -12,7 +12,7 @@ use redis::{
 use tokenplane_api::client::ClientRecord;
 use tokenplane_api::storage;
 
-use crate::reconcile::oauth2client::AclUser;
+use crate::reconcile::AclUser;
 
 /// How to reach the cluster, as the operator's admin user.
 #[derive(Clone)]

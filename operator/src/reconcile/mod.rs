@@ -4,6 +4,12 @@
 
 pub mod oauth2client;
 pub mod signing;
+pub mod tokenpolicy;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
 
 /// The field manager and `app.kubernetes.io/managed-by` of everything the
 /// operator writes.
@@ -25,5 +31,41 @@ impl Invalid {
 
     pub fn policy(message: String) -> Self {
         Self { reason: "PolicyNotFound", message }
+    }
+
+    pub fn keys(message: String) -> Self {
+        Self { reason: "InvalidKeys", message }
+    }
+}
+
+/// A Redis ACL user, to be set on every node of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AclUser {
+    pub name: String,
+    /// Rules without the password (`ACL SETUSER name on >password RULES`).
+    pub rules: String,
+}
+
+/// SHA-256 in lowercase hex, as `ACL GETUSER` shows passwords.
+pub fn sha256_hex(text: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Metadata of an object `owner` owns (as its controller), in its
+/// namespace, labelled as ours plus `labels`; the owner's deletion takes it.
+pub fn managed_meta<K: Resource<DynamicType = ()>, const N: usize>(
+    owner: &K,
+    name: String,
+    labels: [(&str, String); N],
+) -> ObjectMeta {
+    let mut all = BTreeMap::from([("app.kubernetes.io/managed-by".to_owned(), MANAGED_BY.to_owned())]);
+    all.extend(labels.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    ObjectMeta {
+        name: Some(name),
+        namespace: owner.meta().namespace.clone(),
+        labels: Some(all),
+        owner_references: owner.controller_owner_ref(&()).map(|r| vec![r]),
+        ..ObjectMeta::default()
     }
 }

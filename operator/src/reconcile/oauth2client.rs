@@ -8,8 +8,6 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::Resource;
 use tokenplane_api::client::{ClientRecord, SecretHash};
 use tokenplane_api::credentials::{
     CLIENT_ID, CLIENT_SECRET, ISSUER, REDIS_PASSWORD, REDIS_USERNAME, TOKEN_ENDPOINT,
@@ -17,7 +15,7 @@ use tokenplane_api::credentials::{
 use tokenplane_api::oauth2client::AuthMethod;
 use tokenplane_api::{OAuth2Client, TokenPolicy, storage};
 
-use super::{Invalid, MANAGED_BY};
+use super::{AclUser, Invalid, managed_meta, sha256_hex};
 
 /// Secrets the operator generated for a client (256-bit random each), kept
 /// in its credentials Secret between reconciles.
@@ -35,14 +33,6 @@ impl std::fmt::Debug for Credentials {
             .field("confidential", &self.client_secret.is_some())
             .finish_non_exhaustive()
     }
-}
-
-/// A Redis ACL user, to be set on every node of the cluster.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AclUser {
-    pub name: String,
-    /// Rules without the password (`ACL SETUSER name on >password RULES`).
-    pub rules: String,
 }
 
 /// Everything an OAuth2Client should have.
@@ -126,16 +116,11 @@ fn credentials_secret(
         put(CLIENT_SECRET, secret);
     }
     Secret {
-        metadata: ObjectMeta {
-            name: Some(client.credentials_secret_name()),
-            namespace: client.metadata.namespace.clone(),
-            labels: Some(BTreeMap::from([
-                ("app.kubernetes.io/managed-by".to_owned(), MANAGED_BY.to_owned()),
-                ("tokenplane.io/client".to_owned(), client.metadata.name.clone().unwrap_or_default()),
-            ])),
-            owner_references: client.controller_owner_ref(&()).map(|r| vec![r]),
-            ..ObjectMeta::default()
-        },
+        metadata: managed_meta(
+            client,
+            client.credentials_secret_name(),
+            [("tokenplane.io/client", client.metadata.name.clone().unwrap_or_default())],
+        ),
         type_: Some("Opaque".into()),
         data: Some(data),
         ..Secret::default()
@@ -183,12 +168,6 @@ pub fn credentials_to_use(
         .password_hashes
         .is_none_or(|hashes| hashes.contains(&sha256_hex(&existing.redis_password)));
     if secret_ok && password_ok { (existing, false) } else { (fresh(), true) }
-}
-
-/// SHA-256 in lowercase hex, as `ACL GETUSER` shows passwords.
-fn sha256_hex(text: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

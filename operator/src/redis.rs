@@ -1,6 +1,7 @@
-//! The operator's side effects in Redis: client registrations on the
-//! master, agent ACL users on every node (ACLs are not replicated), and the
-//! not-before mark that kills every token of a deleted client at once.
+//! The operator's side effects in Redis: client registrations and policy
+//! records on the master, agent and issuer ACL users on every node (ACLs
+//! are not replicated), the not-before marks that kill every token of a
+//! client at once, and the verifiers' heartbeats read for key rotation.
 //! Every node is found through the Sentinels.
 
 use std::time::Duration;
@@ -10,7 +11,8 @@ use redis::{
     AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo,
 };
 use tokenplane_api::client::ClientRecord;
-use tokenplane_api::storage;
+use tokenplane_api::storage::{self, VerifierHeartbeat};
+use tokenplane_api::tokenpolicy::PolicyRecord;
 
 use crate::reconcile::AclUser;
 
@@ -81,6 +83,10 @@ impl RedisAdmin {
         Self { config }
     }
 
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
     async fn connect(
         &self,
         addr: &str,
@@ -135,13 +141,11 @@ impl RedisAdmin {
         Err(RedisError::NoSentinel(c.sentinels.clone()))
     }
 
-    /// Writes a client's registration and creates (or redefines) its agent's
-    /// ACL user with `passwords` (two while a password rotation overlaps)
-    /// on every node.
-    pub async fn apply_client(
+    /// Creates (or redefines) `user` with `passwords` (two while a password
+    /// rotation overlaps) on every node: ACL users are not replicated.
+    pub async fn set_user(
         &self,
         nodes: &Nodes,
-        registration: &ClientRecord,
         user: &AclUser,
         passwords: &[&str],
     ) -> Result<(), RedisError> {
@@ -154,6 +158,45 @@ impl RedisAdmin {
         for addr in nodes.all() {
             self.on::<()>(addr, &setuser).await?;
         }
+        Ok(())
+    }
+
+    /// Removes `user` from every node.
+    async fn delete_user(&self, nodes: &Nodes, user: &AclUser) -> Result<(), RedisError> {
+        let mut deluser = redis::cmd("ACL");
+        deluser.arg("DELUSER").arg(&user.name);
+        for addr in nodes.all() {
+            self.on::<i64>(addr, &deluser).await?;
+        }
+        Ok(())
+    }
+
+    /// The password hashes (SHA-256 hex) of `user` on the master; `None`
+    /// when there is no such user.
+    pub async fn password_hashes(
+        &self,
+        nodes: &Nodes,
+        user: &AclUser,
+    ) -> Result<Option<Vec<String>>, RedisError> {
+        let mut getuser = redis::cmd("ACL");
+        getuser.arg("GETUSER").arg(&user.name);
+        let acl: Option<std::collections::HashMap<String, redis::Value>> =
+            self.on(&nodes.master, &getuser).await?;
+        Ok(acl
+            .and_then(|mut fields| fields.remove("passwords"))
+            .map(|p| redis::from_redis_value(p).unwrap_or_default()))
+    }
+
+    /// Writes a client's registration and its agent's ACL user (see
+    /// [`Self::set_user`]).
+    pub async fn apply_client(
+        &self,
+        nodes: &Nodes,
+        registration: &ClientRecord,
+        user: &AclUser,
+        passwords: &[&str],
+    ) -> Result<(), RedisError> {
+        self.set_user(nodes, user, passwords).await?;
         let json = serde_json::to_string(registration).expect("a registration serializes");
         let mut set = redis::cmd("SET");
         set.arg(storage::client(&registration.client_id)).arg(json);
@@ -170,20 +213,38 @@ impl RedisAdmin {
     ) -> Result<(Option<ClientRecord>, Option<Vec<String>>), RedisError> {
         let json: Option<String> =
             self.on(&nodes.master, &redis::Cmd::get(storage::client(client_id))).await?;
-        let mut getuser = redis::cmd("ACL");
-        getuser.arg("GETUSER").arg(&user.name);
-        let acl: Option<std::collections::HashMap<String, redis::Value>> =
-            self.on(&nodes.master, &getuser).await?;
-        let passwords = acl
-            .and_then(|mut fields| fields.remove("passwords"))
-            .map(|p| redis::from_redis_value(p).unwrap_or_default());
+        let passwords = self.password_hashes(nodes, user).await?;
         // An unreadable registration is rewritten by the reconcile, like a missing one.
         Ok((json.and_then(|j| serde_json::from_str(&j).ok()), passwords))
     }
 
-    /// Removes a client: every token issued before `now` dies (the
-    /// not-before mark, announced to the agents), then the registration and
-    /// the agent's ACL user go.
+    /// Kills every token the clients issued before `now` at once: their
+    /// not-before marks, announced to the agents.
+    pub async fn revoke_clients(
+        &self,
+        nodes: &Nodes,
+        client_ids: &[String],
+        now: u64,
+    ) -> Result<(), RedisError> {
+        if client_ids.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for client_id in client_ids {
+            pipe.hset(storage::NOT_BEFORE, client_id, now).ignore();
+            pipe.publish(storage::REVOCATIONS, format!("client {client_id} {now}")).ignore();
+        }
+        self.pipeline(&nodes.master, &pipe).await
+    }
+
+    async fn pipeline(&self, addr: &str, pipe: &redis::Pipeline) -> Result<(), RedisError> {
+        pipe.query_async(&mut self.node(addr).await?)
+            .await
+            .map_err(|source| RedisError::Node { addr: addr.to_owned(), source })
+    }
+
+    /// Removes a client: every token it issued before `now` dies, then the
+    /// registration and the agent's ACL user go.
     pub async fn remove_client(
         &self,
         nodes: &Nodes,
@@ -191,20 +252,67 @@ impl RedisAdmin {
         user: &AclUser,
         now: u64,
     ) -> Result<(), RedisError> {
-        let master = &nodes.master;
-        let mut pipe = redis::pipe();
-        pipe.hset(storage::NOT_BEFORE, client_id, now).ignore();
-        pipe.publish(storage::REVOCATIONS, format!("client {client_id} {now}")).ignore();
-        pipe.del(storage::client(client_id)).ignore();
-        let () = pipe
-            .query_async(&mut self.node(master).await?)
-            .await
-            .map_err(|source| RedisError::Node { addr: master.clone(), source })?;
-        let mut deluser = redis::cmd("ACL");
-        deluser.arg("DELUSER").arg(&user.name);
-        for addr in nodes.all() {
-            self.on::<i64>(addr, &deluser).await?;
+        self.revoke_clients(nodes, &[client_id.to_owned()], now).await?;
+        self.on::<i64>(&nodes.master, &redis::Cmd::del(storage::client(client_id))).await?;
+        self.delete_user(nodes, user).await
+    }
+
+    /// Every live verifier heartbeat, by verifier id.
+    pub async fn heartbeats(&self, nodes: &Nodes) -> Result<Vec<(String, VerifierHeartbeat)>, RedisError> {
+        let node = |source| RedisError::Node { addr: nodes.master.clone(), source };
+        let mut conn = self.node(&nodes.master).await?;
+        let keys: Vec<String> = {
+            let mut scan = redis::AsyncCommands::scan_match::<_, String>(&mut conn, storage::VERIFIERS)
+                .await
+                .map_err(node)?;
+            let mut keys = Vec::new();
+            while let Some(key) = futures_util::StreamExt::next(&mut scan).await {
+                keys.push(key.map_err(node)?);
+            }
+            keys
+        };
+        let mut beats = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(500) {
+            let values: Vec<Option<String>> =
+                redis::cmd("MGET").arg(chunk).query_async(&mut conn).await.map_err(node)?;
+            let prefix = storage::verifier("");
+            beats.extend(chunk.iter().zip(values).filter_map(|(key, value)| {
+                let beat = serde_json::from_str(&value?).ok()?;
+                Some((key.strip_prefix(&prefix)?.to_owned(), beat))
+            }));
         }
-        Ok(())
+        Ok(beats)
+    }
+
+    /// Publishes a policy to its issuers and their users: the issuer ACL
+    /// user (every node), the policy record and the JWKS (master).
+    pub async fn apply_policy(
+        &self,
+        nodes: &Nodes,
+        policy_id: &str,
+        (record, jwks): (&PolicyRecord, &str),
+        user: &AclUser,
+        password: &str,
+    ) -> Result<(), RedisError> {
+        self.set_user(nodes, user, &[password]).await?;
+        let mut pipe = redis::pipe();
+        pipe.set(storage::policy(policy_id), serde_json::to_string(record).expect("a record serializes"))
+            .ignore();
+        pipe.set(storage::jwks(policy_id), jwks).ignore();
+        self.pipeline(&nodes.master, &pipe).await
+    }
+
+    /// Forgets a deleted policy: its record, JWKS and issuer user.
+    pub async fn remove_policy(
+        &self,
+        nodes: &Nodes,
+        policy_id: &str,
+        user: &AclUser,
+    ) -> Result<(), RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.del(storage::policy(policy_id)).ignore();
+        pipe.del(storage::jwks(policy_id)).ignore();
+        self.pipeline(&nodes.master, &pipe).await?;
+        self.delete_user(nodes, user).await
     }
 }

@@ -13,8 +13,8 @@ use kube::client::Body;
 use kube::runtime::controller::Action;
 use redis::AsyncCommands;
 use serde_json::{Value, json};
-use tokenplane_api::{OAuth2Client, storage};
-use tokenplane_operator::controller::{Context, oauth2client};
+use tokenplane_api::{OAuth2Client, TokenPolicy, storage};
+use tokenplane_operator::controller::{Context, oauth2client, tokenpolicy};
 use tokenplane_testkit::{RedisCluster, RedisClusterOptions};
 use tower_test::mock::{self, Handle};
 
@@ -26,12 +26,17 @@ static USED: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec
 /// The RBAC verb and resource (`plural` or `plural/subresource`) of a request.
 fn rbac_of(method: &Method, path: &str) -> (String, String) {
     let parts: Vec<&str> = path.split('/').collect();
-    let at = parts.iter().position(|p| *p == "namespaces").expect("namespaced path");
-    let resource = match parts.get(at + 4) {
-        Some(sub) => format!("{}/{sub}", parts[at + 2]),
-        None => parts.get(at + 2).copied().unwrap_or_default().to_owned(),
+    let at = match parts.iter().position(|p| *p == "namespaces") {
+        Some(ns) => ns + 2,
+        None if parts[1] == "api" => 3,
+        None => 4,
+    };
+    let resource = match parts.get(at + 2) {
+        Some(sub) => format!("{}/{sub}", parts[at]),
+        None => parts[at].to_owned(),
     };
     let verb = match *method {
+        Method::GET if parts.get(at + 1).is_none() => "list",
         Method::GET => "get",
         Method::PATCH => "patch",
         Method::POST => "create",
@@ -214,7 +219,7 @@ async fn an_invalid_client_gets_a_condition_and_nothing_else() {
 }
 
 /// The role in config/rbac allows every request made so far, and the
-/// list/watch of the two resources the controller watches.
+/// list/watch of the resources the controllers watch.
 fn assert_role_allows_what_was_used() {
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/rbac/role.yaml")).unwrap();
@@ -230,7 +235,7 @@ fn assert_role_allows_what_was_used() {
     };
     let mut used = USED.lock().unwrap().clone();
     used.extend(
-        ["oauth2clients", "secrets"]
+        ["oauth2clients", "secrets", "tokenpolicies", "deployments"]
             .iter()
             .flat_map(|r| [("list".into(), (*r).into()), ("watch".into(), (*r).into())]),
     );
@@ -240,4 +245,119 @@ fn assert_role_allows_what_was_used() {
             "the code does {verb} on {resource}, which config/rbac/role.yaml does not allow"
         );
     }
+}
+
+const POLICY_DIR: &str = "/apis/tokenplane.io/v1alpha1/namespaces/auth/tokenpolicies/default";
+const KEYS_PATH: &str = "/api/v1/namespaces/auth/secrets/default-signing-keys";
+const ISSUER_SECRET_PATH: &str = "/api/v1/namespaces/auth/secrets/default-issuer-redis";
+
+fn policy_json(finalizers: &[&str], deleting: bool) -> Value {
+    let mut policy: Value = serde_json::from_str(POLICY).unwrap();
+    policy["metadata"] = json!({"name": "default", "namespace": "auth", "uid": "uid-p", "generation": 2,
+                                "finalizers": finalizers, "resourceVersion": "9"});
+    if deleting {
+        policy["metadata"]["deletionTimestamp"] = "2026-11-23T00:00:00Z".into();
+    }
+    policy
+}
+
+fn base64_of(value: &Value) -> String {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(value.as_str().unwrap()).unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
+#[tokio::test]
+async fn a_new_policy_gets_keys_redis_records_an_issuer_and_status_and_deletion_cleans_redis() {
+    let cluster = RedisCluster::start(RedisClusterOptions::default()).await.unwrap();
+    let (api, mut server) = mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(&cluster, api);
+    let held: TokenPolicy = serde_json::from_value(policy_json(&[tokenpolicy::FINALIZER], false)).unwrap();
+    let run = tokio::spawn(tokenpolicy::reconcile(Arc::new(held), ctx.clone()));
+
+    expect(&mut server, Method::GET, KEYS_PATH, StatusCode::NOT_FOUND, not_found()).await;
+    let mut orders = client_json(spec(), &[], false);
+    orders["spec"]["workloadSelector"] = json!({"matchLabels": {"app": "orders"}});
+    let list = json!({"apiVersion": "tokenplane.io/v1alpha1", "kind": "OAuth2ClientList",
+                      "metadata": {"resourceVersion": "10"}, "items": [orders]});
+    expect(&mut server, Method::GET, "/apis/tokenplane.io/v1alpha1/oauth2clients", StatusCode::OK, list)
+        .await;
+    expect(&mut server, Method::GET, ISSUER_SECRET_PATH, StatusCode::NOT_FOUND, not_found()).await;
+    let keys = expect(&mut server, Method::PATCH, KEYS_PATH, StatusCode::OK, Value::Null).await;
+    let kid = base64_of(&keys["data"]["active"]);
+    assert!(keys["data"][format!("{kid}.pem")].is_string(), "the active key's PEM: {}", keys["data"]);
+    assert!(keys["metadata"]["annotations"]["tokenplane.io/key-states"].as_str().unwrap().contains("Active"));
+    let issuer_secret =
+        expect(&mut server, Method::PATCH, ISSUER_SECRET_PATH, StatusCode::OK, Value::Null).await;
+    let password = base64_of(&issuer_secret["data"]["redis_password"]);
+    let jwks = expect(
+        &mut server,
+        Method::PATCH,
+        "/api/v1/namespaces/auth/configmaps/default-jwks",
+        StatusCode::OK,
+        Value::Null,
+    )
+    .await;
+    assert!(jwks["data"]["jwks.json"].as_str().unwrap().contains(&kid));
+    for path in [
+        "/api/v1/namespaces/auth/services/default-issuer",
+        "/apis/apps/v1/namespaces/auth/deployments/default-issuer",
+        "/apis/policy/v1/namespaces/auth/poddisruptionbudgets/default-issuer",
+        "/apis/autoscaling/v2/namespaces/auth/horizontalpodautoscalers/default-issuer",
+    ] {
+        let applied = expect(&mut server, Method::PATCH, path, StatusCode::OK, Value::Null).await;
+        assert_eq!(applied["metadata"]["ownerReferences"][0]["uid"], "uid-p", "{path}");
+    }
+    let netpol = expect(
+        &mut server,
+        Method::PATCH,
+        "/apis/networking.k8s.io/v1/namespaces/auth/networkpolicies/default-issuer",
+        StatusCode::OK,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(netpol["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app"], "orders");
+    let status = expect(
+        &mut server,
+        Method::PATCH,
+        &format!("{POLICY_DIR}/status"),
+        StatusCode::OK,
+        policy_json(&[], false),
+    )
+    .await;
+    let status = &status["status"];
+    assert_eq!(
+        (status["activeKeyId"].as_str(), status["keys"][0]["state"].as_str()),
+        (Some(kid.as_str()), Some("Active"))
+    );
+    assert_eq!(status["conditions"][0]["status"], "True");
+    assert!(status["nextRotationAt"].as_str().unwrap().starts_with("20"), "{status}");
+    let requeue = run.await.unwrap().unwrap();
+    assert_eq!(
+        requeue,
+        Action::requeue(Duration::from_secs(300)),
+        "the next rotation is 30 days off: drift check"
+    );
+
+    let mut redis = cluster.admin_connection(&cluster.master_addr().await.unwrap()).await.unwrap();
+    let record: String = redis.get(storage::policy("default.auth")).await.unwrap();
+    let record: tokenplane_api::tokenpolicy::PolicyRecord = serde_json::from_str(&record).unwrap();
+    assert_eq!(record.issuer, "http://default-issuer.auth.svc");
+    let published: String = redis.get(storage::jwks("default.auth")).await.unwrap();
+    assert_eq!(published, jwks["data"]["jwks.json"].as_str().unwrap(), "Redis and the ConfigMap agree");
+    let issuer = tokenplane_testkit::Credentials::new("issuer:default.auth", password);
+    for node in cluster.node_addrs() {
+        let mut conn = cluster.connection(&node, &issuer).await.expect("the issuer user works on every node");
+        let _: redis::Value = redis::cmd("ROLE").query_async(&mut conn).await.unwrap();
+    }
+
+    let deleting: TokenPolicy = serde_json::from_value(policy_json(&[tokenpolicy::FINALIZER], true)).unwrap();
+    let run = tokio::spawn(tokenpolicy::reconcile(Arc::new(deleting), ctx.clone()));
+    expect(&mut server, Method::PATCH, POLICY_DIR, StatusCode::OK, policy_json(&[], true)).await;
+    run.await.unwrap().unwrap();
+    let gone: Option<String> = redis.get(storage::policy("default.auth")).await.unwrap();
+    assert_eq!(gone, None, "the record goes with the policy");
+    let master = cluster.master_addr().await.unwrap();
+    assert!(cluster.connection(&master, &issuer).await.is_err(), "and its issuer user");
+    assert_role_allows_what_was_used();
 }

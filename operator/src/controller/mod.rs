@@ -2,19 +2,26 @@
 //! `reconcile` to the cluster and to Redis.
 
 pub mod oauth2client;
+pub mod tokenpolicy;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{finalizer, watcher};
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
-use tokenplane_api::OAuth2Client;
+use tokenplane_api::{OAuth2Client, TokenPolicy};
 
+use crate::reconcile::MANAGED_BY;
+use crate::reconcile::tokenpolicy::Environment;
 use crate::redis::{RedisAdmin, RedisError};
 
 /// What every reconcile shares.
@@ -25,13 +32,30 @@ pub struct Context {
     pub generate: fn() -> String,
     /// Kubernetes events on the resources, as `tokenplane-operator`.
     pub recorder: Recorder,
+    /// What issuer Deployments need beyond their TokenPolicy.
+    pub issuers: Environment,
 }
 
+/// The issuer image of this operator's version.
+pub const ISSUER_IMAGE: &str = concat!("ghcr.io/tokenplane/tokenplane-sidecar:", env!("CARGO_PKG_VERSION"));
+
 impl Context {
+    /// Issuers reach Redis where the operator does and run this version's
+    /// image, until [`Context::with_issuers`] says otherwise.
     pub fn new(kube: kube::Client, redis: RedisAdmin, generate: fn() -> String) -> Self {
         let reporter =
             Reporter { controller: "tokenplane-operator".into(), instance: std::env::var("POD_NAME").ok() };
-        Self { recorder: Recorder::new(kube.clone(), reporter), kube, redis, generate }
+        let issuers = Environment {
+            image: ISSUER_IMAGE.into(),
+            sentinels: redis.config().sentinels.clone(),
+            master_name: redis.config().master_name.clone(),
+            operator_namespace: "tokenplane-system".into(),
+        };
+        Self { recorder: Recorder::new(kube.clone(), reporter), kube, redis, generate, issuers }
+    }
+
+    pub fn with_issuers(self, issuers: Environment) -> Self {
+        Self { issuers, ..self }
     }
 }
 
@@ -43,8 +67,76 @@ pub enum Error {
     Redis(#[from] RedisError),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
-    #[error("the object has no namespace; OAuth2Clients are namespaced")]
+    #[error("the object has no namespace; tokenplane resources are namespaced")]
     NotNamespaced,
+}
+
+/// Server-side applies `object` (field manager `tokenplane`, forced: the
+/// operator owns what it writes).
+pub(crate) async fn apply<K>(kube: &kube::Client, object: &K) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    let meta = object.meta();
+    let api: Api<K> = Api::namespaced(kube.clone(), meta.namespace.as_deref().ok_or(Error::NotNamespaced)?);
+    let mut body = serde_json::to_value(object).expect("a Kubernetes object serializes");
+    body["apiVersion"] = K::api_version(&()).into();
+    body["kind"] = K::kind(&()).into();
+    let name = meta.name.clone().unwrap_or_default();
+    api.patch(&name, &PatchParams::apply(MANAGED_BY).force(), &Patch::Apply(body)).await?;
+    Ok(())
+}
+
+/// A status condition; its transition time moves only when its status does.
+pub(crate) fn condition(
+    previous: &[Condition],
+    generation: Option<i64>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+) -> Condition {
+    let status = if status { "True" } else { "False" };
+    let since = previous.iter().find(|c| c.type_ == type_ && c.status == status).map_or_else(
+        || k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+        |c| c.last_transition_time.clone(),
+    );
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+/// A Warning event on `object`, best effort: logs and conditions carry the
+/// same news.
+pub(crate) async fn warn<K: kube::Resource<DynamicType = ()>>(
+    object: &K,
+    ctx: &Context,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+        tracing::warn!(error = %e, "could not record an event");
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    u64::try_from(k8s_openapi::jiff::Timestamp::now().as_second()).unwrap_or_default()
 }
 
 /// A fresh 256-bit secret from the system's randomness.
@@ -57,8 +149,13 @@ pub fn generate_secret() -> String {
 
 /// Retries soon when Redis is the problem (it comes back by itself), later
 /// for the API server.
-fn error_policy(client: Arc<OAuth2Client>, error: &Error, _: Arc<Context>) -> Action {
-    tracing::warn!(client = %kube::ResourceExt::name_any(client.as_ref()), %error, "reconcile failed; retrying");
+fn error_policy<K: kube::Resource<DynamicType = ()>>(
+    object: Arc<K>,
+    error: &Error,
+    _: Arc<Context>,
+) -> Action {
+    let name = kube::ResourceExt::name_any(object.as_ref());
+    tracing::warn!(kind = %K::kind(&()), %name, %error, "reconcile failed; retrying");
     match error {
         Error::Redis(_) => Action::requeue(Duration::from_secs(5)),
         _ => Action::requeue(Duration::from_secs(15)),
@@ -131,20 +228,53 @@ async fn shutdown_signal() {
     }
 }
 
-/// Runs the OAuth2Client controller until a shutdown signal.
+/// Runs the OAuth2Client and TokenPolicy controllers until a shutdown signal.
 pub async fn run(ctx: Arc<Context>) {
+    tokio::join!(run_clients(ctx.clone()), run_policies(ctx));
+}
+
+fn managed() -> watcher::Config {
+    watcher::Config::default().labels("app.kubernetes.io/managed-by=tokenplane")
+}
+
+async fn run_clients(ctx: Arc<Context>) {
     let clients = Api::<OAuth2Client>::all(ctx.kube.clone());
     let secrets = Api::<Secret>::all(ctx.kube.clone());
-    let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=tokenplane");
     Controller::new(clients, watcher::Config::default())
-        .owns(secrets, managed)
+        .owns(secrets, managed())
         .shutdown_on_signal()
         .run(oauth2client::reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(client = %object.name, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile error"),
-            }
-        })
+        .for_each(|result| log("OAuth2Client", result))
         .await;
+}
+
+/// A policy is looked at again when its clients change (its
+/// NetworkPolicies list their workloads) or what it owns drifts.
+async fn run_policies(ctx: Arc<Context>) {
+    let policies = Api::<TokenPolicy>::all(ctx.kube.clone());
+    let clients = Api::<OAuth2Client>::all(ctx.kube.clone());
+    let policy_of = |client: OAuth2Client| {
+        let r = &client.spec.policy_ref;
+        let namespace = r.namespace.clone().or_else(|| client.namespace())?;
+        Some(ObjectRef::<TokenPolicy>::new(&r.name).within(&namespace))
+    };
+    Controller::new(policies, watcher::Config::default())
+        .owns(Api::<Secret>::all(ctx.kube.clone()), managed())
+        .owns(Api::<Deployment>::all(ctx.kube.clone()), managed())
+        .watches(clients, watcher::Config::default(), policy_of)
+        .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)))
+        .shutdown_on_signal()
+        .run(tokenpolicy::reconcile, error_policy, ctx)
+        .for_each(|result| log("TokenPolicy", result))
+        .await;
+}
+
+async fn log<K: kube::Resource, E: std::fmt::Display>(
+    kind: &'static str,
+    result: Result<(ObjectRef<K>, Action), E>,
+) {
+    match result {
+        Ok((object, _)) => tracing::debug!(kind, name = %object.name, "reconciled"),
+        Err(e) => tracing::debug!(kind, error = %e, "reconcile error"),
+    }
 }

@@ -7,17 +7,15 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokenplane_api::oauth2client::AuthMethod;
 use tokenplane_api::{OAuth2Client, TokenPolicy};
 
-use super::{Context, Error};
+use super::{Context, Error, unix_now};
 use crate::reconcile::oauth2client::{self, Credentials, Desired, Registered};
 use crate::reconcile::{Invalid, MANAGED_BY};
 
@@ -57,37 +55,22 @@ async fn apply(client: &OAuth2Client, ctx: &Context) -> Result<Action, Error> {
     let (credentials, replaced) = oauth2client::credentials_to_use(existing, &registered, unix_now(), fresh);
     if replaced {
         let note = "the credentials Secret was edited by hand: new credentials were issued and the edited ones do not work";
-        warn(client, ctx, "CredentialsReplaced", note).await;
+        super::warn(client, ctx, "CredentialsReplaced", note).await;
     }
     let desired = match oauth2client::desired(client, policy.as_ref(), &credentials) {
         Ok(desired) => desired,
         Err(invalid) => {
             tracing::info!(client = %client.name_any(), %namespace, reason = invalid.reason, "not reconciled: {}", invalid.message);
-            warn(client, ctx, invalid.reason, &invalid.message).await;
+            super::warn(client, ctx, invalid.reason, &invalid.message).await;
             set_status(client, ctx, Err(&invalid)).await?;
             return Ok(Action::await_change());
         }
     };
-    apply_secret(&secrets, &desired).await?;
+    super::apply(&ctx.kube, &desired.secret).await?;
     let password = credentials.redis_password.as_str();
     ctx.redis.apply_client(&nodes, &desired.registration, &desired.agent_user, &[password]).await?;
     set_status(client, ctx, Ok(&desired)).await?;
     Ok(Action::requeue(RESYNC))
-}
-
-/// A Warning event on the client, best effort: logs and conditions carry
-/// the same news.
-async fn warn(client: &OAuth2Client, ctx: &Context, reason: &str, note: &str) {
-    let event = Event {
-        type_: EventType::Warning,
-        reason: reason.into(),
-        note: Some(note.into()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &client.object_ref(&())).await {
-        tracing::warn!(error = %e, "could not record an event");
-    }
 }
 
 async fn policy_of(
@@ -99,17 +82,6 @@ async fn policy_of(
     let api: Api<TokenPolicy> =
         Api::namespaced(ctx.kube.clone(), r.namespace.as_deref().unwrap_or(namespace));
     Ok(api.get_opt(&r.name).await?)
-}
-
-async fn apply_secret(secrets: &Api<Secret>, desired: &Desired) -> Result<(), Error> {
-    let mut secret = desired.secret.clone();
-    secret.metadata.managed_fields = None;
-    let mut body = serde_json::to_value(&secret).expect("a Secret serializes");
-    body["apiVersion"] = "v1".into();
-    body["kind"] = "Secret".into();
-    let name = secret.metadata.name.clone().unwrap_or_default();
-    secrets.patch(&name, &PatchParams::apply(MANAGED_BY).force(), &Patch::Apply(body)).await?;
-    Ok(())
 }
 
 /// The `Ready` condition and the public facts, by server-side apply on the
@@ -128,19 +100,8 @@ async fn set_status(
         }
         Err(invalid) => ("False", invalid.reason, invalid.message.clone()),
     };
-    let previous = client.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
-    let since = previous.filter(|c| c.status == status).map_or_else(
-        || k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
-        |c| c.last_transition_time.clone(),
-    );
-    let ready = Condition {
-        type_: "Ready".into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: generation,
-        last_transition_time: since,
-    };
+    let previous = client.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+    let ready = super::condition(previous, generation, "Ready", status == "True", reason, message);
     let mut patch = json!({
         "apiVersion": "tokenplane.io/v1alpha1",
         "kind": "OAuth2Client",
@@ -162,8 +123,4 @@ async fn cleanup(client: &OAuth2Client, ctx: &Context) -> Result<Action, Error> 
     ctx.redis.remove_client(&nodes, &client_id, &oauth2client::agent_user(&client_id), unix_now()).await?;
     tracing::info!(%client_id, "client removed: its tokens stopped working, its registration and Redis user are gone");
     Ok(Action::await_change())
-}
-
-fn unix_now() -> u64 {
-    u64::try_from(k8s_openapi::jiff::Timestamp::now().as_second()).unwrap_or_default()
 }

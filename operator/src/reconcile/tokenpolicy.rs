@@ -689,7 +689,7 @@ spec:
         let data = d.keys_secret.data.as_ref().unwrap();
         assert_eq!(data["active"].0, kid.as_bytes());
         assert!(KeyPair::from_pem(&kid, &data[&format!("{kid}.pem")].0).is_ok(), "a usable PKCS#8 key");
-        assert_eq!(jwks_kids(&d), [kid.clone()]);
+        assert_eq!(jwks_kids(&d), [kid.as_str()]);
         assert!(!d.jwks.contains("PRIVATE"), "the JWKS is public only");
         assert_eq!(d.jwks_config_map.data.as_ref().unwrap()["jwks.json"], d.jwks);
         assert_eq!(d.record.issuer, "http://default-issuer.auth.svc");
@@ -737,7 +737,7 @@ spec:
         assert!(promoted.rotation.behind.is_empty() && !promoted.rotation.forced);
 
         let retired = reconcile(&p, Some(&promoted.keys_secret), &[], 30 * DAY + 20 + 905);
-        assert_eq!(jwks_kids(&retired), [k2.clone()], "retired once every token it signed expired");
+        assert_eq!(jwks_kids(&retired), [k2.as_str()], "retired once every token it signed expired");
         assert!(!retired.keys_secret.data.as_ref().unwrap().contains_key(&format!("{k1}.pem")));
     }
 

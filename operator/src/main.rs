@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokenplane_operator::controller::{self, Context, generate_secret};
+use tokenplane_operator::reconcile::tokenpolicy::Environment;
 use tokenplane_operator::redis::{RedisAdmin, RedisConfig};
 
 #[derive(Parser)]
@@ -24,12 +25,12 @@ enum Command {
         #[arg(long, env = "TOKENPLANE_CRD_OUT")]
         out: Option<PathBuf>,
     },
-    /// Reconcile OAuth2Clients: in a cluster (service account) or out of it
-    /// (kubeconfig), against the Redis Sentinels given here.
+    /// Reconcile OAuth2Clients and TokenPolicies: in a cluster (service
+    /// account) or out of it (kubeconfig), against the Redis Sentinels given here.
     Run(RunArgs),
     /// Print the Kubernetes objects the operator would create for the
-    /// OAuth2Clients (and their TokenPolicies) in some YAML files, offline.
-    /// Generated secrets show as placeholders.
+    /// OAuth2Clients and TokenPolicies in some YAML files, offline.
+    /// Generated secrets and keys show as placeholders.
     Render {
         /// YAML files with OAuth2Client and TokenPolicy documents.
         #[arg(short = 'f', long = "filename", required = true)]
@@ -63,6 +64,14 @@ struct RunArgs {
     /// This replica's name in the Lease (the pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Image of the issuer Deployments, unless a TokenPolicy names one.
+    #[arg(long, env = "TOKENPLANE_ISSUER_IMAGE", default_value = controller::ISSUER_IMAGE)]
+    issuer_image: String,
+    /// Sentinels as issuer pods reach them, for policies without a
+    /// redisRef; --redis-sentinels when unset (out of a cluster those are
+    /// often addresses pods cannot use).
+    #[arg(long, env = "TOKENPLANE_ISSUER_REDIS_SENTINELS", value_delimiter = ',')]
+    issuer_redis_sentinels: Vec<String>,
 }
 
 fn read_secret(path: &std::path::Path) -> anyhow::Result<String> {
@@ -83,7 +92,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let kube = kube::Client::try_default()
         .await
         .context("cannot reach the Kubernetes API: run in a cluster, or set KUBECONFIG")?;
-    let ctx = Arc::new(Context::new(kube, redis, generate_secret));
+    let issuers = Environment {
+        image: args.issuer_image,
+        sentinels: if args.issuer_redis_sentinels.is_empty() {
+            redis.config().sentinels.clone()
+        } else {
+            args.issuer_redis_sentinels
+        },
+        master_name: redis.config().master_name.clone(),
+        operator_namespace: args.lease_namespace.clone(),
+    };
+    let ctx = Arc::new(Context::new(kube, redis, generate_secret).with_issuers(issuers));
     let identity = args.identity.unwrap_or_else(|| format!("tokenplane-operator-{}", std::process::id()));
     controller::lead(ctx, &args.lease_namespace, identity).await.with_context(|| {
         format!("leader election on the Lease {}/{} failed", args.lease_namespace, controller::LEASE)

@@ -7,22 +7,30 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::Resource;
 use serde::Deserialize;
 use tokenplane_api::oauth2client::AuthMethod;
-use tokenplane_api::{OAuth2Client, TokenPolicy};
+use tokenplane_api::signing::KeyPair;
+use tokenplane_api::{OAuth2Client, TokenPolicy, storage};
 
 use crate::reconcile::Invalid;
 use crate::reconcile::oauth2client::{self, Credentials};
+use crate::reconcile::tokenpolicy::{self, Environment, Inputs, Keys};
 
 pub const GENERATED_SECRET: &str = "<generated: 256-bit client secret>";
 pub const GENERATED_PASSWORD: &str = "<generated: 256-bit Redis password>";
+pub const GENERATED_KID: &str = "generated-kid";
+pub const GENERATED_KEY: &str = "<generated: private signing key, PKCS#8 PEM>";
+pub const GENERATED_JWKS: &str = "<generated: the public keys of the signing keys>";
+/// Where issuer pods find the Sentinels is the running operator's setting.
+pub const SENTINELS: &str = "<the operator's --issuer-redis-sentinels>";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
     #[error("{file} (document {document}): {message}")]
     Unreadable { file: PathBuf, document: usize, message: String },
-    #[error("OAuth2Client {namespace}/{name}: {invalid}")]
-    Invalid { namespace: String, name: String, invalid: Invalid },
+    #[error("{kind} {namespace}/{name}: {invalid}")]
+    Invalid { kind: &'static str, namespace: String, name: String, invalid: Invalid },
 }
 
 /// The custom resources of some files.
@@ -82,6 +90,9 @@ impl Resources {
     /// The YAML of every object, or the first resource that is invalid.
     pub fn render(&self) -> Result<String, RenderError> {
         let mut out = String::new();
+        for policy in &self.policies {
+            self.render_policy(policy, &mut out)?;
+        }
         for client in &self.clients {
             let public = client.spec.token_endpoint_auth_method == AuthMethod::None;
             let placeholders = Credentials {
@@ -91,6 +102,7 @@ impl Resources {
             let desired =
                 oauth2client::desired(client, self.policy_of(client), &placeholders).map_err(|invalid| {
                     RenderError::Invalid {
+                        kind: "OAuth2Client",
                         namespace: client.metadata.namespace.clone().unwrap_or_default(),
                         name: client.metadata.name.clone().unwrap_or_default(),
                         invalid,
@@ -110,20 +122,88 @@ impl Resources {
     }
 }
 
-/// A Secret as YAML with its values in `stringData`. Owner references are
-/// left out: they need the uid of an object that does not exist yet.
+impl Resources {
+    /// A policy's objects, its keys as placeholders and without the key
+    /// states annotation (the operator's bookkeeping, and a timestamp).
+    fn render_policy(&self, policy: &TokenPolicy, out: &mut String) -> Result<(), RenderError> {
+        let clients: Vec<OAuth2Client> = self
+            .clients
+            .iter()
+            .filter(|c| self.policy_of(c).is_some_and(|p| std::ptr::eq(p, policy)))
+            .cloned()
+            .collect();
+        let env = Environment {
+            image: crate::controller::ISSUER_IMAGE.into(),
+            sentinels: vec![SENTINELS.into()],
+            master_name: "tokenplane".into(),
+            operator_namespace: "tokenplane-system".into(),
+        };
+        let inputs = Inputs {
+            policy,
+            keys: Keys::default(),
+            heartbeats: &[],
+            clients: &clients,
+            issuer_password: GENERATED_PASSWORD,
+            env: &env,
+            now: 0,
+        };
+        let algorithm = policy.spec.signing.algorithm;
+        let new_key = || {
+            let key = KeyPair::generate(algorithm).expect("the system can generate keys");
+            (GENERATED_KID.to_owned(), key.to_pem().into_bytes())
+        };
+        let mut d = tokenpolicy::desired(inputs, new_key).map_err(|invalid| RenderError::Invalid {
+            kind: "TokenPolicy",
+            namespace: policy.metadata.namespace.clone().unwrap_or_default(),
+            name: policy.metadata.name.clone().unwrap_or_default(),
+            invalid,
+        })?;
+        for pem in d.keys_secret.data.iter_mut().flatten().filter(|(k, _)| k.ends_with(".pem")) {
+            pem.1.0 = GENERATED_KEY.as_bytes().to_vec();
+        }
+        d.keys_secret.metadata.annotations = None;
+        d.jwks_config_map.data = Some(BTreeMap::from([("jwks.json".to_owned(), GENERATED_JWKS.to_owned())]));
+        out.push_str(&format!(
+            "# TokenPolicy {}: policy id {id}; Redis: record {}, JWKS {}, ACL user {}\n",
+            policy.metadata.name.as_deref().unwrap_or_default(),
+            storage::policy(&d.policy_id),
+            storage::jwks(&d.policy_id),
+            d.issuer_user.name,
+            id = d.policy_id,
+        ));
+        for text in [readable(d.keys_secret), readable(d.issuer_secret)] {
+            out.push_str("---\n");
+            out.push_str(&text);
+        }
+        let objects =
+            [yaml(d.jwks_config_map), yaml(d.service), yaml(d.deployment), yaml(d.pdb), yaml(d.hpa)];
+        for text in objects.into_iter().chain(d.network_policies.into_iter().map(yaml)) {
+            out.push_str("---\n");
+            out.push_str(&text);
+        }
+        Ok(())
+    }
+}
+
+/// An object as YAML with its apiVersion and kind, without owner
+/// references: they need the uid of an object that does not exist yet.
+fn yaml<K: Resource<DynamicType = ()> + serde::Serialize>(mut object: K) -> String {
+    object.meta_mut().owner_references = None;
+    let mut value = serde_norway::to_value(&object).expect("an object serializes");
+    if let serde_norway::Value::Mapping(map) = &mut value {
+        map.insert("apiVersion".into(), K::api_version(&()).into_owned().into());
+        map.insert("kind".into(), K::kind(&()).into_owned().into());
+    }
+    serde_norway::to_string(&value).expect("an object serializes")
+}
+
+/// A Secret as YAML with its values in `stringData`, so a reviewer can read them.
 fn readable(mut secret: Secret) -> String {
     let data = secret.data.take().unwrap_or_default();
     let strings: BTreeMap<String, String> =
         data.into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned())).collect();
     secret.string_data = Some(strings);
-    secret.metadata.owner_references = None;
-    let mut value = serde_norway::to_value(&secret).expect("a Secret serializes");
-    if let serde_norway::Value::Mapping(map) = &mut value {
-        map.insert("apiVersion".into(), "v1".into());
-        map.insert("kind".into(), "Secret".into());
-    }
-    serde_norway::to_string(&value).expect("a Secret serializes")
+    yaml(secret)
 }
 
 #[cfg(test)]
@@ -148,13 +228,40 @@ mod tests {
              spec: {{policyRef: {{name: default}}, audiences: [https://orders]}}\n"
         );
         let out = resources(&yaml).render().unwrap();
-        let secret: Secret = serde_norway::from_str(out.split("---\n").nth(1).unwrap()).unwrap();
+        let client = &out[out.find("# OAuth2Client").unwrap()..];
+        let secret: Secret = serde_norway::from_str(client.split("---\n").nth(1).unwrap()).unwrap();
         assert_eq!(secret.metadata.name.as_deref(), Some("demo-oauth2-credentials"));
         let data = secret.string_data.unwrap();
         assert_eq!(data[credentials::CLIENT_SECRET], GENERATED_SECRET);
         assert_eq!(data[credentials::CLIENT_ID], "demo.default");
         assert_eq!(data[credentials::ISSUER], "http://default-issuer.default.svc");
-        assert!(out.starts_with("# OAuth2Client demo: client id demo.default"), "{out}");
+        assert!(client.starts_with("# OAuth2Client demo: client id demo.default"), "{out}");
+    }
+
+    #[test]
+    fn a_policy_renders_to_its_issuer_with_keys_as_placeholders() {
+        let out = resources(POLICY).render().unwrap();
+        assert!(!out.contains("BEGIN"), "no key material in a review: {out}");
+        let kinds: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("kind: ")).collect();
+        assert_eq!(
+            kinds,
+            [
+                "Secret",
+                "Secret",
+                "ConfigMap",
+                "Service",
+                "Deployment",
+                "PodDisruptionBudget",
+                "HorizontalPodAutoscaler",
+                "NetworkPolicy"
+            ]
+        );
+        assert!(
+            out.contains(GENERATED_KEY) && out.contains(GENERATED_JWKS) && out.contains(GENERATED_PASSWORD)
+        );
+        assert!(!out.contains("ownerReferences") && !out.contains("key-states"), "{out}");
+        let deterministic = resources(POLICY).render().unwrap();
+        assert_eq!(out, deterministic, "the same files render the same, for diffs");
     }
 
     #[test]

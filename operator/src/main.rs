@@ -27,7 +27,7 @@ enum Command {
     },
     /// Reconcile OAuth2Clients and TokenPolicies: in a cluster (service
     /// account) or out of it (kubeconfig), against the Redis Sentinels given here.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the Kubernetes objects the operator would create for the
     /// OAuth2Clients and TokenPolicies in some YAML files, offline.
     /// Generated secrets and keys show as placeholders.
@@ -118,7 +118,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(run(args)),
+        Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(run(*args)),
         Command::Crdgen { out: Some(dir) } => tokenplane_operator::crdgen::write(&dir),
         Command::Crdgen { out: None } => {
             for (_, yaml) in tokenplane_operator::crdgen::render()? {

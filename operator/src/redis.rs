@@ -1,7 +1,8 @@
 //! The operator's side effects in Redis: client registrations on the
 //! master, agent ACL users on every node (ACLs are not replicated), and the
-//! not-before mark that kills every token of a deleted client at once.
-//! Every node is found through the Sentinels.
+//! not-before mark that kills every token of a deleted client at once; and
+//! when issuers last accepted each client secret. Every node is found
+//! through the Sentinels.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo,
 };
-use tokenplane_api::client::ClientRecord;
+use tokenplane_api::client::{ClientRecord, SecretHash};
 use tokenplane_api::storage;
 
 use crate::reconcile::oauth2client::AclUser;
@@ -181,6 +182,27 @@ impl RedisAdmin {
         Ok((json.and_then(|j| serde_json::from_str(&j).ok()), passwords))
     }
 
+    /// When issuers last accepted each of `registered`, the client's secret
+    /// hashes (hash -> unix time). What issuers recorded for hashes no
+    /// longer registered is deleted: they cannot be used again.
+    pub async fn secret_uses(
+        &self,
+        nodes: &Nodes,
+        client_id: &str,
+        registered: &[SecretHash],
+    ) -> Result<std::collections::HashMap<String, u64>, RedisError> {
+        let key = storage::secret_used(client_id);
+        let mut uses: std::collections::HashMap<String, u64> =
+            self.on(&nodes.master, &redis::Cmd::hgetall(&key)).await?;
+        let stale: Vec<String> =
+            uses.keys().filter(|h| !registered.iter().any(|r| r.sha256 == **h)).cloned().collect();
+        if !stale.is_empty() {
+            self.on::<i64>(&nodes.master, &redis::Cmd::hdel(&key, &stale)).await?;
+            uses.retain(|h, _| !stale.contains(h));
+        }
+        Ok(uses)
+    }
+
     /// Removes a client: every token issued before `now` dies (the
     /// not-before mark, announced to the agents), then the registration and
     /// the agent's ACL user go.
@@ -196,6 +218,7 @@ impl RedisAdmin {
         pipe.hset(storage::NOT_BEFORE, client_id, now).ignore();
         pipe.publish(storage::REVOCATIONS, format!("client {client_id} {now}")).ignore();
         pipe.del(storage::client(client_id)).ignore();
+        pipe.del(storage::secret_used(client_id)).ignore();
         let () = pipe
             .query_async(&mut self.node(master).await?)
             .await

@@ -82,13 +82,22 @@ impl ClientRecord {
     /// Whether `secret` is one of this client's live secrets, compared in
     /// constant time against every stored hash.
     pub fn secret_matches(&self, secret: &str, now: u64) -> bool {
+        self.matching_secret(secret, now).is_some()
+    }
+
+    /// The live stored hash `secret` matches, compared in constant time
+    /// against every stored hash (which one matched is no secret: the
+    /// answer tells anyway).
+    pub fn matching_secret(&self, secret: &str, now: u64) -> Option<&SecretHash> {
         let presented = digest(secret.as_bytes());
-        let mut ok = false;
+        let mut found = None;
         for hash in &self.secrets {
             let live = hash.expires_at.is_none_or(|t| now < t);
-            ok |= hash.matches(&presented) && live;
+            if hash.matches(&presented) & live {
+                found = Some(hash);
+            }
         }
-        ok
+        found
     }
 
     pub fn allows(&self, grant: GrantType) -> bool {
@@ -124,6 +133,8 @@ mod tests {
         assert!(!client.secret_matches("old", 100), "expired previous secret");
         assert!(!client.secret_matches("other", 50));
         assert!(!client.secret_matches("", 50));
+        assert_eq!(client.matching_secret("old", 99), client.secrets.get(1), "which one, to record its use");
+        assert_eq!(client.matching_secret("new", 99), client.secrets.first());
     }
 
     #[test]

@@ -73,8 +73,8 @@ impl PolicyReference {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretRotation {
-    /// Issue a new secret this often; unset means only on demand (annotation
-    /// `tokenplane.io/rotate-secret`).
+    /// Issue a new secret this often; unset means only on demand (a new
+    /// value of the annotation `tokenplane.io/rotate-secret`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1h')").message("rotation interval must be at least 1h"))]
     pub interval: Option<crate::duration::Duration>,
@@ -86,6 +86,14 @@ pub struct SecretRotation {
 
 fn default_grace_period() -> crate::duration::Duration {
     crate::duration::Duration::from_secs(24 * 3600)
+}
+
+/// On demand only, with the default grace period: what a client without
+/// `secretRotation` gets when its rotation annotation changes.
+impl Default for SecretRotation {
+    fn default() -> Self {
+        Self { interval: None, grace_period: default_grace_period() }
+    }
 }
 
 fn default_grant_types() -> Vec<GrantType> {
@@ -171,7 +179,8 @@ pub struct OAuth2ClientSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_selector: Option<LabelSelector>,
 
-    /// Rotation of the client secret.
+    /// Rotation of the client secret. Without it, a new value of the
+    /// annotation `tokenplane.io/rotate-secret` still rotates, with a 24h grace period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_rotation: Option<SecretRotation>,
 
@@ -191,7 +200,9 @@ pub struct OAuth2ClientStatus {
     /// The `.metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Reconciling` and `Degraded`.
+    /// `Ready`, `Reconciling` and `Degraded`; for a confidential client also
+    /// `PreviousSecretInUse`: whether the secret a rotation replaced was
+    /// accepted since.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The client id, `<name>.<namespace>`.

@@ -74,6 +74,19 @@ pub fn rate(subject: &str) -> String {
     format!("auth:rate:{subject}")
 }
 
+/// Hash of when issuers last accepted each secret of a client: secret hash
+/// (base64url SHA-256, as in the registration) -> unix time. Written at most
+/// once a minute per secret and issuer; TTL [`SECRET_USED_TTL_SECS`] from
+/// the last write; the operator deletes it with the client and prunes the
+/// fields of hashes no longer registered.
+pub fn secret_used(client_id: &str) -> String {
+    format!("auth:secretused:{client_id}")
+}
+
+/// Longer than the longest grace period (720h), so the last use of a
+/// previous secret is known for as long as it works.
+pub const SECRET_USED_TTL_SECS: u64 = 31 * 24 * 3600;
+
 /// Redis ACL rules of an issuer's user: the `auth:` keys and the revocation
 /// channel, with only the commands the issuer sends (the scripts' own
 /// commands are checked against the same rules). `+role` lets it confirm it

@@ -1,8 +1,9 @@
 //! The operator's side effects in Redis: client registrations and policy
 //! records on the master, agent and issuer ACL users on every node (ACLs
 //! are not replicated), the not-before marks that kill every token of a
-//! client at once, and the verifiers' heartbeats read for key rotation.
-//! Every node is found through the Sentinels.
+//! client at once, the verifiers' heartbeats read for key rotation, and
+//! when issuers last accepted each client secret. Every node is found
+//! through the Sentinels.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo,
 };
-use tokenplane_api::client::ClientRecord;
+use tokenplane_api::client::{ClientRecord, SecretHash};
 use tokenplane_api::storage::{self, VerifierHeartbeat};
 use tokenplane_api::tokenpolicy::PolicyRecord;
 
@@ -243,6 +244,27 @@ impl RedisAdmin {
             .map_err(|source| RedisError::Node { addr: addr.to_owned(), source })
     }
 
+    /// When issuers last accepted each of `registered`, the client's secret
+    /// hashes (hash -> unix time). What issuers recorded for hashes no
+    /// longer registered is deleted: they cannot be used again.
+    pub async fn secret_uses(
+        &self,
+        nodes: &Nodes,
+        client_id: &str,
+        registered: &[SecretHash],
+    ) -> Result<std::collections::HashMap<String, u64>, RedisError> {
+        let key = storage::secret_used(client_id);
+        let mut uses: std::collections::HashMap<String, u64> =
+            self.on(&nodes.master, &redis::Cmd::hgetall(&key)).await?;
+        let stale: Vec<String> =
+            uses.keys().filter(|h| !registered.iter().any(|r| r.sha256 == **h)).cloned().collect();
+        if !stale.is_empty() {
+            self.on::<i64>(&nodes.master, &redis::Cmd::hdel(&key, &stale)).await?;
+            uses.retain(|h, _| !stale.contains(h));
+        }
+        Ok(uses)
+    }
+
     /// Removes a client: every token it issued before `now` dies, then the
     /// registration and the agent's ACL user go.
     pub async fn remove_client(
@@ -253,7 +275,8 @@ impl RedisAdmin {
         now: u64,
     ) -> Result<(), RedisError> {
         self.revoke_clients(nodes, &[client_id.to_owned()], now).await?;
-        self.on::<i64>(&nodes.master, &redis::Cmd::del(storage::client(client_id))).await?;
+        let records = [storage::client(client_id), storage::secret_used(client_id)];
+        self.on::<i64>(&nodes.master, &redis::Cmd::del(&records)).await?;
         self.delete_user(nodes, user).await
     }
 

@@ -13,6 +13,7 @@ use kube::client::Body;
 use kube::runtime::controller::Action;
 use redis::AsyncCommands;
 use serde_json::{Value, json};
+use tokenplane_api::client::{ClientRecord, SecretHash};
 use tokenplane_api::{OAuth2Client, TokenPolicy, storage};
 use tokenplane_operator::controller::{Context, oauth2client, tokenpolicy};
 use tokenplane_testkit::{RedisCluster, RedisClusterOptions};
@@ -63,9 +64,17 @@ fn spec() -> Value {
 const POLICY: &str = r#"{"apiVersion": "tokenplane.io/v1alpha1", "kind": "TokenPolicy",
     "metadata": {"name": "default", "namespace": "auth"}, "spec": {"lifetimes": {"accessToken": "15m"}}}"#;
 
-fn context(cluster: &RedisCluster, api: mock::Mock<Request<Body>, Response<Body>>) -> Arc<Context> {
+fn context(
+    cluster: &RedisCluster,
+    api: mock::Mock<Request<Body>, Response<Body>>,
+    generate: fn() -> String,
+) -> Arc<Context> {
     let redis = support::admin(cluster);
-    Arc::new(Context::new(kube::Client::new(api, "default"), redis, || "generated-0123456789".into()))
+    Arc::new(Context::new(kube::Client::new(api, "default"), redis, generate))
+}
+
+fn same_secret() -> String {
+    "generated-0123456789".into()
 }
 
 /// Answers the next request, which must be `method` on `path`, with
@@ -113,7 +122,7 @@ const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
 async fn a_new_client_gets_its_secret_registration_and_status_and_deletion_cleans_redis() {
     let cluster = RedisCluster::start(RedisClusterOptions::default()).await.unwrap();
     let (api, mut server) = mock::pair::<Request<Body>, Response<Body>>();
-    let ctx = context(&cluster, api);
+    let ctx = context(&cluster, api, same_secret);
 
     // First pass: the finalizer goes on, nothing else.
     let fresh: OAuth2Client = serde_json::from_value(client_json(spec(), &[], false)).unwrap();
@@ -195,7 +204,7 @@ async fn a_new_client_gets_its_secret_registration_and_status_and_deletion_clean
 async fn an_invalid_client_gets_a_condition_and_nothing_else() {
     let cluster = RedisCluster::start(RedisClusterOptions::default()).await.unwrap();
     let (api, mut server) = mock::pair::<Request<Body>, Response<Body>>();
-    let ctx = context(&cluster, api);
+    let ctx = context(&cluster, api, same_secret);
     let mut bad = spec();
     bad["grantTypes"] = json!(["authorization_code"]);
     bad["redirectUris"] = json!(["http://evil.example/cb"]);
@@ -215,6 +224,125 @@ async fn an_invalid_client_gets_a_condition_and_nothing_else() {
     let mut redis = cluster.admin_connection(&cluster.master_addr().await.unwrap()).await.unwrap();
     let none: Option<String> = redis.get(storage::client("orders.shop")).await.unwrap();
     assert_eq!(none, None, "nothing half-applied");
+    assert_role_allows_what_was_used();
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A new secret at every call, as in production.
+fn numbered_secret() -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    format!("generated-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
+fn base64_text(value: &Value) -> String {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(value.as_str().unwrap()).unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
+/// The registration of orders.shop in Redis.
+async fn registration(cluster: &RedisCluster) -> ClientRecord {
+    let mut redis = cluster.admin_connection(&cluster.master_addr().await.unwrap()).await.unwrap();
+    let json: String = redis.get(storage::client("orders.shop")).await.unwrap();
+    serde_json::from_str(&json).unwrap()
+}
+
+/// Runs one reconcile of `client`, which holds the finalizer, answering its
+/// reads with `secret` (absent when null); returns the Secret it applied,
+/// its status patch and its action, checking that it announced a rotation
+/// exactly when `rotates`.
+async fn reconcile_rotating(
+    ctx: &Arc<Context>,
+    server: &mut ApiHandle,
+    client: Value,
+    secret: &Value,
+    rotates: bool,
+) -> (Value, Value, Action) {
+    let run =
+        tokio::spawn(oauth2client::reconcile(Arc::new(serde_json::from_value(client).unwrap()), ctx.clone()));
+    expect_policy(server).await;
+    match secret {
+        Value::Null => expect(server, Method::GET, SECRET_PATH, StatusCode::NOT_FOUND, not_found()).await,
+        held => expect(server, Method::GET, SECRET_PATH, StatusCode::OK, held.clone()).await,
+    };
+    let applied = expect(server, Method::PATCH, SECRET_PATH, StatusCode::OK, Value::Null).await;
+    if rotates {
+        let event = expect(server, Method::POST, EVENTS_PATH, StatusCode::OK, Value::Null).await;
+        assert_eq!(
+            (event["type"].as_str(), event["reason"].as_str()),
+            (Some("Normal"), Some("SecretRotated"))
+        );
+        assert!(!event.to_string().contains("generated-"), "no secret in events: {event}");
+    }
+    let status = expect_status(server, client_json(spec(), &[], false)).await;
+    assert!(!status.to_string().contains("generated-"), "no secret in status: {status}");
+    (applied, status["status"].clone(), run.await.unwrap().unwrap())
+}
+
+fn rotation_condition(status: &Value) -> (String, String) {
+    let conditions = status["conditions"].as_array().unwrap();
+    let c = conditions.iter().find(|c| c["type"] == "PreviousSecretInUse").expect("the rotation condition");
+    (c["status"].as_str().unwrap().to_owned(), c["reason"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn an_annotation_rotates_the_secret_and_the_old_one_works_until_the_grace_ends() {
+    let cluster = RedisCluster::start(RedisClusterOptions::default()).await.unwrap();
+    let (api, mut server) = mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(&cluster, api, numbered_secret);
+    let mut rotating = spec();
+    rotating["secretRotation"] = json!({"gracePeriod": "3s"});
+    let mut client = client_json(rotating, &[oauth2client::FINALIZER], false);
+
+    let (first, status, _) = reconcile_rotating(&ctx, &mut server, client.clone(), &Value::Null, false).await;
+    let old = base64_text(&first["data"]["client_secret"]);
+    assert!(status["secretIssuedAt"].is_string(), "{status}");
+    assert_eq!(rotation_condition(&status), ("False".into(), "NoPreviousSecret".into()));
+
+    // Someone asks for a rotation: a new secret in the Secret, both in Redis.
+    client["metadata"]["annotations"] = json!({"tokenplane.io/rotate-secret": "2026-11-23T10:00:00Z"});
+    let (second, status, action) = reconcile_rotating(&ctx, &mut server, client.clone(), &first, true).await;
+    let new = base64_text(&second["data"]["client_secret"]);
+    assert_ne!(new, old);
+    assert_eq!(second["metadata"]["annotations"]["tokenplane.io/rotate-secret"], "2026-11-23T10:00:00Z");
+    let now = unix_now();
+    let record = registration(&cluster).await;
+    assert!(
+        record.secret_matches(&old, now) && record.secret_matches(&new, now),
+        "both work during the grace"
+    );
+    assert!(status["previousSecretExpiresAt"].is_string(), "{status}");
+    assert_eq!(rotation_condition(&status), ("False".into(), "UnusedSinceRotation".into()));
+    assert_eq!(action, Action::requeue(Duration::from_secs(3)), "woken when the grace ends");
+
+    // An issuer accepted the old secret: the status says so.
+    let mut redis = cluster.admin_connection(&cluster.master_addr().await.unwrap()).await.unwrap();
+    let old_hash = SecretHash::of(&old).sha256;
+    let () = redis.hset(storage::secret_used("orders.shop"), &old_hash, unix_now()).await.unwrap();
+    let (_, status, _) = reconcile_rotating(&ctx, &mut server, client.clone(), &second, false).await;
+    assert_eq!(rotation_condition(&status), ("True".into(), "UsedSinceRotation".into()));
+    assert!(status["previousSecretLastUsedAt"].is_string(), "{status}");
+    assert_eq!(registration(&cluster).await, record, "the same answer: nothing rotated again");
+
+    // The grace ends: the old secret is gone from Redis, and so is its use.
+    while unix_now() < now + 3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (third, status, action) = reconcile_rotating(&ctx, &mut server, client, &second, false).await;
+    assert_eq!(
+        third["data"]["client_secret"], second["data"]["client_secret"],
+        "the Secret keeps only the current one"
+    );
+    let record = registration(&cluster).await;
+    assert!(!record.secret_matches(&old, 0) && record.secret_matches(&new, unix_now()), "{record:?}");
+    assert!(status.get("previousSecretExpiresAt").is_none(), "{status}");
+    assert_eq!(rotation_condition(&status), ("False".into(), "NoPreviousSecret".into()));
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    let use_of_old: Option<u64> = redis.hget(storage::secret_used("orders.shop"), &old_hash).await.unwrap();
+    assert_eq!(use_of_old, None, "what issuers recorded for a dead hash is pruned");
     assert_role_allows_what_was_used();
 }
 
@@ -261,17 +389,11 @@ fn policy_json(finalizers: &[&str], deleting: bool) -> Value {
     policy
 }
 
-fn base64_of(value: &Value) -> String {
-    use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(value.as_str().unwrap()).unwrap();
-    String::from_utf8(bytes).unwrap()
-}
-
 #[tokio::test]
 async fn a_new_policy_gets_keys_redis_records_an_issuer_and_status_and_deletion_cleans_redis() {
     let cluster = RedisCluster::start(RedisClusterOptions::default()).await.unwrap();
     let (api, mut server) = mock::pair::<Request<Body>, Response<Body>>();
-    let ctx = context(&cluster, api);
+    let ctx = context(&cluster, api, numbered_secret);
     let held: TokenPolicy = serde_json::from_value(policy_json(&[tokenpolicy::FINALIZER], false)).unwrap();
     let run = tokio::spawn(tokenpolicy::reconcile(Arc::new(held), ctx.clone()));
 
@@ -284,12 +406,12 @@ async fn a_new_policy_gets_keys_redis_records_an_issuer_and_status_and_deletion_
         .await;
     expect(&mut server, Method::GET, ISSUER_SECRET_PATH, StatusCode::NOT_FOUND, not_found()).await;
     let keys = expect(&mut server, Method::PATCH, KEYS_PATH, StatusCode::OK, Value::Null).await;
-    let kid = base64_of(&keys["data"]["active"]);
+    let kid = base64_text(&keys["data"]["active"]);
     assert!(keys["data"][format!("{kid}.pem")].is_string(), "the active key's PEM: {}", keys["data"]);
     assert!(keys["metadata"]["annotations"]["tokenplane.io/key-states"].as_str().unwrap().contains("Active"));
     let issuer_secret =
         expect(&mut server, Method::PATCH, ISSUER_SECRET_PATH, StatusCode::OK, Value::Null).await;
-    let password = base64_of(&issuer_secret["data"]["redis_password"]);
+    let password = base64_text(&issuer_secret["data"]["redis_password"]);
     let jwks = expect(
         &mut server,
         Method::PATCH,

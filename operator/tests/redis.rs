@@ -57,7 +57,10 @@ async fn a_client_gets_its_agent_user_everywhere_and_deletion_kills_its_tokens()
 
     let before: Option<String> = conn.hget(storage::NOT_BEFORE, "orders.shop").await.unwrap();
     assert_eq!(before, None);
+    let () = conn.hset(storage::secret_used("orders.shop"), "some-hash", 1_800_000_000).await.unwrap();
     admin.remove_client(&nodes, "orders.shop", &desired.agent_user, 1_900_000_000).await.unwrap();
+    let uses: Option<u64> = conn.hget(storage::secret_used("orders.shop"), "some-hash").await.unwrap();
+    assert_eq!(uses, None, "what issuers recorded goes with the client");
     let mark: Option<u64> = conn.hget(storage::NOT_BEFORE, "orders.shop").await.unwrap();
     assert_eq!(mark, Some(1_900_000_000), "every older token of the client is dead");
     let gone: Option<String> = conn.get(storage::client("orders.shop")).await.unwrap();

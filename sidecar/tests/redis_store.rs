@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use support::redis::{cluster, store};
 use support::{Auth, SVC_SECRET, TestIssuer, WEB_CALLBACK, WEB_SECRET};
+use tokenplane_api::client::{ClientRecord, SecretHash};
+use tokenplane_api::storage;
+use tokenplane_sidecar::clock::unix_now;
 use tokenplane_testkit::RedisCluster;
 
 async fn issuer_on(cluster: &RedisCluster) -> TestIssuer {
@@ -243,11 +246,12 @@ async fn a_not_before_mark_kills_every_older_token_of_the_client_at_once() {
     assert_eq!(issuer.introspect(&fresh).await["active"], true, "tokens after the mark live");
 }
 
-/// How many GETs the Redis node has served.
-async fn get_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+/// How many times the Redis node has run `command` (lowercase).
+async fn calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
     let stats: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap();
-    let line = stats.lines().find(|l| l.starts_with("cmdstat_get:")).unwrap_or("cmdstat_get:calls=0,");
-    line["cmdstat_get:calls=".len()..].split(',').next().unwrap().parse().unwrap()
+    let prefix = format!("cmdstat_{command}:calls=");
+    let Some(line) = stats.lines().find(|l| l.starts_with(&prefix)) else { return 0 };
+    line[prefix.len()..].split(',').next().unwrap().parse().unwrap()
 }
 
 #[tokio::test]
@@ -256,11 +260,11 @@ async fn a_registration_changed_in_redis_is_seen_at_once_despite_the_cache() {
     let issuer = issuer_on(&cluster).await;
     assert_eq!(token(&issuer).await.status, StatusCode::OK, "the registration is now cached");
     let mut admin = cluster.admin_connection(&cluster.master_addr().await.unwrap()).await.unwrap();
-    let gets_before = get_calls(&mut admin).await;
+    let gets_before = calls(&mut admin, "get").await;
     for _ in 0..10 {
         assert_eq!(token(&issuer).await.status, StatusCode::OK);
     }
-    assert_eq!(get_calls(&mut admin).await, gets_before, "tokens were served from the cache");
+    assert_eq!(calls(&mut admin, "get").await, gets_before, "tokens were served from the cache");
     let key = tokenplane_api::storage::client("svc.team");
     let record: String = redis::cmd("GET").arg(&key).query_async(&mut admin).await.unwrap();
     let mut disabled: serde_json::Value = serde_json::from_str(&record).unwrap();
@@ -315,5 +319,84 @@ async fn replicas_that_do_not_answer_delay_only_durable_writes() {
         (revoked.status, revoked.json["error"].as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, Some("temporarily_unavailable")),
         "a revocation no replica confirmed is not acknowledged"
+    );
+}
+
+const ROTATED_SECRET: &str = "svc-rotated-0123456789abcdefghijklmnopqrstu";
+
+/// A token for the svc client with `secret`: its status and error.
+async fn token_with(issuer: &TestIssuer, secret: &str) -> (StatusCode, Option<String>) {
+    let r = issuer
+        .post("/oauth2/token", Auth::Basic("svc.team", secret), &[("grant_type", "client_credentials")])
+        .await;
+    (r.status, r.json["error"].as_str().map(str::to_owned))
+}
+
+#[tokio::test]
+async fn a_rotated_out_secret_works_for_its_grace_and_its_use_is_recorded_once_a_minute() {
+    let cluster = cluster().await;
+    let issuer = issuer_on(&cluster).await;
+    let mut admin = cluster.admin_connection(&cluster.master_addr().await.unwrap()).await.unwrap();
+    let hsets_before = calls(&mut admin, "hset").await;
+
+    // What the operator writes for a rotation: the new secret, and the old
+    // one until the grace period ends.
+    let key = storage::client("svc.team");
+    let record: String = redis::cmd("GET").arg(&key).query_async(&mut admin).await.unwrap();
+    let mut rotated: ClientRecord = serde_json::from_str(&record).unwrap();
+    let started = unix_now();
+    let grace_ends = started + 3;
+    let old = SecretHash { expires_at: Some(grace_ends), ..SecretHash::of(SVC_SECRET) };
+    rotated.secrets = vec![SecretHash::of(ROTATED_SECRET), old.clone()];
+    let json = serde_json::to_string(&rotated).unwrap();
+    let () = redis::cmd("SET").arg(&key).arg(json).query_async(&mut admin).await.unwrap();
+
+    let written = Instant::now();
+    while token_with(&issuer, ROTATED_SECRET).await.0 != StatusCode::OK {
+        assert!(written.elapsed() < Duration::from_secs(1), "the rotated registration was not seen");
+    }
+    for _ in 0..10 {
+        assert_eq!(
+            token_with(&issuer, SVC_SECRET).await,
+            (StatusCode::OK, None),
+            "the old secret, during the grace"
+        );
+        assert_eq!(token_with(&issuer, ROTATED_SECRET).await, (StatusCode::OK, None), "the new secret");
+    }
+    let used = storage::secret_used("svc.team");
+    let last_use = || async {
+        let mut conn = cluster.admin_connection(&cluster.master_addr().await.unwrap()).await.unwrap();
+        let at: Option<u64> =
+            redis::cmd("HGET").arg(&used).arg(&old.sha256).query_async(&mut conn).await.unwrap();
+        at
+    };
+    let waited = Instant::now();
+    while last_use().await.is_none() {
+        assert!(waited.elapsed() < Duration::from_secs(2), "the old secret's use was not recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let at = last_use().await.unwrap();
+    assert!((started..=unix_now()).contains(&at), "recorded at {at}, the test ran from {started}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        calls(&mut admin, "hset").await - hsets_before,
+        2,
+        "20 accepted requests, one write per secret within the minute"
+    );
+    let ttl: i64 = redis::cmd("TTL").arg(&used).query_async(&mut admin).await.unwrap();
+    assert!(ttl > 30 * 24 * 3600, "the record outlives the longest grace period: {ttl}");
+
+    while unix_now() < grace_ends {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        token_with(&issuer, SVC_SECRET).await,
+        (StatusCode::UNAUTHORIZED, Some("invalid_client".into())),
+        "the grace is over"
+    );
+    assert_eq!(token_with(&issuer, ROTATED_SECRET).await, (StatusCode::OK, None));
+    assert!(
+        cluster.acl_denials().await.unwrap().is_empty(),
+        "recording needs nothing beyond the issuer's ACL"
     );
 }

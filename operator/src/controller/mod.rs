@@ -115,16 +115,16 @@ pub(crate) fn condition(
     }
 }
 
-/// A Warning event on `object`, best effort: logs and conditions carry the
-/// same news.
-pub(crate) async fn warn<K: kube::Resource<DynamicType = ()>>(
+/// An event on `object`, best effort: logs and conditions carry the same news.
+pub(crate) async fn event<K: kube::Resource<DynamicType = ()>>(
     object: &K,
     ctx: &Context,
+    type_: EventType,
     reason: &str,
     note: &str,
 ) {
     let event = Event {
-        type_: EventType::Warning,
+        type_,
         reason: reason.into(),
         note: Some(note.into()),
         action: "Reconcile".into(),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, finalizer};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -17,7 +18,9 @@ use tokenplane_api::{OAuth2Client, TokenPolicy};
 
 use super::{Context, Error, unix_now};
 use crate::reconcile::oauth2client::{self, Credentials, Desired, Registered};
+use crate::reconcile::secret_rotation::{self, Plan, Recorded, SecretStatus};
 use crate::reconcile::{Invalid, MANAGED_BY};
+use crate::redis::Nodes;
 
 /// Finalizer that holds a deleted client until Redis forgot it.
 pub const FINALIZER: &str = "tokenplane.io/redis-cleanup";
@@ -42,35 +45,97 @@ async fn apply(client: &OAuth2Client, ctx: &Context) -> Result<Action, Error> {
     let namespace = client.namespace().ok_or(Error::NotNamespaced)?;
     let policy = policy_of(client, ctx, &namespace).await?;
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &namespace);
-    let public = client.spec.token_endpoint_auth_method == AuthMethod::None;
     let existing = secrets.get_opt(&client.credentials_secret_name()).await?;
     let client_id = OAuth2Client::client_id_for(&client.name_any(), &namespace);
     let nodes = ctx.redis.nodes().await?;
     let (registration, hashes) =
         ctx.redis.registered(&nodes, &client_id, &oauth2client::agent_user(&client_id)).await?;
     let registered = Registered { registration: registration.as_ref(), password_hashes: hashes.as_deref() };
-    let fresh =
-        || Credentials { client_secret: (!public).then(ctx.generate), redis_password: (ctx.generate)() };
-    let existing = existing.as_ref().and_then(|s| oauth2client::existing_credentials(s, public));
-    let (credentials, replaced) = oauth2client::credentials_to_use(existing, &registered, unix_now(), fresh);
-    if replaced {
-        let note = "the credentials Secret was edited by hand: new credentials were issued and the edited ones do not work";
-        super::warn(client, ctx, "CredentialsReplaced", note).await;
-    }
-    let desired = match oauth2client::desired(client, policy.as_ref(), &credentials) {
+    let now = unix_now();
+    let (credentials, plan) = credentials_and_plan(client, ctx, existing.as_ref(), &registered, now).await;
+    let mut desired = match oauth2client::desired(client, policy.as_ref(), &credentials) {
         Ok(desired) => desired,
         Err(invalid) => {
             tracing::info!(client = %client.name_any(), %namespace, reason = invalid.reason, "not reconciled: {}", invalid.message);
-            super::warn(client, ctx, invalid.reason, &invalid.message).await;
-            set_status(client, ctx, Err(&invalid)).await?;
+            super::event(client, ctx, EventType::Warning, invalid.reason, &invalid.message).await;
+            set_status(client, ctx, Err(&invalid), None).await?;
             return Ok(Action::await_change());
         }
     };
-    super::apply(&ctx.kube, &desired.secret).await?;
+    if let Some(plan) = &plan {
+        secret_rotation::record(plan, client, &mut desired);
+    }
+    // Redis before the Secret: a new secret reaches workloads only once
+    // issuers accept it, and should the Secret not be written, it keeps the
+    // old secret, still registered, so the next reconcile rotates afresh.
     let password = credentials.redis_password.as_str();
     ctx.redis.apply_client(&nodes, &desired.registration, &desired.agent_user, &[password]).await?;
-    set_status(client, ctx, Ok(&desired)).await?;
-    Ok(Action::requeue(RESYNC))
+    super::apply(&ctx.kube, &desired.secret).await?;
+    let secret_status = match &plan {
+        Some(plan) => Some(secret_status(client, ctx, &nodes, &desired, plan).await?),
+        None => None,
+    };
+    set_status(client, ctx, Ok(&desired), secret_status.as_ref()).await?;
+    Ok(Action::requeue(next_look(plan.as_ref(), now)))
+}
+
+/// The credentials to use and, for a confidential client, the plan of its
+/// secret; when a rotation is due, the credentials hold the new secret.
+async fn credentials_and_plan(
+    client: &OAuth2Client,
+    ctx: &Context,
+    existing: Option<&Secret>,
+    registered: &Registered<'_>,
+    now: u64,
+) -> (Credentials, Option<Plan>) {
+    let public = client.spec.token_endpoint_auth_method == AuthMethod::None;
+    let fresh =
+        || Credentials { client_secret: (!public).then(ctx.generate), redis_password: (ctx.generate)() };
+    let kept = existing.and_then(|s| oauth2client::existing_credentials(s, public));
+    let had = kept.is_some();
+    let (mut credentials, replaced) = oauth2client::credentials_to_use(kept, registered, now, fresh);
+    if replaced {
+        let note = "the credentials Secret was edited by hand: new credentials were issued and the edited ones do not work";
+        super::event(client, ctx, EventType::Warning, "CredentialsReplaced", note).await;
+    }
+    let recorded = existing.map(Recorded::of).unwrap_or_default();
+    let reused = had && !replaced;
+    let plan = secret_rotation::plan(client, &recorded, &credentials, registered.registration, reused, now);
+    if plan.as_ref().is_some_and(|p| p.rotate.is_some()) {
+        credentials.client_secret = Some((ctx.generate)());
+    }
+    (credentials, plan)
+}
+
+/// Announces a rotation that was just applied, and reads when issuers
+/// last accepted the previous secret.
+async fn secret_status(
+    client: &OAuth2Client,
+    ctx: &Context,
+    nodes: &Nodes,
+    desired: &Desired,
+    plan: &Plan,
+) -> Result<SecretStatus, Error> {
+    if let Some(trigger) = plan.rotate {
+        let previous = match plan.previous.as_ref().and_then(|p| p.expires_at) {
+            Some(at) => format!("works until {}", secret_rotation::rfc3339(at)),
+            None => "stopped working (no grace period)".to_owned(),
+        };
+        let note =
+            format!("a new client secret was issued {}; the previous one {previous}", trigger.as_str());
+        tracing::info!(client_id = %desired.client_id, trigger = trigger.as_str(), "client secret rotated");
+        super::event(client, ctx, EventType::Normal, "SecretRotated", &note).await;
+    }
+    let uses = ctx.redis.secret_uses(nodes, &desired.client_id, &desired.registration.secrets).await?;
+    let last_used = plan.previous.as_ref().and_then(|p| uses.get(&p.sha256).copied());
+    Ok(SecretStatus::of(plan, last_used))
+}
+
+/// When to look again: at the resync, or sooner when something is due (the
+/// previous secret's expiry, a scheduled rotation).
+fn next_look(plan: Option<&Plan>, now: u64) -> std::time::Duration {
+    plan.and_then(|p| p.wake_at)
+        .map_or(RESYNC, |at| RESYNC.min(std::time::Duration::from_secs(at.saturating_sub(now).max(1))))
 }
 
 async fn policy_of(
@@ -84,12 +149,13 @@ async fn policy_of(
     Ok(api.get_opt(&r.name).await?)
 }
 
-/// The `Ready` condition and the public facts, by server-side apply on the
+/// The conditions and the public facts, by server-side apply on the
 /// status subresource (only the leader gets here).
 async fn set_status(
     client: &OAuth2Client,
     ctx: &Context,
     outcome: Result<&Desired, &Invalid>,
+    secret: Option<&SecretStatus>,
 ) -> Result<(), Error> {
     let namespace = client.namespace().ok_or(Error::NotNamespaced)?;
     let api: Api<OAuth2Client> = Api::namespaced(ctx.kube.clone(), &namespace);
@@ -101,15 +167,34 @@ async fn set_status(
         Err(invalid) => ("False", invalid.reason, invalid.message.clone()),
     };
     let previous = client.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
-    let ready = super::condition(previous, generation, "Ready", status == "True", reason, message);
+    let condition = |type_, status, reason, message| {
+        super::condition(previous, generation, type_, status == "True", reason, message)
+    };
+    let mut conditions = vec![condition("Ready", status, reason, message)];
+    if let Some(secret) = secret {
+        let (status, reason, message) = secret.condition();
+        conditions.push(condition(secret_rotation::PREVIOUS_SECRET_IN_USE, status, reason, message));
+    }
     let mut patch = json!({
         "apiVersion": "tokenplane.io/v1alpha1",
         "kind": "OAuth2Client",
-        "status": {"observedGeneration": generation, "conditions": [ready]},
+        "status": {"observedGeneration": generation, "conditions": conditions},
     });
     if let Ok(desired) = outcome {
         patch["status"]["clientId"] = desired.client_id.clone().into();
         patch["status"]["credentialsSecret"] = client.credentials_secret_name().into();
+    }
+    if let Some(secret) = secret {
+        let times = [
+            ("secretIssuedAt", Some(secret.issued_at)),
+            ("previousSecretExpiresAt", secret.previous_expires_at),
+            ("previousSecretLastUsedAt", secret.previous_last_used_at),
+        ];
+        for (field, at) in times {
+            if let Some(at) = at {
+                patch["status"][field] = secret_rotation::rfc3339(at).into();
+            }
+        }
     }
     api.patch_status(&client.name_any(), &PatchParams::apply(MANAGED_BY).force(), &Patch::Apply(patch))
         .await?;

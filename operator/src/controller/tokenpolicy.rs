@@ -10,6 +10,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, finalizer};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -82,14 +83,14 @@ async fn apply(policy: &TokenPolicy, ctx: &Context) -> Result<Action, Error> {
             "key {kid} was marked compromised: it left the JWKS, a new key signs, and every token of the policy's {} clients issued before now was revoked",
             ids.len()
         );
-        super::warn(policy, ctx, "KeyCompromised", &note).await;
+        super::event(policy, ctx, EventType::Warning, "KeyCompromised", &note).await;
     }
     if desired.rotation.forced {
         let note = format!(
             "a new signing key was promoted after the propagation timeout although {} verifiers never reported it",
             desired.rotation.lagging.len()
         );
-        super::warn(policy, ctx, "KeyPromotedBeforePropagation", &note).await;
+        super::event(policy, ctx, EventType::Warning, "KeyPromotedBeforePropagation", &note).await;
     }
     set_status(policy, ctx, Ok(&desired)).await?;
     let wake = Duration::from_secs(desired.rotation.next_at.saturating_sub(now).max(1));
@@ -150,7 +151,7 @@ async fn issuer_password(
 /// An invalid policy or keys Secret: a condition and an event, nothing applied.
 async fn refuse(policy: &TokenPolicy, ctx: &Context, invalid: &Invalid) -> Result<Action, Error> {
     tracing::info!(policy = %policy.name_any(), reason = invalid.reason, "not reconciled: {}", invalid.message);
-    super::warn(policy, ctx, invalid.reason, &invalid.message).await;
+    super::event(policy, ctx, EventType::Warning, invalid.reason, &invalid.message).await;
     set_status(policy, ctx, Err(invalid)).await?;
     Ok(Action::await_change())
 }

@@ -3,6 +3,7 @@
 //! comes on top.
 
 pub mod oauth2client;
+pub mod secret_rotation;
 pub mod signing;
 pub mod tokenpolicy;
 

@@ -96,8 +96,9 @@ pub async fn authenticate<S: Store>(
         }
         return Err(rejected());
     };
+    let matched = creds.secret.as_deref().and_then(|secret| client.matching_secret(secret, now));
     let ok = match &creds.secret {
-        Some(secret) => client.secret_matches(secret, now) && client.auth_method == creds.method,
+        Some(_) => matched.is_some() && client.auth_method == creds.method,
         None => client.auth_method == AuthMethod::None,
     };
     if !ok {
@@ -105,6 +106,9 @@ pub async fn authenticate<S: Store>(
     }
     if client.disabled {
         return Err(OAuthError::invalid_client("this client is disabled"));
+    }
+    if let Some(secret) = matched {
+        issuer.store().secret_used(&client.client_id, secret, now).await;
     }
     Ok(client)
 }

@@ -7,7 +7,7 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
-use tokenplane_api::client::ClientRecord;
+use tokenplane_api::client::{ClientRecord, SecretHash};
 use tokenplane_api::grant::{CodeGrant, Issued, PendingAuthorization, RefreshFamily};
 
 use super::{Limited, Rate, Redemption, Result, Rotation, Store, rate};
@@ -268,6 +268,9 @@ impl Store for MemoryStore {
         }
         Ok(None)
     }
+
+    /// Standalone: no operator reads it, nothing rotates.
+    async fn secret_used(&self, _: &str, _: &SecretHash, _: u64) {}
 
     async fn ping(&self) -> Result<()> {
         Ok(())

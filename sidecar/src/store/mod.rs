@@ -5,13 +5,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokenplane_api::client::ClientRecord;
+use tokenplane_api::client::{ClientRecord, SecretHash};
 use tokenplane_api::grant::{CodeGrant, Issued, PendingAuthorization, RefreshFamily};
 
 mod batch;
 mod memory;
 mod rate;
 mod redis;
+mod throttle;
 
 pub use crate::issuer::Rate;
 pub use memory::MemoryStore;
@@ -141,6 +142,12 @@ pub trait Store: Send + Sync + 'static {
     /// (GCRA, shared by every issuer on the store). Stops at the first subject
     /// over its limit: `Some((its index, how long to wait))`.
     fn rate_limit(&self, limits: &[(&str, Rate)]) -> impl Future<Output = Result<Option<Limited>>> + Send;
+
+    /// Notes that `secret`, one of the client's hashes, was accepted at
+    /// `now`, so the operator can tell whether a rotated-out secret is still
+    /// in use. Best effort and cheap: it never fails a request, and no
+    /// request waits for the write.
+    fn secret_used(&self, client_id: &str, secret: &SecretHash, now: u64) -> impl Future<Output = ()> + Send;
 
     /// Whether the store answers; drives `/readyz`.
     fn ping(&self) -> impl Future<Output = Result<()>> + Send;

@@ -33,13 +33,14 @@ use redis::{
 };
 use serde::{Deserialize, Serialize};
 use tokenplane_api::claims::Audience;
-use tokenplane_api::client::ClientRecord;
+use tokenplane_api::client::{ClientRecord, SecretHash};
 use tokenplane_api::grant::{CodeGrant, Issued, PendingAuthorization, RefreshFamily};
 use tokenplane_api::storage::{self, VerifierHeartbeat};
 use tokenplane_api::tokenpolicy::PolicyRecord;
 use tokio::sync::{Mutex, RwLock};
 
 use super::batch::Batcher;
+use super::throttle::Throttle;
 use super::{Limited, Rate, Redemption, Result, Rotation, Store, StoreError, rate};
 use crate::clock::unix_now;
 
@@ -71,7 +72,12 @@ pub struct RedisStore {
     rotate: Script,
     revoke_family: Script,
     gcra: Script,
+    used: Throttle,
 }
+
+/// How often at most each issuer writes the last use of one secret: the
+/// operator's view of a rotated-out secret is that much behind.
+const SECRET_USE_WINDOW_SECS: u64 = 60;
 
 /// How long a cached registration may be served without Redis having
 /// confirmed it, should an invalidation ever be missed.
@@ -289,6 +295,7 @@ impl RedisStore {
                 "{REVOKE_FAMILY_FN}revoke_family(ARGV[1], ARGV[2])\nreturn 1"
             )),
             gcra: Script::new(rate::GCRA_LUA),
+            used: Throttle::new(SECRET_USE_WINDOW_SECS),
             config,
         })
     }
@@ -731,6 +738,27 @@ impl Store for RedisStore {
         // Not retried: a count that may have landed must not land twice.
         let (index, wait_ms): (usize, u64) = self.query(false, call).await?;
         Ok(index.checked_sub(1).map(|i| (i, Duration::from_millis(wait_ms))))
+    }
+
+    async fn secret_used(&self, client_id: &str, secret: &SecretHash, now: u64) {
+        if !self.used.due(&secret.sha256, now) {
+            return;
+        }
+        let key = storage::secret_used(client_id);
+        let mut pipe = redis::pipe();
+        pipe.hset(&key, &secret.sha256, now).ignore();
+        pipe.cmd("EXPIREAT").arg(&key).arg(now + storage::SECRET_USED_TTL_SECS).ignore();
+        let mut conn = match self.connection(Link::Shared).await {
+            Ok(conn) => conn,
+            Err(e) => return tracing::debug!(error = %e, client_id, "secret use not recorded"),
+        };
+        // Off the request path: the token does not wait for a bookkeeping write.
+        let client_id = client_id.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+                tracing::debug!(error = %e, client_id, "secret use not recorded");
+            }
+        });
     }
 
     async fn ping(&self) -> Result<()> {

@@ -143,9 +143,12 @@ pub const HEARTBEAT_TTL_SECS: u64 = 30;
 
 /// What a verifier reports: the issuer whose tokens it verifies and the key
 /// ids it holds, so the operator promotes a new signing key only once every
-/// live verifier can check its signatures.
+/// live verifier can check its signatures; an issuer also reports the key
+/// it signs with, so a key is retired only once no issuer signs with it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VerifierHeartbeat {
     pub issuer: String,
     pub kids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<String>,
 }

@@ -17,9 +17,14 @@ pub fn instance() -> String {
         .unwrap_or_else(|| format!("pid-{}", std::process::id()))
 }
 
-/// What a verifier of `issuer` holding `kids` reports.
-pub fn report<'a>(issuer: &str, kids: impl Iterator<Item = &'a str>) -> VerifierHeartbeat {
+/// What a verifier of `issuer` holding `kids` (and signing with `signing`,
+/// for an issuer) reports.
+pub fn report<'a>(
+    issuer: &str,
+    kids: impl Iterator<Item = &'a str>,
+    signing: Option<&str>,
+) -> VerifierHeartbeat {
     let mut kids: Vec<String> = kids.map(str::to_owned).collect();
     kids.sort();
-    VerifierHeartbeat { issuer: issuer.to_owned(), kids }
+    VerifierHeartbeat { issuer: issuer.to_owned(), kids, signing: signing.map(str::to_owned) }
 }

@@ -108,6 +108,7 @@ fn validation(alg: Algorithm, checks: &Checks) -> Validation {
 /// The keys one issuer holds: one signs, all verify, all are published.
 pub struct KeySet {
     active: KeyPair,
+    active_kid: String,
     /// base64url of the active key's JOSE header, computed once.
     header_b64: String,
     public: PublicKeys,
@@ -143,10 +144,10 @@ impl KeySet {
         let (kid, active) = signer.ok_or_else(|| KeyError::NoActive(active.into()))?;
         let mut header = jsonwebtoken::Header::new(active.algorithm());
         header.typ = Some(ACCESS_TOKEN_TYP.into());
-        header.kid = Some(kid);
+        header.kid = Some(kid.clone());
         let header_b64 = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).expect("header serializes"));
         let jwks = Bytes::from(serde_json::to_vec(&jwks).expect("JWKS serializes"));
-        Ok(Self { active, header_b64, public, jwks })
+        Ok(Self { active, active_kid: kid, header_b64, public, jwks })
     }
 
     /// The keys of a keys Secret's entries (or its mounted files): one
@@ -173,6 +174,11 @@ impl KeySet {
 
     pub fn algorithm(&self) -> Algorithm {
         self.active.algorithm()
+    }
+
+    /// The key id that signs.
+    pub fn active_kid(&self) -> &str {
+        &self.active_kid
     }
 
     /// Every key id held (signing or not).

@@ -134,7 +134,7 @@ async fn a_managed_issuer_follows_its_policy_and_keys_and_reports_them() {
     until("a heartbeat holding k1 and k2", beat_within, async || {
         let raw: Option<String> = redis::AsyncCommands::get(&mut conn.clone(), &key).await.unwrap();
         raw.and_then(|r| serde_json::from_str::<storage::VerifierHeartbeat>(&r).ok())
-            .is_some_and(|b| b.issuer == base && b.kids == ["k1", "k2"])
+            .is_some_and(|b| b.issuer == base && b.kids == ["k1", "k2"] && b.signing.as_deref() == Some("k2"))
     })
     .await;
     let ttl: i64 = redis::AsyncCommands::ttl(&mut conn, &key).await.unwrap();

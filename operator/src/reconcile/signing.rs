@@ -23,12 +23,15 @@ pub struct Key {
 }
 
 /// An issuer or agent, as its last heartbeat in Redis reported it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Verifier {
     pub id: String,
     pub seen_at: u64,
     /// The kids it holds.
     pub kids: Vec<String>,
+    /// The kid an issuer signs with (a mounted Secret reaches pods late, so
+    /// an issuer may sign with a key after it was promoted away).
+    pub signing: Option<String>,
 }
 
 /// The policy's clock, in seconds.
@@ -80,11 +83,15 @@ pub fn plan(
     now: u64,
     new_kid: impl FnOnce() -> String,
 ) -> Plan {
-    let mut keys: Vec<Key> = keys
-        .iter()
-        .filter(|k| !(k.state == KeyState::Retiring && now >= k.since + t.longest_token))
-        .cloned()
-        .collect();
+    let live: Vec<&Verifier> = verifiers.iter().filter(|v| now < v.seen_at + t.heartbeat_ttl).collect();
+    let signs = |kid: &str| live.iter().any(|v| v.signing.as_deref() == Some(kid));
+    let mut keys: Vec<Key> = keys.to_vec();
+    let mut still_signed = false;
+    for k in keys.iter_mut().filter(|k| k.state == KeyState::Retiring && signs(&k.kid)) {
+        // Tokens it signs now live until now + their lifetime.
+        (k.since, still_signed) = (now, true);
+    }
+    keys.retain(|k| !(k.state == KeyState::Retiring && now >= k.since + t.longest_token));
     let mut new_kid = Some(new_kid);
     let mut generate =
         |state| Key { kid: new_kid.take().map_or_else(String::new, |f| f()), state, since: now };
@@ -101,7 +108,6 @@ pub fn plan(
     if with_state(&keys, KeyState::Published).is_none() && now + t.propagation_timeout >= due {
         keys.push(generate(KeyState::Published));
     }
-    let live: Vec<&Verifier> = verifiers.iter().filter(|v| now < v.seen_at + t.heartbeat_ttl).collect();
     let mut lagging = Vec::new();
     let mut forced = false;
     if let Some(next) = with_state(&keys, KeyState::Published).cloned() {
@@ -118,13 +124,13 @@ pub fn plan(
             }
         }
     }
-    let (next_at, next_rotation_at) = next_step(&keys, !lagging.is_empty(), t, now);
+    let (next_at, next_rotation_at) = next_step(&keys, !lagging.is_empty() || still_signed, t, now);
     Plan { keys, lagging, forced, next_at, next_rotation_at }
 }
 
 /// When something is due next: a retiring key to drop, the next key to
-/// publish or promote, or (while verifiers lag) another look at their
-/// heartbeats.
+/// publish or promote, or (while verifiers lag, or an issuer still signs
+/// with a retiring key) another look at their heartbeats.
 fn next_step(keys: &[Key], waiting: bool, t: Timing, now: u64) -> (u64, u64) {
     let active = with_state(keys, KeyState::Active).expect("a key is active");
     let rotation = active.since + t.rotation_interval;
@@ -195,6 +201,7 @@ mod tests {
             id: id.into(),
             seen_at,
             kids: kids.iter().map(|k| (*k).to_owned()).collect(),
+            signing: None,
         };
         let slow = |at| {
             [
@@ -218,6 +225,30 @@ mod tests {
     }
 
     #[test]
+    fn a_retiring_key_an_issuer_still_signs_with_is_kept_a_token_lifetime_past_its_last_use() {
+        let keys = [
+            Key { kid: "k1".into(), state: KeyState::Retiring, since: 1000 },
+            Key { kid: "k2".into(), state: KeyState::Active, since: 1000 },
+        ];
+        let late = |at| Verifier {
+            id: "issuer-0".into(),
+            seen_at: at,
+            signing: Some("k1".into()),
+            ..Verifier::default()
+        };
+        let now = 1000 + T.longest_token;
+        let p = plan(&keys, &[late(now)], T, now, || unreachable!());
+        assert_eq!(
+            p.keys[0],
+            Key { kid: "k1".into(), state: KeyState::Retiring, since: now },
+            "still in use"
+        );
+        assert!(p.next_at <= now + 30, "looks again soon to see the issuer switch");
+        let p = plan(&p.keys, &[], T, now + T.longest_token, || unreachable!());
+        assert_eq!(states(&p), [("k2", KeyState::Active)], "retired a token lifetime after its last use");
+    }
+
+    #[test]
     fn an_emergency_rotation_drops_the_compromised_key_and_signs_with_a_new_one() {
         let keys = [Key { kid: "k1".into(), state: KeyState::Active, since: 0 }];
         let keys = emergency(&keys, "k1", 50, || "k2".into());
@@ -226,19 +257,35 @@ mod tests {
 
     /// A year of rotations, planned every minute (a controller reconciles on
     /// any event, not only when it asked to): every token signed stays
-    /// verifiable until it expires, no key signs before the verifiers (which
-    /// refresh their JWKS every 5 minutes) hold it or the timeout has
-    /// passed, and the planned wake-ups come before anything is due.
+    /// verifiable until it expires, no key signs before the verifiers (an
+    /// agent refreshing its JWKS every 5 minutes; an issuer whose mounted
+    /// keys Secret lags 4 minutes, so it signs with a key after its
+    /// promotion away) hold it or the timeout has passed, and the planned
+    /// wake-ups come before anything is due.
     #[test]
     fn no_valid_token_ever_lacks_its_key() {
         let (mut keys, mut next_kid) = (Vec::new(), kid_counter());
         let (mut tokens, mut jwks_seen): (Vec<(String, u64)>, Vec<String>) = (Vec::new(), Vec::new());
+        let mut mounted: Vec<Key> = Vec::new();
         let (mut now, mut rotations, mut plan_at) = (0u64, 0, u64::MAX);
         while now < 365 * 86_400 {
+            let kids = |keys: &[Key]| keys.iter().map(|k| k.kid.clone()).collect::<Vec<_>>();
             if now % 300 == 0 {
-                jwks_seen = keys.iter().map(|k: &Key| k.kid.clone()).collect();
+                jwks_seen = kids(&keys);
             }
-            let verifiers = [Verifier { id: "agent".into(), seen_at: now, kids: jwks_seen.clone() }];
+            if now % 240 == 0 {
+                mounted = keys.clone();
+            }
+            let signing = with_state(&mounted, KeyState::Active).map(|k| k.kid.clone());
+            let verifiers = [
+                Verifier { id: "agent".into(), seen_at: now, kids: jwks_seen.clone(), signing: None },
+                Verifier {
+                    id: "issuer".into(),
+                    seen_at: now,
+                    kids: kids(&mounted),
+                    signing: signing.clone(),
+                },
+            ];
             let before = with_state(&keys, KeyState::Active).map(|k| k.kid.clone());
             let p = plan(&keys, &verifiers, T, now, &mut next_kid);
             let active = with_state(&p.keys, KeyState::Active).unwrap().clone();
@@ -250,7 +297,10 @@ mod tests {
                     "the rotation at {now} came before the wake-up planned for {plan_at}"
                 );
             }
-            if p.keys != keys {
+            // A retiring key's clock restarting while an issuer still signs
+            // with it is no change to wake for.
+            let states = |keys: &[Key]| keys.iter().map(|k| (k.kid.clone(), k.state)).collect::<Vec<_>>();
+            if states(&p.keys) != states(&keys) {
                 assert!(
                     plan_at <= now || keys.is_empty(),
                     "keys changed at {now}, wake-up planned for {plan_at}"
@@ -258,8 +308,7 @@ mod tests {
             }
             keys = p.keys;
             plan_at = if plan_at <= now || plan_at == u64::MAX { p.next_at } else { plan_at.min(p.next_at) };
-            let active = with_state(&keys, KeyState::Active).unwrap();
-            tokens.push((active.kid.clone(), now + 900));
+            tokens.extend(signing.map(|kid| (kid, now + 900)));
             tokens.retain(|(_, exp)| *exp > now);
             for (kid, _) in &tokens {
                 assert!(keys.iter().any(|k| k.kid == *kid), "a live token's key {kid} is gone at {now}");

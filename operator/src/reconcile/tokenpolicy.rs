@@ -44,8 +44,12 @@ pub const KEY_STATES: &str = "tokenplane.io/key-states";
 pub const COMPROMISED_KEY: &str = "tokenplane.io/compromised-key";
 /// The issuer container's port.
 pub const ISSUER_PORT: i32 = 8080;
-/// Clock skew verifiers allow (the agent's `--clock-skew` default).
-pub const CLOCK_SKEW: u64 = 5;
+/// How long past the access-token lifetime a key that stopped signing stays
+/// published: the verifiers' clock skew (the agent's `--clock-skew`
+/// default, 5 s), plus how late the operator can learn that the last issuer
+/// stopped signing with it (a heartbeat interval, and the 30 s between looks
+/// while an issuer still signs with a retiring key).
+pub const RETIRE_MARGIN: u64 = 5 + storage::HEARTBEAT_INTERVAL_SECS + 30;
 const KEYS_MOUNT: &str = "/var/run/tokenplane/keys";
 const REDIS_MOUNT: &str = "/var/run/tokenplane/redis";
 const REDIS_PORT: i32 = 6379;
@@ -242,9 +246,14 @@ fn rotate(
         .heartbeats
         .iter()
         .filter(|(_, beat)| beat.issuer == issuer_url)
-        .map(|(id, beat)| Verifier { id: id.clone(), seen_at: now, kids: beat.kids.clone() })
+        .map(|(id, beat)| Verifier {
+            id: id.clone(),
+            seen_at: now,
+            kids: beat.kids.clone(),
+            signing: beat.signing.clone(),
+        })
         .collect();
-    let timing = Timing::of(&inputs.policy.spec, CLOCK_SKEW, storage::HEARTBEAT_TTL_SECS);
+    let timing = Timing::of(&inputs.policy.spec, RETIRE_MARGIN, storage::HEARTBEAT_TTL_SECS);
     let plan = signing::plan(&keys, &verifiers, timing, now, &mut new_kid);
     pems.retain(|kid, _| plan.keys.iter().any(|k| k.kid == *kid));
     let mut rotation = Rotation {
@@ -678,7 +687,11 @@ spec:
     }
 
     fn beat(issuer: &str, kids: &[&str]) -> VerifierHeartbeat {
-        VerifierHeartbeat { issuer: issuer.into(), kids: kids.iter().map(|k| (*k).to_owned()).collect() }
+        VerifierHeartbeat {
+            issuer: issuer.into(),
+            kids: kids.iter().map(|k| (*k).to_owned()).collect(),
+            signing: None,
+        }
     }
 
     #[test]
@@ -736,7 +749,7 @@ spec:
         assert_eq!(promoted.keys_secret.data.as_ref().unwrap()["active"].0, k2.as_bytes());
         assert!(promoted.rotation.behind.is_empty() && !promoted.rotation.forced);
 
-        let retired = reconcile(&p, Some(&promoted.keys_secret), &[], 30 * DAY + 20 + 905);
+        let retired = reconcile(&p, Some(&promoted.keys_secret), &[], 30 * DAY + 20 + 900 + RETIRE_MARGIN);
         assert_eq!(jwks_kids(&retired), [k2.as_str()], "retired once every token it signed expired");
         assert!(!retired.keys_secret.data.as_ref().unwrap().contains_key(&format!("{k1}.pem")));
     }

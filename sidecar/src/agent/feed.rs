@@ -167,7 +167,7 @@ impl Reporter {
     /// from before heartbeats) must not cost the revocation feed.
     async fn beat(&self, conn: &mut MultiplexedConnection, client_id: &str) {
         let key = storage::verifier(&storage::agent_verifier(client_id, &self.instance));
-        let report = heartbeat::report(&self.issuer, self.jwks.keys().kids());
+        let report = heartbeat::report(&self.issuer, self.jwks.keys().kids(), None);
         let written: redis::RedisResult<()> = redis::cmd("SET")
             .arg(key)
             .arg(serde_json::to_string(&report).expect("a heartbeat serializes"))

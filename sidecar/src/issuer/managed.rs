@@ -113,7 +113,7 @@ pub async fn follow(
             }
             _ = beat.tick() => {
                 let live = issuer.current();
-                let report = heartbeat::report(&live.settings.issuer, live.keys.kids());
+                let report = heartbeat::report(&live.settings.issuer, live.keys.kids(), Some(live.keys.active_kid()));
                 if let Err(e) = issuer.store().report(&verifier, &report).await {
                     tracing::warn!(error = %e, "cannot report the keys held (heartbeat)");
                 }

@@ -237,11 +237,27 @@ fn managed() -> watcher::Config {
     watcher::Config::default().labels("app.kubernetes.io/managed-by=tokenplane")
 }
 
+/// A client is looked at again when its Secret drifts, and when its policy
+/// changes (its issuer URL goes into the Secret; a client waiting for a
+/// missing policy gets it).
 async fn run_clients(ctx: Arc<Context>) {
     let clients = Api::<OAuth2Client>::all(ctx.kube.clone());
     let secrets = Api::<Secret>::all(ctx.kube.clone());
-    Controller::new(clients, watcher::Config::default())
+    let policies = Api::<TokenPolicy>::all(ctx.kube.clone());
+    let controller = Controller::new(clients, watcher::Config::default());
+    let known = controller.store();
+    let clients_of = move |policy: TokenPolicy| {
+        let id = TokenPolicy::id_for(&policy.name_any(), &policy.namespace().unwrap_or_default());
+        known
+            .state()
+            .into_iter()
+            .filter(|c| c.spec.policy_ref.policy_id(&c.namespace().unwrap_or_default()) == id)
+            .map(|c| ObjectRef::from_obj(c.as_ref()))
+            .collect::<Vec<_>>()
+    };
+    controller
         .owns(secrets, managed())
+        .watches(policies, watcher::Config::default(), clients_of)
         .shutdown_on_signal()
         .run(oauth2client::reconcile, error_policy, ctx)
         .for_each(|result| log("OAuth2Client", result))

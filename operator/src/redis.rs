@@ -219,8 +219,10 @@ impl RedisAdmin {
         Ok((json.and_then(|j| serde_json::from_str(&j).ok()), passwords))
     }
 
-    /// Kills every token the clients issued before `now` at once: their
-    /// not-before marks, announced to the agents.
+    /// Kills every token the clients issued up to `now` at once: their
+    /// not-before marks, announced to the agents. Tokens carry `iat` in whole
+    /// seconds and a mark kills `iat < mark`, so the mark is the next second:
+    /// a token issued later in this second dies too.
     pub async fn revoke_clients(
         &self,
         nodes: &Nodes,
@@ -230,10 +232,11 @@ impl RedisAdmin {
         if client_ids.is_empty() {
             return Ok(());
         }
+        let mark = now + 1;
         let mut pipe = redis::pipe();
         for client_id in client_ids {
-            pipe.hset(storage::NOT_BEFORE, client_id, now).ignore();
-            pipe.publish(storage::REVOCATIONS, format!("client {client_id} {now}")).ignore();
+            pipe.hset(storage::NOT_BEFORE, client_id, mark).ignore();
+            pipe.publish(storage::REVOCATIONS, format!("client {client_id} {mark}")).ignore();
         }
         self.pipeline(&nodes.master, &pipe).await
     }

@@ -53,6 +53,8 @@ pub const RETIRE_MARGIN: u64 = 5 + storage::HEARTBEAT_INTERVAL_SECS + 30;
 const KEYS_MOUNT: &str = "/var/run/tokenplane/keys";
 const REDIS_MOUNT: &str = "/var/run/tokenplane/redis";
 const REDIS_PORT: i32 = 6379;
+/// The issuer image's non-root user (distroless `nonroot`).
+const ISSUER_UID: i64 = 65532;
 const SENTINEL_PORT: i32 = 26379;
 
 /// What issuer pods need that the policy does not say.
@@ -382,7 +384,7 @@ fn deployment(
         name: volume.into(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(secret),
-            default_mode: Some(0o400),
+            default_mode: Some(0o440),
             ..SecretVolumeSource::default()
         }),
         ..Volume::default()
@@ -420,6 +422,8 @@ fn deployment(
                     containers: vec![container],
                     automount_service_account_token: Some(false),
                     security_context: Some(PodSecurityContext {
+                        // The mounted Secrets are readable by this group only.
+                        fs_group: Some(ISSUER_UID),
                         run_as_non_root: Some(true),
                         seccomp_profile: Some(runtime_default()),
                         ..PodSecurityContext::default()
@@ -451,7 +455,7 @@ fn restricted() -> SecurityContext {
         }),
         read_only_root_filesystem: Some(true),
         run_as_non_root: Some(true),
-        run_as_user: Some(65532),
+        run_as_user: Some(ISSUER_UID),
         seccomp_profile: Some(runtime_default()),
         ..SecurityContext::default()
     }
@@ -548,7 +552,12 @@ fn workloads(clients: &[OAuth2Client]) -> Vec<NetworkPolicyPeer> {
         .collect()
 }
 
-fn ingress(from: Vec<NetworkPolicyPeer>, ports: &[i32]) -> NetworkPolicyIngressRule {
+/// A rule admitting `from` on `ports`; none without sources, since a rule
+/// with an empty `from` admits every source.
+fn ingress(from: Vec<NetworkPolicyPeer>, ports: &[i32]) -> Vec<NetworkPolicyIngressRule> {
+    if from.is_empty() {
+        return Vec::new();
+    }
     let ports = ports
         .iter()
         .map(|p| NetworkPolicyPort {
@@ -557,7 +566,7 @@ fn ingress(from: Vec<NetworkPolicyPeer>, ports: &[i32]) -> NetworkPolicyIngressR
             ..NetworkPolicyPort::default()
         })
         .collect();
-    NetworkPolicyIngressRule { from: Some(from), ports: Some(ports) }
+    vec![NetworkPolicyIngressRule { from: Some(from), ports: Some(ports) }]
 }
 
 /// Only the clients' workloads reach the issuer. With a `redisRef`, only
@@ -580,8 +589,7 @@ fn network_policies(
             ..NetworkPolicySpec::default()
         }),
     };
-    let mut policies =
-        vec![netpol("issuer", selector(issuer), vec![ingress(workloads(clients), &[ISSUER_PORT])])];
+    let mut policies = vec![netpol("issuer", selector(issuer), ingress(workloads(clients), &[ISSUER_PORT]))];
     if let Some(cluster) = &policy.spec.redis_ref {
         let redis = BTreeMap::from([
             ("app.kubernetes.io/name".to_owned(), "redis".to_owned()),
@@ -603,7 +611,7 @@ fn network_policies(
         };
         let mut from = workloads(clients);
         from.extend([pods(issuer), pods(&redis), operator]);
-        policies.push(netpol("redis", selector(&redis), vec![ingress(from, &[REDIS_PORT, SENTINEL_PORT])]));
+        policies.push(netpol("redis", selector(&redis), ingress(from, &[REDIS_PORT, SENTINEL_PORT])));
     }
     policies
 }
@@ -807,6 +815,8 @@ spec:
         assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_owned()][..]));
         assert_eq!(sc.run_as_non_root, Some(true));
         assert_eq!(pod.automount_service_account_token, Some(false));
+        let psc = pod.security_context.as_ref().unwrap();
+        assert_eq!(psc.fs_group, sc.run_as_user, "the non-root user can read its mounted Secrets");
         let volumes: Vec<_> = pod
             .volumes
             .as_ref()
@@ -831,6 +841,23 @@ spec:
         let ns = from[0].namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
         assert_eq!(ns["kubernetes.io/metadata.name"], "shop");
         assert_eq!(from[0].pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["app"], "orders");
+
+        let env = env();
+        let nobody = Inputs {
+            policy: &policy(DEFAULT),
+            keys: Keys::default(),
+            heartbeats: &[],
+            clients: &[client("batch", "jobs", None)],
+            issuer_password: "x",
+            env: &env,
+            now: 0,
+        };
+        let closed = desired(nobody, new_key).unwrap().network_policies.remove(0).spec.unwrap();
+        assert_eq!(
+            closed.ingress,
+            Some(vec![]),
+            "no workload selected: nothing admitted (an empty from admits all)"
+        );
 
         let with_redis = policy(&format!("{DEFAULT}  redisRef: tokens\n"));
         let d = reconcile(&with_redis, None, &[], 0);

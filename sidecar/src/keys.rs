@@ -109,6 +109,8 @@ fn validation(alg: Algorithm, checks: &Checks) -> Validation {
 pub struct KeySet {
     active: KeyPair,
     active_kid: String,
+    /// The active key was withdrawn (compromised): nothing may be signed.
+    withdrawn: bool,
     /// base64url of the active key's JOSE header, computed once.
     header_b64: String,
     public: PublicKeys,
@@ -147,7 +149,7 @@ impl KeySet {
         header.kid = Some(kid.clone());
         let header_b64 = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).expect("header serializes"));
         let jwks = Bytes::from(serde_json::to_vec(&jwks).expect("JWKS serializes"));
-        Ok(Self { active, active_kid: kid, header_b64, public, jwks })
+        Ok(Self { active, active_kid: kid, withdrawn: false, header_b64, public, jwks })
     }
 
     /// The keys of a keys Secret's entries (or its mounted files): one
@@ -179,6 +181,23 @@ impl KeySet {
     /// The key id that signs.
     pub fn active_kid(&self) -> &str {
         &self.active_kid
+    }
+
+    /// These keys without those `published` does not name: the operator
+    /// withdrew them from the JWKS (a compromised key) before this issuer's
+    /// mounted Secret caught up. A withdrawn key neither verifies nor is
+    /// served, and a withdrawn active key signs nothing.
+    pub fn within(self, published: &[String]) -> Result<Self, KeyError> {
+        let mut set: JwkSet = serde_json::from_slice(&self.jwks).expect("our own JWKS parses");
+        set.keys.retain(|k| k.common.key_id.as_ref().is_some_and(|kid| published.contains(kid)));
+        let public = PublicKeys::from_jwks(&set, &Checks::default())?;
+        let jwks = Bytes::from(serde_json::to_vec(&set).expect("JWKS serializes"));
+        Ok(Self { withdrawn: !published.contains(&self.active_kid), public, jwks, ..self })
+    }
+
+    /// Whether the active key may sign.
+    pub fn can_sign(&self) -> bool {
+        !self.withdrawn
     }
 
     /// Every key id held (signing or not).

@@ -253,9 +253,9 @@ async fn run_managed(
         admin_token_hash,
     };
     let (record, settings) = source.settings(&store).await.context("cannot load the policy")?;
-    let (entries, keys) = source.keys()?;
+    let (origin, keys) = source.keys(&store).await?;
     let issuer = Arc::new(Issuer::new(store, keys, settings));
-    tokio::spawn(managed::follow(issuer.clone(), source, (record, entries), args.reload));
+    tokio::spawn(managed::follow(issuer.clone(), source, (record, origin), args.reload));
     let listener = listen_on(args.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, issuer = %issuer.current().settings.issuer, policy = wanted, "managed issuer ready");
     server::serve(listener, issuer, shutdown_signal()).await;

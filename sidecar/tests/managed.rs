@@ -139,5 +139,24 @@ async fn a_managed_issuer_follows_its_policy_and_keys_and_reports_them() {
     .await;
     let ttl: i64 = redis::AsyncCommands::ttl(&mut conn, &key).await.unwrap();
     assert!(ttl > 0, "a heartbeat expires");
+
+    // The operator withdraws k2 (compromised) from the published JWKS: the
+    // issuer stops signing with it and serving it before its mount catches up.
+    std::fs::write(keys.path().join("active"), "k2").unwrap();
+    put(&cluster, storage::jwks(POLICY), &json!({"keys": [k1.public_jwk(Some("k1".into()))]})).await;
+    until("k2 withdrawn", Duration::from_secs(5), async || {
+        let r = issuer
+            .post(
+                "/oauth2/token",
+                Auth::Basic("svc.team", SVC_SECRET),
+                &[("grant_type", "client_credentials")],
+            )
+            .await;
+        r.status == StatusCode::SERVICE_UNAVAILABLE && r.json["error"] == "temporarily_unavailable"
+    })
+    .await;
+    let jwks: Value =
+        issuer.http.get(format!("{base}/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 1, "only k1 is served: {jwks}");
     assert!(cluster.acl_denials().await.unwrap().is_empty(), "the issuer needs only its ACL");
 }

@@ -52,17 +52,31 @@ impl Source {
         Ok((record, settings))
     }
 
-    /// The keys in the mounted Secret, and what they were read from.
-    pub fn keys(&self) -> Result<(Entries, KeySet), ManagedError> {
+    /// The keys in the mounted Secret less those the operator withdrew
+    /// from the published JWKS, and what they were read from.
+    pub async fn keys(&self, store: &RedisStore) -> Result<(Origin, KeySet), ManagedError> {
         let dir = &self.keys_dir;
         let entries = read_keys(dir).map_err(|source| ManagedError::KeysDir { dir: dir.clone(), source })?;
-        let keys = KeySet::from_entries(&entries)
-            .map_err(|source| ManagedError::Keys { dir: dir.clone(), source })?;
-        Ok((entries, keys))
+        let published = store.published_kids(&self.policy_id).await?;
+        let invalid = |source| ManagedError::Keys { dir: dir.clone(), source };
+        let mut keys = KeySet::from_entries(&entries).map_err(invalid)?;
+        if let Some(published) = &published {
+            keys = keys.within(published).map_err(invalid)?;
+            if !keys.can_sign() {
+                tracing::warn!(
+                    kid = keys.active_kid(),
+                    "the signing key was withdrawn: not signing until the new key is mounted"
+                );
+            }
+        }
+        Ok(((entries, published), keys))
     }
 }
 
 type Entries = BTreeMap<String, Vec<u8>>;
+
+/// What a key set was built from: the mounted files and the published kids.
+pub type Origin = (Entries, Option<Vec<String>>);
 
 /// The `<kid>.pem` and `active` files of a mounted Secret. Kubernetes swaps
 /// a mounted Secret through symlinks (`..data`), which reading by name follows.
@@ -83,7 +97,7 @@ fn read_keys(dir: &Path) -> io::Result<Entries> {
 pub async fn follow(
     issuer: Arc<Issuer<RedisStore>>,
     source: Source,
-    (mut record, mut entries): (PolicyRecord, Entries),
+    (mut record, mut origin): (PolicyRecord, Origin),
     every: Duration,
 ) {
     let verifier = storage::issuer_verifier(&source.policy_id, &heartbeat::instance());
@@ -101,11 +115,11 @@ pub async fn follow(
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "cannot re-read the policy; keeping the current settings"),
                 }
-                match source.keys() {
-                    Ok((new, keys)) if new != entries => {
+                match source.keys(issuer.store()).await {
+                    Ok((new, keys)) if new != origin => {
                         tracing::info!(kids = ?keys.kids().collect::<Vec<_>>(), "signing keys changed");
                         issuer.replace_keys(keys);
-                        entries = new;
+                        origin = new;
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "cannot re-read the signing keys; keeping the current ones"),
@@ -113,7 +127,8 @@ pub async fn follow(
             }
             _ = beat.tick() => {
                 let live = issuer.current();
-                let report = heartbeat::report(&live.settings.issuer, live.keys.kids(), Some(live.keys.active_kid()));
+                let signing = live.keys.can_sign().then(|| live.keys.active_kid());
+                let report = heartbeat::report(&live.settings.issuer, live.keys.kids(), signing);
                 if let Err(e) = issuer.store().report(&verifier, &report).await {
                     tracing::warn!(error = %e, "cannot report the keys held (heartbeat)");
                 }

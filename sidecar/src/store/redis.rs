@@ -411,6 +411,12 @@ impl RedisStore {
         self.get_json(storage::policy(policy_id), "policy record").await
     }
 
+    /// The key ids of the policy's JWKS as the operator last published it.
+    pub async fn published_kids(&self, policy_id: &str) -> Result<Option<Vec<String>>> {
+        let set: Option<jsonwebtoken::jwk::JwkSet> = self.get_json(storage::jwks(policy_id), "JWKS").await?;
+        Ok(set.map(|s| s.keys.into_iter().filter_map(|k| k.common.key_id).collect()))
+    }
+
     /// Reports the keys this replica holds, for the operator's key rotation.
     pub async fn report(&self, verifier_id: &str, heartbeat: &VerifierHeartbeat) -> Result<()> {
         let expires_at = crate::clock::unix_now() + storage::HEARTBEAT_TTL_SECS;

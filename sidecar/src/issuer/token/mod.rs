@@ -44,6 +44,11 @@ pub(super) async fn handle<S: Store>(
     peer: Option<std::net::IpAddr>,
 ) -> Result<Reply, OAuthError> {
     let grant = form.require("grant_type")?;
+    if !issuer.current().keys.can_sign() {
+        return Err(OAuthError::temporarily_unavailable(
+            "the signing key was withdrawn; the new key reaches this issuer shortly",
+        ));
+    }
     let now = unix_now();
     let client = match auth::credentials(headers, form) {
         Ok(creds) => auth::authenticate(issuer, &creds, now).await,

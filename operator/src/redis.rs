@@ -218,8 +218,13 @@ impl RedisAdmin {
         Ok((json.and_then(|j| serde_json::from_str(&j).ok()), passwords))
     }
 
-    /// Kills every token the clients issued before `now` at once: their
-    /// not-before marks, announced to the agents.
+    /// Kills every token the clients issued up to `now` (unix seconds) at
+    /// once: their not-before marks, announced to the agents. A token dies
+    /// when its `iat`, in whole seconds, is below the mark, so the mark is
+    /// the next second: one issued earlier in this same second must die too
+    /// (else a client deleted right after getting a token keeps it working
+    /// at the agents until it expires); one issued in the rest of this
+    /// second dies with it, the safe side.
     pub async fn revoke_clients(
         &self,
         nodes: &Nodes,
@@ -229,10 +234,11 @@ impl RedisAdmin {
         if client_ids.is_empty() {
             return Ok(());
         }
+        let mark = now + 1;
         let mut pipe = redis::pipe();
         for client_id in client_ids {
-            pipe.hset(storage::NOT_BEFORE, client_id, now).ignore();
-            pipe.publish(storage::REVOCATIONS, format!("client {client_id} {now}")).ignore();
+            pipe.hset(storage::NOT_BEFORE, client_id, mark).ignore();
+            pipe.publish(storage::REVOCATIONS, format!("client {client_id} {mark}")).ignore();
         }
         self.pipeline(&nodes.master, &pipe).await
     }
@@ -243,7 +249,7 @@ impl RedisAdmin {
             .map_err(|source| RedisError::Node { addr: addr.to_owned(), source })
     }
 
-    /// Removes a client: every token it issued before `now` dies, then the
+    /// Removes a client: every token it issued up to `now` dies, then the
     /// registration and the agent's ACL user go.
     pub async fn remove_client(
         &self,

@@ -268,7 +268,7 @@ impl RedisAdmin {
         Ok(uses)
     }
 
-    /// Removes a client: every token it issued before `now` dies, then the
+    /// Removes a client: every token it issued up to `now` dies, then the
     /// registration and the agent's ACL user go.
     pub async fn remove_client(
         &self,

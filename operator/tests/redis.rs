@@ -10,25 +10,10 @@ use tokenplane_api::storage;
 use tokenplane_operator::reconcile::oauth2client::{self, Credentials};
 use tokenplane_testkit::{Credentials as Login, RedisCluster, RedisClusterOptions};
 
-fn fixtures() -> (tokenplane_api::OAuth2Client, tokenplane_api::TokenPolicy) {
-    let mut client: tokenplane_api::OAuth2Client = serde_norway::from_str(
-        "apiVersion: tokenplane.io/v1alpha1\nkind: OAuth2Client\nmetadata: {name: orders, namespace: shop}\n\
-         spec: {policyRef: {name: default, namespace: auth}, audiences: [https://orders]}\n",
-    )
-    .unwrap();
-    client.metadata.uid = Some("uid".into());
-    let policy = serde_norway::from_str(
-        "apiVersion: tokenplane.io/v1alpha1\nkind: TokenPolicy\nmetadata: {name: default, namespace: auth}\n\
-         spec: {lifetimes: {accessToken: 15m}}\n",
-    )
-    .unwrap();
-    (client, policy)
-}
-
 #[tokio::test]
 async fn a_client_gets_its_agent_user_everywhere_and_deletion_kills_its_tokens() {
     let cluster = RedisCluster::start(RedisClusterOptions::default()).await.unwrap();
-    let (client, policy) = fixtures();
+    let (client, policy) = (support::client("orders"), support::policy());
     let creds =
         Credentials { client_secret: Some("secret-0123".into()), redis_password: "agent-pw-0123".into() };
     let desired = oauth2client::desired(&client, Some(&policy), &creds).unwrap();

@@ -1,7 +1,9 @@
 //! Shared by the operator's test binaries.
+#![allow(dead_code)] // each test binary uses a different part of it
 
 use std::time::Duration;
 
+use tokenplane_api::{OAuth2Client, TokenPolicy};
 use tokenplane_operator::redis::{RedisAdmin, RedisConfig};
 use tokenplane_testkit::RedisCluster;
 
@@ -17,4 +19,25 @@ pub fn admin(cluster: &RedisCluster) -> RedisAdmin {
         sentinel_password: Some(sentinel.password),
         timeout: Duration::from_secs(2),
     })
+}
+
+/// The TokenPolicy `default` in namespace `auth`.
+pub fn policy() -> TokenPolicy {
+    serde_norway::from_str(
+        "apiVersion: tokenplane.io/v1alpha1\nkind: TokenPolicy\nmetadata: {name: default, namespace: auth}\n\
+         spec: {lifetimes: {accessToken: 15m}}\n",
+    )
+    .unwrap()
+}
+
+/// A confidential client `name` in namespace `shop` under [`policy`], with
+/// the one audience `https://<name>`.
+pub fn client(name: &str) -> OAuth2Client {
+    let mut client: OAuth2Client = serde_norway::from_str(&format!(
+        "apiVersion: tokenplane.io/v1alpha1\nkind: OAuth2Client\nmetadata: {{name: {name}, namespace: shop}}\n\
+         spec: {{policyRef: {{name: default, namespace: auth}}, audiences: [https://{name}]}}\n"
+    ))
+    .unwrap();
+    client.metadata.uid = Some(format!("uid-{name}"));
+    client
 }

@@ -63,6 +63,9 @@ struct RunArgs {
     /// This replica's name in the Lease (the pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "TOKENPLANE_METRICS_LISTEN", default_value = "0.0.0.0:8090")]
+    metrics_listen: std::net::SocketAddr,
 }
 
 fn read_secret(path: &std::path::Path) -> anyhow::Result<String> {
@@ -84,6 +87,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("cannot reach the Kubernetes API: run in a cluster, or set KUBECONFIG")?;
     let ctx = Arc::new(Context::new(kube, redis, generate_secret));
+    let listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.metrics_listen))?;
+    tokio::spawn(tokenplane_operator::serve::serve(listener, ctx.metrics.clone()));
     let identity = args.identity.unwrap_or_else(|| format!("tokenplane-operator-{}", std::process::id()));
     controller::lead(ctx, &args.lease_namespace, identity).await.with_context(|| {
         format!("leader election on the Lease {}/{} failed", args.lease_namespace, controller::LEASE)

@@ -15,6 +15,7 @@ use kube::runtime::{finalizer, watcher};
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
 use tokenplane_api::OAuth2Client;
 
+use crate::metrics::Metrics;
 use crate::redis::{RedisAdmin, RedisError};
 
 /// What every reconcile shares.
@@ -25,13 +26,16 @@ pub struct Context {
     pub generate: fn() -> String,
     /// Kubernetes events on the resources, as `tokenplane-operator`.
     pub recorder: Recorder,
+    /// What `/metrics` and `/readyz` report.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Context {
     pub fn new(kube: kube::Client, redis: RedisAdmin, generate: fn() -> String) -> Self {
         let reporter =
             Reporter { controller: "tokenplane-operator".into(), instance: std::env::var("POD_NAME").ok() };
-        Self { recorder: Recorder::new(kube.clone(), reporter), kube, redis, generate }
+        let metrics = Arc::default();
+        Self { recorder: Recorder::new(kube.clone(), reporter), kube, redis, generate, metrics }
     }
 }
 
@@ -84,6 +88,7 @@ pub async fn lead(ctx: Arc<Context>, namespace: &str, identity: String) -> Resul
     tokio::pin!(stop);
     loop {
         while !*leading.borrow_and_update() {
+            ctx.metrics.set_leader(false);
             tracing::info!(%identity, "waiting for the lease {namespace}/{LEASE}");
             tokio::select! {
                 changed = leading.changed() => if changed.is_err() { return Ok(()) },
@@ -91,6 +96,7 @@ pub async fn lead(ctx: Arc<Context>, namespace: &str, identity: String) -> Resul
             }
         }
         tracing::info!(%identity, "holding the lease: reconciling");
+        ctx.metrics.set_leader(true);
         tokio::select! {
             () = run(ctx.clone()) => return release(leading, lease).await,
             () = lost(&mut leading) => tracing::warn!(%identity, "lost the lease: stopped reconciling"),
@@ -131,6 +137,11 @@ async fn shutdown_signal() {
     }
 }
 
+/// `oauth2client::reconcile`, counted and timed.
+async fn reconcile_client(client: Arc<OAuth2Client>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.measure("OAuth2Client", oauth2client::reconcile(client, ctx.clone())).await
+}
+
 /// Runs the OAuth2Client controller until a shutdown signal.
 pub async fn run(ctx: Arc<Context>) {
     let clients = Api::<OAuth2Client>::all(ctx.kube.clone());
@@ -139,7 +150,7 @@ pub async fn run(ctx: Arc<Context>) {
     Controller::new(clients, watcher::Config::default())
         .owns(secrets, managed)
         .shutdown_on_signal()
-        .run(oauth2client::reconcile, error_policy, ctx)
+        .run(reconcile_client, error_policy, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(client = %object.name, "reconciled"),

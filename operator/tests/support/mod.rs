@@ -1,5 +1,9 @@
 //! Shared by the operator's test binaries.
 
+// Not every test binary talks to the in-memory API server.
+#[allow(dead_code)]
+pub mod api;
+
 use std::time::Duration;
 
 use tokenplane_operator::redis::{RedisAdmin, RedisConfig};

@@ -3,6 +3,8 @@
 //! not-before mark that kills every token of a deleted client at once.
 //! Every node is found through the Sentinels.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -52,6 +54,10 @@ impl Nodes {
 
 pub struct RedisAdmin {
     config: RedisConfig,
+    /// The connection to each node and Sentinel, by address, kept open:
+    /// a reconcile runs a handful of commands, and a new connection (TCP
+    /// and AUTH) for each cost more than the commands themselves.
+    open: Mutex<HashMap<String, MultiplexedConnection>>,
 }
 
 fn connection_info(
@@ -78,7 +84,7 @@ fn connection_info(
 
 impl RedisAdmin {
     pub fn new(config: RedisConfig) -> Self {
-        Self { config }
+        Self { config, open: Mutex::default() }
     }
 
     async fn connect(
@@ -87,12 +93,24 @@ impl RedisAdmin {
         username: Option<&str>,
         password: Option<&str>,
     ) -> Result<MultiplexedConnection, RedisError> {
+        if let Some(open) = self.open.lock().expect("never poisoned").get(addr) {
+            return Ok(open.clone());
+        }
         let node = |source| RedisError::Node { addr: addr.to_owned(), source };
         let limits = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.config.timeout))
             .set_response_timeout(Some(self.config.timeout));
         let client = Client::open(connection_info(addr, username, password)?).map_err(node)?;
-        client.get_multiplexed_async_connection_with_config(&limits).await.map_err(node)
+        let connection = client.get_multiplexed_async_connection_with_config(&limits).await.map_err(node)?;
+        self.open.lock().expect("never poisoned").insert(addr.to_owned(), connection.clone());
+        Ok(connection)
+    }
+
+    /// Forgets the connection to `addr` after an error on it (a broken
+    /// connection stays broken), so that the next use reconnects.
+    fn failed(&self, addr: &str, source: redis::RedisError) -> RedisError {
+        self.open.lock().expect("never poisoned").remove(addr);
+        RedisError::Node { addr: addr.to_owned(), source }
     }
 
     async fn node(&self, addr: &str) -> Result<MultiplexedConnection, RedisError> {
@@ -101,8 +119,8 @@ impl RedisAdmin {
 
     /// Runs `cmd` on the node at `addr`.
     async fn on<T: redis::FromRedisValue>(&self, addr: &str, cmd: &redis::Cmd) -> Result<T, RedisError> {
-        let node = |source| RedisError::Node { addr: addr.to_owned(), source };
-        cmd.query_async(&mut self.node(addr).await?).await.map_err(node)
+        let result = cmd.query_async(&mut self.node(addr).await?).await;
+        result.map_err(|source| self.failed(addr, source))
     }
 
     /// The master's address and every replica's, from the first Sentinel
@@ -122,7 +140,10 @@ impl RedisAdmin {
                 .await;
             let replicas: redis::RedisResult<Vec<std::collections::HashMap<String, String>>> =
                 redis::cmd("SENTINEL").arg("replicas").arg(&c.master_name).query_async(&mut conn).await;
-            let (Ok((host, port)), Ok(replicas)) = (master, replicas) else { continue };
+            let (Ok((host, port)), Ok(replicas)) = (master, replicas) else {
+                self.open.lock().expect("never poisoned").remove(sentinel);
+                continue;
+            };
             let replicas = replicas
                 .iter()
                 .filter(|r| {
@@ -199,7 +220,7 @@ impl RedisAdmin {
         let () = pipe
             .query_async(&mut self.node(master).await?)
             .await
-            .map_err(|source| RedisError::Node { addr: master.clone(), source })?;
+            .map_err(|source| self.failed(master, source))?;
         let mut deluser = redis::cmd("ACL");
         deluser.arg("DELUSER").arg(&user.name);
         for addr in nodes.all() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{finalizer, watcher};
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
@@ -137,6 +137,12 @@ async fn shutdown_signal() {
     }
 }
 
+/// Reconciles running at once. Unbounded (kube-runtime's default), a cold
+/// start with thousands of clients starts them all together: Redis answers
+/// slower than the timeout, everything retries, memory balloons. Past a
+/// few, more do not go faster (see `operator/tests/scale.rs`).
+const CONCURRENCY: u16 = 16;
+
 /// `oauth2client::reconcile`, counted and timed.
 async fn reconcile_client(client: Arc<OAuth2Client>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.measure("OAuth2Client", oauth2client::reconcile(client, ctx.clone())).await
@@ -148,6 +154,7 @@ pub async fn run(ctx: Arc<Context>) {
     let secrets = Api::<Secret>::all(ctx.kube.clone());
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=tokenplane");
     Controller::new(clients, watcher::Config::default())
+        .with_config(ControllerConfig::default().concurrency(CONCURRENCY))
         .owns(secrets, managed)
         .shutdown_on_signal()
         .run(reconcile_client, error_policy, ctx)

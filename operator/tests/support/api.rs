@@ -9,7 +9,8 @@
 //! Left out, because nothing here needs them: field ownership (an apply
 //! merges into the object, so a field an applier stops sending stays),
 //! owner garbage collection, admission, pagination, bookmarks (optional
-//! for a server) and watches without a resourceVersion to start from.
+//! for a server), and watches without a resourceVersion to resume from
+//! (kube's watcher lists first, then watches from the list's version).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
@@ -81,11 +82,8 @@ async fn serve(store: &Mutex<Store>, request: Request<Body>) -> Result<Response<
         (&Method::PATCH, true) => (StatusCode::OK, store.patch(&at, patch, &body)?),
         (&Method::DELETE, true) => (StatusCode::OK, store.delete(&at)?),
         _ => {
-            return Err(Failure::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "MethodNotAllowed",
-                head.method.as_str(),
-            ));
+            let what = format!("{} {}", head.method, head.uri.path());
+            return Err(Failure::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", what));
         }
     };
     Ok(reply(code, &object))
@@ -250,8 +248,7 @@ impl Store {
     fn watch(&mut self, filter: Filter, from: Option<&String>) -> Result<Response<ApiBody>, Failure> {
         let from: u64 = from
             .and_then(|v| v.parse().ok())
-            .filter(|v| *v > 0)
-            .ok_or_else(|| Failure::bad_request("a watch starts from a resourceVersion".into()))?;
+            .ok_or_else(|| Failure::bad_request("a watch resumes from a resourceVersion".into()))?;
         let (lines, receiver) = mpsc::unbounded_channel();
         if from < self.forgotten {
             let gone = Failure::new(StatusCode::GONE, "Expired", format!("too old resource version: {from}"));
@@ -284,11 +281,11 @@ impl Store {
         if let Some(namespace) = &at.namespace {
             meta["namespace"] = namespace.as_str().into();
         }
-        meta["uid"] = format!("uid-{}-{}", key.1, key.2).into();
+        meta["uid"] = format!("uid-{}", self.version + 1).into();
         meta["creationTimestamp"] = now();
         meta["generation"] = 1.into();
         // Status is the controller's to write, through the subresource.
-        object.as_object_mut().map(|o| o.remove("status"));
+        set_or_remove(&mut object, "status", None);
         Ok(self.write(key, object, "ADDED"))
     }
 
@@ -343,7 +340,7 @@ impl Store {
             }
         }
         if meta["finalizers"].as_array().is_some_and(Vec::is_empty) {
-            meta.as_object_mut().map(|m| m.remove("finalizers"));
+            set_or_remove(meta, "finalizers", None);
         }
         if content(&new) != content(old) {
             new["metadata"]["generation"] = (old["metadata"]["generation"].as_i64().unwrap_or(0) + 1).into();

@@ -1,7 +1,6 @@
-//! Shared by the operator's test binaries.
+//! Shared by the operator's test binaries, each of which uses a part.
+#![allow(dead_code)]
 
-// Not every test binary talks to the in-memory API server.
-#[allow(dead_code)]
 pub mod api;
 
 use std::time::Duration;

@@ -56,7 +56,7 @@ pub struct RedisAdmin {
     config: RedisConfig,
     /// The connection to each node and Sentinel, by address, kept open:
     /// a reconcile runs a handful of commands, and a new connection (TCP
-    /// and AUTH) for each cost more than the commands themselves.
+    /// and AUTH) for each costs more than the commands themselves.
     open: Mutex<HashMap<String, MultiplexedConnection>>,
 }
 
@@ -109,8 +109,12 @@ impl RedisAdmin {
     /// Forgets the connection to `addr` after an error on it (a broken
     /// connection stays broken), so that the next use reconnects.
     fn failed(&self, addr: &str, source: redis::RedisError) -> RedisError {
-        self.open.lock().expect("never poisoned").remove(addr);
+        self.forget(addr);
         RedisError::Node { addr: addr.to_owned(), source }
+    }
+
+    fn forget(&self, addr: &str) {
+        self.open.lock().expect("never poisoned").remove(addr);
     }
 
     async fn node(&self, addr: &str) -> Result<MultiplexedConnection, RedisError> {
@@ -141,7 +145,7 @@ impl RedisAdmin {
             let replicas: redis::RedisResult<Vec<std::collections::HashMap<String, String>>> =
                 redis::cmd("SENTINEL").arg("replicas").arg(&c.master_name).query_async(&mut conn).await;
             let (Ok((host, port)), Ok(replicas)) = (master, replicas) else {
-                self.open.lock().expect("never poisoned").remove(sentinel);
+                self.forget(sentinel);
                 continue;
             };
             let replicas = replicas

@@ -7,6 +7,8 @@
 
 pub mod controller;
 pub mod crdgen;
+pub mod metrics;
 pub mod reconcile;
 pub mod redis;
 pub mod render;
+pub mod serve;

@@ -72,6 +72,9 @@ struct RunArgs {
     /// often addresses pods cannot use).
     #[arg(long, env = "TOKENPLANE_ISSUER_REDIS_SENTINELS", value_delimiter = ',')]
     issuer_redis_sentinels: Vec<String>,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "TOKENPLANE_METRICS_LISTEN", default_value = "0.0.0.0:8090")]
+    metrics_listen: std::net::SocketAddr,
 }
 
 fn read_secret(path: &std::path::Path) -> anyhow::Result<String> {
@@ -103,6 +106,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         operator_namespace: args.lease_namespace.clone(),
     };
     let ctx = Arc::new(Context::new(kube, redis, generate_secret).with_issuers(issuers));
+    let listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.metrics_listen))?;
+    tokio::spawn(tokenplane_operator::serve::serve(listener, ctx.metrics.clone()));
     let identity = args.identity.unwrap_or_else(|| format!("tokenplane-operator-{}", std::process::id()));
     controller::lead(ctx, &args.lease_namespace, identity).await.with_context(|| {
         format!("leader election on the Lease {}/{} failed", args.lease_namespace, controller::LEASE)

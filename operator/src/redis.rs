@@ -5,6 +5,8 @@
 //! when issuers last accepted each client secret. Every node is found
 //! through the Sentinels.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -55,6 +57,10 @@ impl Nodes {
 
 pub struct RedisAdmin {
     config: RedisConfig,
+    /// The connection to each node and Sentinel, by address, kept open:
+    /// a reconcile runs a handful of commands, and a new connection (TCP
+    /// and AUTH) for each costs more than the commands themselves.
+    open: Mutex<HashMap<String, MultiplexedConnection>>,
 }
 
 fn connection_info(
@@ -81,7 +87,7 @@ fn connection_info(
 
 impl RedisAdmin {
     pub fn new(config: RedisConfig) -> Self {
-        Self { config }
+        Self { config, open: Mutex::default() }
     }
 
     pub fn config(&self) -> &RedisConfig {
@@ -94,12 +100,28 @@ impl RedisAdmin {
         username: Option<&str>,
         password: Option<&str>,
     ) -> Result<MultiplexedConnection, RedisError> {
+        if let Some(open) = self.open.lock().expect("never poisoned").get(addr) {
+            return Ok(open.clone());
+        }
         let node = |source| RedisError::Node { addr: addr.to_owned(), source };
         let limits = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.config.timeout))
             .set_response_timeout(Some(self.config.timeout));
         let client = Client::open(connection_info(addr, username, password)?).map_err(node)?;
-        client.get_multiplexed_async_connection_with_config(&limits).await.map_err(node)
+        let connection = client.get_multiplexed_async_connection_with_config(&limits).await.map_err(node)?;
+        self.open.lock().expect("never poisoned").insert(addr.to_owned(), connection.clone());
+        Ok(connection)
+    }
+
+    /// Forgets the connection to `addr` after an error on it (a broken
+    /// connection stays broken), so that the next use reconnects.
+    fn failed(&self, addr: &str, source: redis::RedisError) -> RedisError {
+        self.forget(addr);
+        RedisError::Node { addr: addr.to_owned(), source }
+    }
+
+    fn forget(&self, addr: &str) {
+        self.open.lock().expect("never poisoned").remove(addr);
     }
 
     async fn node(&self, addr: &str) -> Result<MultiplexedConnection, RedisError> {
@@ -108,8 +130,8 @@ impl RedisAdmin {
 
     /// Runs `cmd` on the node at `addr`.
     async fn on<T: redis::FromRedisValue>(&self, addr: &str, cmd: &redis::Cmd) -> Result<T, RedisError> {
-        let node = |source| RedisError::Node { addr: addr.to_owned(), source };
-        cmd.query_async(&mut self.node(addr).await?).await.map_err(node)
+        let result = cmd.query_async(&mut self.node(addr).await?).await;
+        result.map_err(|source| self.failed(addr, source))
     }
 
     /// The master's address and every replica's, from the first Sentinel
@@ -129,7 +151,10 @@ impl RedisAdmin {
                 .await;
             let replicas: redis::RedisResult<Vec<std::collections::HashMap<String, String>>> =
                 redis::cmd("SENTINEL").arg("replicas").arg(&c.master_name).query_async(&mut conn).await;
-            let (Ok((host, port)), Ok(replicas)) = (master, replicas) else { continue };
+            let (Ok((host, port)), Ok(replicas)) = (master, replicas) else {
+                self.forget(sentinel);
+                continue;
+            };
             let replicas = replicas
                 .iter()
                 .filter(|r| {
@@ -242,9 +267,7 @@ impl RedisAdmin {
     }
 
     async fn pipeline(&self, addr: &str, pipe: &redis::Pipeline) -> Result<(), RedisError> {
-        pipe.query_async(&mut self.node(addr).await?)
-            .await
-            .map_err(|source| RedisError::Node { addr: addr.to_owned(), source })
+        pipe.query_async(&mut self.node(addr).await?).await.map_err(|source| self.failed(addr, source))
     }
 
     /// When issuers last accepted each of `registered`, the client's secret
@@ -285,7 +308,7 @@ impl RedisAdmin {
 
     /// Every live verifier heartbeat, by verifier id.
     pub async fn heartbeats(&self, nodes: &Nodes) -> Result<Vec<(String, VerifierHeartbeat)>, RedisError> {
-        let node = |source| RedisError::Node { addr: nodes.master.clone(), source };
+        let node = |source| self.failed(&nodes.master, source);
         let mut conn = self.node(&nodes.master).await?;
         let keys: Vec<String> = {
             let mut scan = redis::AsyncCommands::scan_match::<_, String>(&mut conn, storage::VERIFIERS)

@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::time::{Duration, Instant};
+
 use redis::AsyncCommands;
 use tokenplane_api::client::ClientRecord;
 use tokenplane_api::storage;
@@ -54,4 +56,37 @@ async fn a_client_gets_its_agent_user_everywhere_and_deletion_kills_its_tokens()
         let rotated = Login::new(&desired.agent_user.name, "agent-pw-4567");
         assert!(cluster.connection(&node, &rotated).await.is_err(), "the agent user is gone from {node}");
     }
+}
+
+#[tokio::test]
+async fn a_restarted_node_gets_a_new_connection() {
+    let cluster = RedisCluster::start(RedisClusterOptions::default()).await.unwrap();
+    let (client, policy) = (support::client("orders"), support::policy());
+    let creds =
+        Credentials { client_secret: Some("secret-0123".into()), redis_password: "agent-pw-0123".into() };
+    let desired = oauth2client::desired(&client, Some(&policy), &creds).unwrap();
+    let admin = support::admin(&cluster);
+    let apply = async || {
+        let nodes = admin.nodes().await?;
+        admin.apply_client(&nodes, &desired.registration, &desired.agent_user, &["agent-pw-0123"]).await
+    };
+    apply().await.unwrap();
+    let replica = admin.nodes().await.unwrap().replicas[0].clone();
+    cluster.kill_node(&replica).await.unwrap();
+    cluster.restart_node(&replica).await.unwrap();
+    // The Sentinels list it again once they saw it back (a replica they
+    // flag down is left out of the apply).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !admin.nodes().await.unwrap().replicas.contains(&replica) {
+        assert!(Instant::now() < deadline, "the Sentinels never saw {replica} back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The connection kept to the replica died with it: the apply that finds
+    // out fails (the controller retries), the next one reconnects.
+    if apply().await.is_err() {
+        apply().await.unwrap();
+    }
+    let agent = Login::new(&desired.agent_user.name, "agent-pw-0123");
+    assert!(cluster.connection(&replica, &agent).await.is_ok(), "the agent user is back on {replica}");
 }

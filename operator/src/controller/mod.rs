@@ -13,13 +13,14 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{finalizer, watcher};
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
 use tokenplane_api::{OAuth2Client, TokenPolicy};
 
+use crate::metrics::Metrics;
 use crate::reconcile::MANAGED_BY;
 use crate::reconcile::tokenpolicy::Environment;
 use crate::redis::{RedisAdmin, RedisError};
@@ -34,6 +35,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// What issuer Deployments need beyond their TokenPolicy.
     pub issuers: Environment,
+    /// What `/metrics` and `/readyz` report.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The issuer image of this operator's version.
@@ -51,7 +54,8 @@ impl Context {
             master_name: redis.config().master_name.clone(),
             operator_namespace: "tokenplane-system".into(),
         };
-        Self { recorder: Recorder::new(kube.clone(), reporter), kube, redis, generate, issuers }
+        let metrics = Arc::default();
+        Self { recorder: Recorder::new(kube.clone(), reporter), kube, redis, generate, issuers, metrics }
     }
 
     pub fn with_issuers(self, issuers: Environment) -> Self {
@@ -181,6 +185,7 @@ pub async fn lead(ctx: Arc<Context>, namespace: &str, identity: String) -> Resul
     tokio::pin!(stop);
     loop {
         while !*leading.borrow_and_update() {
+            ctx.metrics.set_leader(false);
             tracing::info!(%identity, "waiting for the lease {namespace}/{LEASE}");
             tokio::select! {
                 changed = leading.changed() => if changed.is_err() { return Ok(()) },
@@ -188,6 +193,7 @@ pub async fn lead(ctx: Arc<Context>, namespace: &str, identity: String) -> Resul
             }
         }
         tracing::info!(%identity, "holding the lease: reconciling");
+        ctx.metrics.set_leader(true);
         tokio::select! {
             () = run(ctx.clone()) => return release(leading, lease).await,
             () = lost(&mut leading) => tracing::warn!(%identity, "lost the lease: stopped reconciling"),
@@ -228,6 +234,22 @@ async fn shutdown_signal() {
     }
 }
 
+/// Reconciles running at once. Unbounded (kube-runtime's default), a cold
+/// start with thousands of clients starts them all together: Redis answers
+/// slower than the timeout, everything retries, memory balloons. Past a
+/// few, more do not go faster (see `operator/tests/scale.rs`).
+const CONCURRENCY: u16 = 16;
+
+/// `oauth2client::reconcile`, counted and timed.
+async fn reconcile_client(client: Arc<OAuth2Client>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.measure("OAuth2Client", oauth2client::reconcile(client, ctx.clone())).await
+}
+
+/// `tokenpolicy::reconcile`, counted and timed.
+async fn reconcile_policy(policy: Arc<TokenPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.measure("TokenPolicy", tokenpolicy::reconcile(policy, ctx.clone())).await
+}
+
 /// Runs the OAuth2Client and TokenPolicy controllers until a shutdown signal.
 pub async fn run(ctx: Arc<Context>) {
     tokio::join!(run_clients(ctx.clone()), run_policies(ctx));
@@ -256,10 +278,11 @@ async fn run_clients(ctx: Arc<Context>) {
             .collect::<Vec<_>>()
     };
     controller
+        .with_config(ControllerConfig::default().concurrency(CONCURRENCY))
         .owns(secrets, managed())
         .watches(policies, watcher::Config::default(), clients_of)
         .shutdown_on_signal()
-        .run(oauth2client::reconcile, error_policy, ctx)
+        .run(reconcile_client, error_policy, ctx)
         .for_each(|result| log("OAuth2Client", result))
         .await;
 }
@@ -278,9 +301,9 @@ async fn run_policies(ctx: Arc<Context>) {
         .owns(Api::<Secret>::all(ctx.kube.clone()), managed())
         .owns(Api::<Deployment>::all(ctx.kube.clone()), managed())
         .watches(clients, watcher::Config::default(), policy_of)
-        .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)))
+        .with_config(ControllerConfig::default().concurrency(CONCURRENCY).debounce(Duration::from_secs(1)))
         .shutdown_on_signal()
-        .run(tokenpolicy::reconcile, error_policy, ctx)
+        .run(reconcile_policy, error_policy, ctx)
         .for_each(|result| log("TokenPolicy", result))
         .await;
 }

@@ -1,6 +1,8 @@
 //! Shared by the operator's test binaries.
 #![allow(dead_code)] // each test binary uses a different part of it
 
+pub mod api;
+
 use std::time::Duration;
 
 use tokenplane_api::{OAuth2Client, TokenPolicy};

@@ -103,6 +103,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.issuer_redis_sentinels
         },
         master_name: redis.config().master_name.clone(),
+        sentinel_login: controller::sentinel_login(redis.config()),
         operator_namespace: args.lease_namespace.clone(),
     };
     let ctx = Arc::new(Context::new(kube, redis, generate_secret).with_issuers(issuers));

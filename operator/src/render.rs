@@ -136,6 +136,7 @@ impl Resources {
             image: crate::controller::ISSUER_IMAGE.into(),
             sentinels: vec![SENTINELS.into()],
             master_name: "tokenplane".into(),
+            sentinel_login: None,
             operator_namespace: "tokenplane-system".into(),
         };
         let inputs = Inputs {

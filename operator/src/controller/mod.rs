@@ -22,7 +22,7 @@ use tokenplane_api::{OAuth2Client, TokenPolicy};
 
 use crate::metrics::Metrics;
 use crate::reconcile::MANAGED_BY;
-use crate::reconcile::tokenpolicy::Environment;
+use crate::reconcile::tokenpolicy::{Environment, SentinelLogin};
 use crate::redis::{RedisAdmin, RedisError};
 
 /// What every reconcile shares.
@@ -39,6 +39,12 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
 }
 
+/// Issuers log in to the Sentinels as the operator does.
+pub fn sentinel_login(config: &crate::redis::RedisConfig) -> Option<SentinelLogin> {
+    let username = config.sentinel_username.clone()?;
+    Some(SentinelLogin { username, password: config.sentinel_password.clone().unwrap_or_default() })
+}
+
 /// The issuer image of this operator's version.
 pub const ISSUER_IMAGE: &str = concat!("ghcr.io/tokenplane/tokenplane-sidecar:", env!("CARGO_PKG_VERSION"));
 
@@ -52,6 +58,7 @@ impl Context {
             image: ISSUER_IMAGE.into(),
             sentinels: redis.config().sentinels.clone(),
             master_name: redis.config().master_name.clone(),
+            sentinel_login: sentinel_login(redis.config()),
             operator_namespace: "tokenplane-system".into(),
         };
         let metrics = Arc::default();

@@ -65,9 +65,30 @@ pub struct Environment {
     /// Sentinels as pods reach them, when the policy has no `redisRef`.
     pub sentinels: Vec<String>,
     pub master_name: String,
+    /// The user the Sentinels require, if any, handed to issuers in their
+    /// Redis Secret.
+    pub sentinel_login: Option<SentinelLogin>,
     /// Where the operator runs: its pods may reach Redis.
     pub operator_namespace: String,
 }
+
+/// A Sentinel username and password.
+#[derive(Clone)]
+pub struct SentinelLogin {
+    pub username: String,
+    pub password: String,
+}
+
+/// Never prints the password, should one reach a log line.
+impl std::fmt::Debug for SentinelLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelLogin").field("username", &self.username).finish_non_exhaustive()
+    }
+}
+
+/// Secret entries of the Sentinel login in the issuer's Redis Secret.
+const SENTINEL_USERNAME: &str = "sentinel_username";
+const SENTINEL_PASSWORD: &str = "sentinel_password";
 
 /// The keys as the keys Secret holds them.
 #[derive(Clone, Debug, Default)]
@@ -211,7 +232,7 @@ pub fn desired(inputs: Inputs<'_>, new_key: impl FnMut() -> (String, Vec<u8>)) -
         },
         jwks,
         record: PolicyRecord { issuer: issuer_url.clone(), spec: policy.spec.clone() },
-        issuer_secret: issuer_secret(policy, &user, inputs.issuer_password),
+        issuer_secret: issuer_secret(policy, &user, inputs.issuer_password, inputs.env),
         deployment: deployment(policy, inputs.env, &user, &labels),
         service: service(policy, &labels),
         pdb: pdb(policy, &labels),
@@ -299,12 +320,16 @@ fn keys_secret(policy: &TokenPolicy, rotation: &Rotation, pems: &BTreeMap<String
     Secret { metadata, type_: Some("Opaque".into()), data: Some(data), ..Secret::default() }
 }
 
-fn issuer_secret(policy: &TokenPolicy, user: &AclUser, password: &str) -> Secret {
+fn issuer_secret(policy: &TokenPolicy, user: &AclUser, password: &str, env: &Environment) -> Secret {
     let name = policy.metadata.name.clone().unwrap_or_default();
-    let data = BTreeMap::from([
+    let mut data = BTreeMap::from([
         (REDIS_USERNAME.to_owned(), ByteString(user.name.as_bytes().to_vec())),
         (REDIS_PASSWORD.to_owned(), ByteString(password.as_bytes().to_vec())),
     ]);
+    if let Some(login) = &env.sentinel_login {
+        data.insert(SENTINEL_USERNAME.into(), ByteString(login.username.as_bytes().to_vec()));
+        data.insert(SENTINEL_PASSWORD.into(), ByteString(login.password.as_bytes().to_vec()));
+    }
     Secret {
         metadata: managed_meta(policy, format!("{name}-issuer-redis"), [("tokenplane.io/policy", name)]),
         type_: Some("Opaque".into()),
@@ -352,7 +377,7 @@ fn deployment(
     let name = policy.metadata.name.clone().unwrap_or_default();
     let namespace = policy.metadata.namespace.clone().unwrap_or_default();
     let shape = policy.spec.issuer_deployment.clone().unwrap_or_default();
-    let args = [
+    let mut args = vec![
         "issuer",
         "--policy",
         &format!("{namespace}/{name}"),
@@ -370,7 +395,18 @@ fn deployment(
         &format!("{REDIS_MOUNT}/{REDIS_PASSWORD}"),
         "--log-format",
         "json",
-    ];
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect::<Vec<_>>();
+    if let Some(login) = &env.sentinel_login {
+        args.extend([
+            "--redis-sentinel-username".to_owned(),
+            login.username.clone(),
+            "--redis-sentinel-password-file".to_owned(),
+            format!("{REDIS_MOUNT}/{SENTINEL_PASSWORD}"),
+        ]);
+    }
     let probe = |path: &str| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -398,7 +434,7 @@ fn deployment(
     let container = Container {
         name: "issuer".into(),
         image: Some(shape.image.clone().unwrap_or_else(|| env.image.clone())),
-        args: Some(args.iter().map(|a| (*a).to_owned()).collect()),
+        args: Some(args),
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),
             container_port: ISSUER_PORT,
@@ -655,6 +691,10 @@ spec:
             image: "tokenplane/sidecar:test".into(),
             sentinels: vec!["sentinel.redis.svc:26379".into()],
             master_name: "tokenplane".into(),
+            sentinel_login: Some(SentinelLogin {
+                username: "sentinel-client".into(),
+                password: "sentinel-pw".into(),
+            }),
             operator_namespace: "tokenplane-system".into(),
         }
     }
@@ -809,7 +849,15 @@ spec:
         );
         assert!(args.contains("--redis-username issuer:default.auth"), "{args}");
         assert!(args.contains("--redis-sentinels sentinel.redis.svc:26379"), "{args}");
-        assert!(!args.contains("issuer-password"), "the password is mounted, never an argument");
+        assert!(
+            args.ends_with("--redis-sentinel-username sentinel-client --redis-sentinel-password-file /var/run/tokenplane/redis/sentinel_password"),
+            "{args}"
+        );
+        assert!(
+            !args.contains("issuer-password") && !args.contains("sentinel-pw"),
+            "passwords are mounted, never arguments"
+        );
+        assert_eq!(d.issuer_secret.data.as_ref().unwrap()[SENTINEL_PASSWORD].0, b"sentinel-pw");
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_owned()][..]));

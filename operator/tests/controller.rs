@@ -15,7 +15,7 @@ use redis::AsyncCommands;
 use serde_json::{Value, json};
 use tokenplane_api::client::{ClientRecord, SecretHash};
 use tokenplane_api::{OAuth2Client, TokenPolicy, storage};
-use tokenplane_operator::controller::{Context, oauth2client, tokenpolicy};
+use tokenplane_operator::controller::{Context, oauth2client, reconcile, tokenpolicy};
 use tokenplane_testkit::{RedisCluster, RedisClusterOptions};
 use tower_test::mock::{self, Handle};
 
@@ -126,7 +126,7 @@ async fn a_new_client_gets_its_secret_registration_and_status_and_deletion_clean
 
     // First pass: the finalizer goes on, nothing else.
     let fresh: OAuth2Client = serde_json::from_value(client_json(spec(), &[], false)).unwrap();
-    let run = tokio::spawn(oauth2client::reconcile(Arc::new(fresh), ctx.clone()));
+    let run = tokio::spawn(reconcile::<OAuth2Client>(Arc::new(fresh), ctx.clone()));
     let patch = expect(
         &mut server,
         Method::PATCH,
@@ -141,7 +141,7 @@ async fn a_new_client_gets_its_secret_registration_and_status_and_deletion_clean
     // Second pass: policy, Secret (absent: generated), apply, Redis, status.
     let held: OAuth2Client =
         serde_json::from_value(client_json(spec(), &[oauth2client::FINALIZER], false)).unwrap();
-    let run = tokio::spawn(oauth2client::reconcile(Arc::new(held), ctx.clone()));
+    let run = tokio::spawn(reconcile::<OAuth2Client>(Arc::new(held), ctx.clone()));
     expect_policy(&mut server).await;
     expect(&mut server, Method::GET, SECRET_PATH, StatusCode::NOT_FOUND, not_found()).await;
     let secret = expect(&mut server, Method::PATCH, SECRET_PATH, StatusCode::OK, Value::Null).await;
@@ -166,7 +166,7 @@ async fn a_new_client_gets_its_secret_registration_and_status_and_deletion_clean
     // adopted; the operator issues fresh credentials and says so.
     let held: OAuth2Client =
         serde_json::from_value(client_json(spec(), &[oauth2client::FINALIZER], false)).unwrap();
-    let run = tokio::spawn(oauth2client::reconcile(Arc::new(held), ctx.clone()));
+    let run = tokio::spawn(reconcile::<OAuth2Client>(Arc::new(held), ctx.clone()));
     expect_policy(&mut server).await;
     let mut edited = secret.clone();
     edited["data"]["client_secret"] = "Y2hvc2VuLWJ5LWhhbmQ=".into();
@@ -184,7 +184,7 @@ async fn a_new_client_gets_its_secret_registration_and_status_and_deletion_clean
     // Deleted: Redis forgets it and every older token dies, then the finalizer comes off.
     let deleting: OAuth2Client =
         serde_json::from_value(client_json(spec(), &[oauth2client::FINALIZER], true)).unwrap();
-    let run = tokio::spawn(oauth2client::reconcile(Arc::new(deleting), ctx.clone()));
+    let run = tokio::spawn(reconcile::<OAuth2Client>(Arc::new(deleting), ctx.clone()));
     let patch =
         expect(&mut server, Method::PATCH, CLIENT_PATH, StatusCode::OK, client_json(spec(), &[], true)).await;
     assert_eq!(
@@ -210,7 +210,7 @@ async fn an_invalid_client_gets_a_condition_and_nothing_else() {
     bad["redirectUris"] = json!(["http://evil.example/cb"]);
     let client: OAuth2Client =
         serde_json::from_value(client_json(bad.clone(), &[oauth2client::FINALIZER], false)).unwrap();
-    let run = tokio::spawn(oauth2client::reconcile(Arc::new(client), ctx));
+    let run = tokio::spawn(reconcile::<OAuth2Client>(Arc::new(client), ctx));
     expect_policy(&mut server).await;
     expect(&mut server, Method::GET, SECRET_PATH, StatusCode::NOT_FOUND, not_found()).await;
     let event = expect(&mut server, Method::POST, EVENTS_PATH, StatusCode::OK, Value::Null).await;
@@ -261,8 +261,10 @@ async fn reconcile_rotating(
     secret: &Value,
     rotates: bool,
 ) -> (Value, Value, Action) {
-    let run =
-        tokio::spawn(oauth2client::reconcile(Arc::new(serde_json::from_value(client).unwrap()), ctx.clone()));
+    let run = tokio::spawn(reconcile::<OAuth2Client>(
+        Arc::new(serde_json::from_value(client).unwrap()),
+        ctx.clone(),
+    ));
     expect_policy(server).await;
     match secret {
         Value::Null => expect(server, Method::GET, SECRET_PATH, StatusCode::NOT_FOUND, not_found()).await,
@@ -395,7 +397,7 @@ async fn a_new_policy_gets_keys_redis_records_an_issuer_and_status_and_deletion_
     let (api, mut server) = mock::pair::<Request<Body>, Response<Body>>();
     let ctx = context(&cluster, api, numbered_secret);
     let held: TokenPolicy = serde_json::from_value(policy_json(&[tokenpolicy::FINALIZER], false)).unwrap();
-    let run = tokio::spawn(tokenpolicy::reconcile(Arc::new(held), ctx.clone()));
+    let run = tokio::spawn(reconcile::<TokenPolicy>(Arc::new(held), ctx.clone()));
 
     expect(&mut server, Method::GET, KEYS_PATH, StatusCode::NOT_FOUND, not_found()).await;
     let mut orders = client_json(spec(), &[], false);
@@ -474,7 +476,7 @@ async fn a_new_policy_gets_keys_redis_records_an_issuer_and_status_and_deletion_
     }
 
     let deleting: TokenPolicy = serde_json::from_value(policy_json(&[tokenpolicy::FINALIZER], true)).unwrap();
-    let run = tokio::spawn(tokenpolicy::reconcile(Arc::new(deleting), ctx.clone()));
+    let run = tokio::spawn(reconcile::<TokenPolicy>(Arc::new(deleting), ctx.clone()));
     expect(&mut server, Method::PATCH, POLICY_DIR, StatusCode::OK, policy_json(&[], true)).await;
     run.await.unwrap().unwrap();
     let gone: Option<String> = redis.get(storage::policy("default.auth")).await.unwrap();

@@ -15,8 +15,9 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{finalizer, watcher};
+use kube::runtime::watcher;
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
 use tokenplane_api::{OAuth2Client, TokenPolicy};
 
@@ -247,14 +248,41 @@ async fn shutdown_signal() {
 /// few, more do not go faster (see `operator/tests/scale.rs`).
 const CONCURRENCY: u16 = 16;
 
-/// `oauth2client::reconcile`, counted and timed.
-async fn reconcile_client(client: Arc<OAuth2Client>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.metrics.measure("OAuth2Client", oauth2client::reconcile(client, ctx.clone())).await
+/// A kind whose reconcile reaches outside Kubernetes (Redis), so that its
+/// deletion waits on a finalizer for the cleanup.
+pub trait Reconciled:
+    kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + std::fmt::Debug
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    const FINALIZER: &'static str;
+    /// The kind, as metrics label it.
+    const KIND: &'static str;
+
+    /// Brings everything the object describes in line with it.
+    fn apply(&self, ctx: &Context) -> impl Future<Output = Result<Action, Error>> + Send;
+
+    /// Undoes what `apply` did outside Kubernetes; owner references take the rest.
+    fn cleanup(&self, ctx: &Context) -> impl Future<Output = Result<Action, Error>> + Send;
 }
 
-/// `tokenpolicy::reconcile`, counted and timed.
-async fn reconcile_policy(policy: Arc<TokenPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.metrics.measure("TokenPolicy", tokenpolicy::reconcile(policy, ctx.clone())).await
+/// One reconcile of `object`: its finalizer first, then `apply`, or
+/// `cleanup` once it is being deleted; counted and timed.
+pub async fn reconcile<K: Reconciled>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = object.meta().namespace.clone().ok_or(Error::NotNamespaced)?;
+    let api: Api<K> = Api::namespaced(ctx.kube.clone(), &namespace);
+    let reconciled = finalizer(&api, K::FINALIZER, object, |event| async {
+        match event {
+            finalizer::Event::Apply(object) => object.apply(&ctx).await,
+            finalizer::Event::Cleanup(object) => object.cleanup(&ctx).await,
+        }
+    });
+    ctx.metrics.measure(K::KIND, async { reconciled.await.map_err(|e| Error::Finalizer(Box::new(e))) }).await
 }
 
 /// Runs the OAuth2Client and TokenPolicy controllers until a shutdown signal.
@@ -289,7 +317,7 @@ async fn run_clients(ctx: Arc<Context>) {
         .owns(secrets, managed())
         .watches(policies, watcher::Config::default(), clients_of)
         .shutdown_on_signal()
-        .run(reconcile_client, error_policy, ctx)
+        .run(reconcile::<OAuth2Client>, error_policy, ctx)
         .for_each(|result| log("OAuth2Client", result))
         .await;
 }
@@ -310,7 +338,7 @@ async fn run_policies(ctx: Arc<Context>) {
         .watches(clients, watcher::Config::default(), policy_of)
         .with_config(ControllerConfig::default().concurrency(CONCURRENCY).debounce(Duration::from_secs(1)))
         .shutdown_on_signal()
-        .run(reconcile_policy, error_policy, ctx)
+        .run(reconcile::<TokenPolicy>, error_policy, ctx)
         .for_each(|result| log("TokenPolicy", result))
         .await;
 }

@@ -4,13 +4,10 @@
 //! must reach outside Kubernetes (its tokens die, its registration and
 //! Redis user go).
 
-use std::sync::Arc;
-
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{self, finalizer};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokenplane_api::oauth2client::AuthMethod;
@@ -28,17 +25,17 @@ pub const FINALIZER: &str = "tokenplane.io/redis-cleanup";
 /// How often a client is looked at without any change (drift repair).
 const RESYNC: std::time::Duration = std::time::Duration::from_secs(300);
 
-pub async fn reconcile(client: Arc<OAuth2Client>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let namespace = client.namespace().ok_or(Error::NotNamespaced)?;
-    let api: Api<OAuth2Client> = Api::namespaced(ctx.kube.clone(), &namespace);
-    finalizer(&api, FINALIZER, client, |event| async {
-        match event {
-            finalizer::Event::Apply(client) => apply(&client, &ctx).await,
-            finalizer::Event::Cleanup(client) => cleanup(&client, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+impl super::Reconciled for OAuth2Client {
+    const FINALIZER: &'static str = FINALIZER;
+    const KIND: &'static str = "OAuth2Client";
+
+    async fn apply(&self, ctx: &Context) -> Result<Action, Error> {
+        apply(self, ctx).await
+    }
+
+    async fn cleanup(&self, ctx: &Context) -> Result<Action, Error> {
+        cleanup(self, ctx).await
+    }
 }
 
 async fn apply(client: &OAuth2Client, ctx: &Context) -> Result<Action, Error> {

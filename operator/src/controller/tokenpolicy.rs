@@ -4,14 +4,12 @@
 //! and a finalizer, because a deleted policy's record and issuer user live
 //! in Redis.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{self, finalizer};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokenplane_api::credentials::REDIS_PASSWORD;
@@ -30,17 +28,17 @@ pub const FINALIZER: &str = "tokenplane.io/policy-cleanup";
 /// The longest a policy goes unexamined (drift repair, heartbeats).
 const RESYNC: Duration = Duration::from_secs(300);
 
-pub async fn reconcile(policy: Arc<TokenPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let namespace = policy.namespace().ok_or(Error::NotNamespaced)?;
-    let api: Api<TokenPolicy> = Api::namespaced(ctx.kube.clone(), &namespace);
-    finalizer(&api, FINALIZER, policy, |event| async {
-        match event {
-            finalizer::Event::Apply(policy) => apply(&policy, &ctx).await,
-            finalizer::Event::Cleanup(policy) => cleanup(&policy, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+impl super::Reconciled for TokenPolicy {
+    const FINALIZER: &'static str = FINALIZER;
+    const KIND: &'static str = "TokenPolicy";
+
+    async fn apply(&self, ctx: &Context) -> Result<Action, Error> {
+        apply(self, ctx).await
+    }
+
+    async fn cleanup(&self, ctx: &Context) -> Result<Action, Error> {
+        cleanup(self, ctx).await
+    }
 }
 
 async fn apply(policy: &TokenPolicy, ctx: &Context) -> Result<Action, Error> {

@@ -49,15 +49,10 @@ async fn a_deleted_clients_live_token_fails_at_the_issuer_and_at_its_agent() {
 
     let sentinel = cluster.sentinel_credentials();
     let redis = store::RedisConfig {
-        sentinels: cluster.sentinel_addrs(),
-        master_name: cluster.master_name().to_owned(),
-        username: None,
-        password: None,
         sentinel_username: Some(sentinel.username),
         sentinel_password: Some(sentinel.password),
-        tls: false,
-        min_replicas: 1,
         timeout: Duration::from_millis(500),
+        ..store::RedisConfig::new(cluster.sentinel_addrs(), cluster.master_name())
     };
     let policy_id = TokenPolicy::id_for("default", "auth");
     let (issuer_user, issuer_password) = (issuer_user(&policy_id), generate_secret());

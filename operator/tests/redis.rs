@@ -12,13 +12,18 @@ use tokenplane_api::storage;
 use tokenplane_operator::reconcile::oauth2client::{self, Credentials};
 use tokenplane_testkit::{Credentials as Login, RedisCluster, RedisClusterOptions};
 
-#[tokio::test]
-async fn a_client_gets_its_agent_user_everywhere_and_deletion_kills_its_tokens() {
-    let cluster = RedisCluster::start(RedisClusterOptions::default()).await.unwrap();
+/// What the operator builds for the client `orders`, with known credentials.
+fn orders() -> oauth2client::Desired {
     let (client, policy) = (support::client("orders"), support::policy());
     let creds =
         Credentials { client_secret: Some("secret-0123".into()), redis_password: "agent-pw-0123".into() };
-    let desired = oauth2client::desired(&client, Some(&policy), &creds).unwrap();
+    oauth2client::desired(&client, Some(&policy), &creds).unwrap()
+}
+
+#[tokio::test]
+async fn a_client_gets_its_agent_user_everywhere_and_deletion_kills_its_tokens() {
+    let cluster = RedisCluster::start(RedisClusterOptions::default()).await.unwrap();
+    let desired = orders();
     let admin = support::admin(&cluster);
     let nodes = admin.nodes().await.unwrap();
     assert_eq!(nodes.replicas.len(), 2, "every replica is found through the Sentinels");
@@ -61,10 +66,7 @@ async fn a_client_gets_its_agent_user_everywhere_and_deletion_kills_its_tokens()
 #[tokio::test]
 async fn a_restarted_node_gets_a_new_connection() {
     let cluster = RedisCluster::start(RedisClusterOptions::default()).await.unwrap();
-    let (client, policy) = (support::client("orders"), support::policy());
-    let creds =
-        Credentials { client_secret: Some("secret-0123".into()), redis_password: "agent-pw-0123".into() };
-    let desired = oauth2client::desired(&client, Some(&policy), &creds).unwrap();
+    let desired = orders();
     let admin = support::admin(&cluster);
     let apply = async || {
         let nodes = admin.nodes().await?;

@@ -21,15 +21,10 @@ pub async fn cluster() -> Arc<RedisCluster> {
 pub fn config(cluster: &RedisCluster) -> RedisConfig {
     let sentinel = cluster.sentinel_credentials();
     RedisConfig {
-        sentinels: cluster.sentinel_addrs(),
-        master_name: cluster.master_name().to_owned(),
-        username: None,
-        password: None,
         sentinel_username: Some(sentinel.username),
         sentinel_password: Some(sentinel.password),
-        tls: false,
-        min_replicas: 1,
         timeout: Duration::from_millis(500),
+        ..RedisConfig::new(cluster.sentinel_addrs(), cluster.master_name())
     }
 }
 

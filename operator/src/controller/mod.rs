@@ -294,16 +294,36 @@ fn managed() -> watcher::Config {
     watcher::Config::default().labels("app.kubernetes.io/managed-by=tokenplane")
 }
 
-/// A client is looked at again when its Secret drifts, and when its policy
-/// changes (its issuer URL goes into the Secret; a client waiting for a
-/// missing policy gets it).
+/// Which objects' specs changed since last seen: a status write does not
+/// bump `metadata.generation`, a spec change does.
+#[derive(Default)]
+struct SpecChanges(std::sync::Mutex<std::collections::HashMap<String, Option<i64>>>);
+
+impl SpecChanges {
+    /// Whether `object` is new or its spec changed since the last call.
+    fn changed<K: kube::Resource>(&self, object: &K) -> bool {
+        let meta = object.meta();
+        let key = meta.uid.clone().or_else(|| meta.name.clone()).unwrap_or_default();
+        let mut seen = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.insert(key, meta.generation) != Some(meta.generation)
+    }
+}
+
+/// A client is looked at again when its Secret drifts, and when its
+/// policy's spec changes (its issuer URL goes into the Secret; a client
+/// waiting for a missing policy gets it). Policy status writes (heartbeats
+/// during a rotation) do not send every client round again.
 async fn run_clients(ctx: Arc<Context>) {
     let clients = Api::<OAuth2Client>::all(ctx.kube.clone());
     let secrets = Api::<Secret>::all(ctx.kube.clone());
     let policies = Api::<TokenPolicy>::all(ctx.kube.clone());
     let controller = Controller::new(clients, watcher::Config::default());
     let known = controller.store();
+    let specs = SpecChanges::default();
     let clients_of = move |policy: TokenPolicy| {
+        if !specs.changed(&policy) {
+            return Vec::new();
+        }
         let id = TokenPolicy::id_for(&policy.name_any(), &policy.namespace().unwrap_or_default());
         known
             .state()
@@ -350,5 +370,23 @@ async fn log<K: kube::Resource, E: std::fmt::Display>(
     match result {
         Ok((object, _)) => tracing::debug!(kind, name = %object.name, "reconciled"),
         Err(e) => tracing::debug!(kind, error = %e, "reconcile error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_new_objects_and_spec_changes_count() {
+        let specs = SpecChanges::default();
+        let mut policy = TokenPolicy::new("default", Default::default());
+        policy.metadata.uid = Some("uid-p".into());
+        policy.metadata.generation = Some(1);
+        assert!(specs.changed(&policy), "first sight");
+        policy.status = Some(Default::default());
+        assert!(!specs.changed(&policy), "a status write");
+        policy.metadata.generation = Some(2);
+        assert!(specs.changed(&policy), "a spec change");
     }
 }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokenplane_operator::controller::{self, Context, generate_secret};
-use tokenplane_operator::reconcile::tokenpolicy::Environment;
 use tokenplane_operator::redis::{RedisAdmin, RedisConfig};
 
 #[derive(Parser)]
@@ -95,18 +94,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let kube = kube::Client::try_default()
         .await
         .context("cannot reach the Kubernetes API: run in a cluster, or set KUBECONFIG")?;
-    let issuers = Environment {
-        image: args.issuer_image,
-        sentinels: if args.issuer_redis_sentinels.is_empty() {
-            redis.config().sentinels.clone()
-        } else {
-            args.issuer_redis_sentinels
-        },
-        master_name: redis.config().master_name.clone(),
-        sentinel_login: controller::sentinel_login(redis.config()),
-        operator_namespace: args.lease_namespace.clone(),
-    };
-    let ctx = Arc::new(Context::new(kube, redis, generate_secret).with_issuers(issuers));
+    let mut ctx = Context::new(kube, redis, generate_secret);
+    ctx.issuers.image = args.issuer_image;
+    ctx.issuers.operator_namespace = args.lease_namespace.clone();
+    if !args.issuer_redis_sentinels.is_empty() {
+        ctx.issuers.sentinels = args.issuer_redis_sentinels;
+    }
+    let ctx = Arc::new(ctx);
     let listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.metrics_listen))?;

@@ -253,7 +253,8 @@ async fn run_managed(
         admin_token_hash,
     };
     let (record, settings) = source.settings(&store).await.context("cannot load the policy")?;
-    let (origin, keys) = source.keys(&store).await?;
+    let origin = source.origin(&store).await?;
+    let keys = source.keys(&origin)?;
     let issuer = Arc::new(Issuer::new(store, keys, settings));
     tokio::spawn(managed::follow(issuer.clone(), source, (record, origin), args.reload));
     let listener = listen_on(args.listen).await?;

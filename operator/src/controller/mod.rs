@@ -41,7 +41,7 @@ pub struct Context {
 }
 
 /// Issuers log in to the Sentinels as the operator does.
-pub fn sentinel_login(config: &crate::redis::RedisConfig) -> Option<SentinelLogin> {
+fn sentinel_login(config: &crate::redis::RedisConfig) -> Option<SentinelLogin> {
     let username = config.sentinel_username.clone()?;
     Some(SentinelLogin { username, password: config.sentinel_password.clone().unwrap_or_default() })
 }
@@ -50,8 +50,8 @@ pub fn sentinel_login(config: &crate::redis::RedisConfig) -> Option<SentinelLogi
 pub const ISSUER_IMAGE: &str = concat!("ghcr.io/tokenplane/tokenplane-sidecar:", env!("CARGO_PKG_VERSION"));
 
 impl Context {
-    /// Issuers reach Redis where the operator does and run this version's
-    /// image, until [`Context::with_issuers`] says otherwise.
+    /// Issuers reach Redis where the operator does (Sentinel login
+    /// included) and run this version's image, unless `issuers` is changed.
     pub fn new(kube: kube::Client, redis: RedisAdmin, generate: fn() -> String) -> Self {
         let reporter =
             Reporter { controller: "tokenplane-operator".into(), instance: std::env::var("POD_NAME").ok() };
@@ -64,10 +64,6 @@ impl Context {
         };
         let metrics = Arc::default();
         Self { recorder: Recorder::new(kube.clone(), reporter), kube, redis, generate, issuers, metrics }
-    }
-
-    pub fn with_issuers(self, issuers: Environment) -> Self {
-        Self { issuers, ..self }
     }
 }
 

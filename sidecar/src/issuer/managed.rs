@@ -52,15 +52,35 @@ impl Source {
         Ok((record, settings))
     }
 
-    /// The keys in the mounted Secret less those the operator withdrew
-    /// from the published JWKS, and what they were read from.
-    pub async fn keys(&self, store: &RedisStore) -> Result<(Origin, KeySet), ManagedError> {
+    /// What the keys are built from: the mounted Secret's files and the
+    /// kids the operator publishes. Cheap to read and compare; the keys are
+    /// parsed only when it changed.
+    pub async fn origin(&self, store: &RedisStore) -> Result<Origin, ManagedError> {
         let dir = &self.keys_dir;
         let entries = read_keys(dir).map_err(|source| ManagedError::KeysDir { dir: dir.clone(), source })?;
-        let published = store.published_kids(&self.policy_id).await?;
-        let invalid = |source| ManagedError::Keys { dir: dir.clone(), source };
-        let mut keys = KeySet::from_entries(&entries).map_err(invalid)?;
-        if let Some(published) = &published {
+        Ok((entries, store.published_kids(&self.policy_id).await?))
+    }
+
+    /// The keys and their origin, if it differs from `since`.
+    async fn changed_keys(
+        &self,
+        store: &RedisStore,
+        since: &Origin,
+    ) -> Result<Option<(Origin, KeySet)>, ManagedError> {
+        let origin = self.origin(store).await?;
+        if origin == *since {
+            return Ok(None);
+        }
+        let keys = self.keys(&origin)?;
+        Ok(Some((origin, keys)))
+    }
+
+    /// The keys in the mounted Secret less those the operator withdrew
+    /// from the published JWKS.
+    pub fn keys(&self, (entries, published): &Origin) -> Result<KeySet, ManagedError> {
+        let invalid = |source| ManagedError::Keys { dir: self.keys_dir.clone(), source };
+        let mut keys = KeySet::from_entries(entries).map_err(invalid)?;
+        if let Some(published) = published {
             keys = keys.within(published).map_err(invalid)?;
             if !keys.can_sign() {
                 tracing::warn!(
@@ -69,7 +89,7 @@ impl Source {
                 );
             }
         }
-        Ok(((entries, published), keys))
+        Ok(keys)
     }
 }
 
@@ -115,13 +135,13 @@ pub async fn follow(
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "cannot re-read the policy; keeping the current settings"),
                 }
-                match source.keys(issuer.store()).await {
-                    Ok((new, keys)) if new != origin => {
+                match source.changed_keys(issuer.store(), &origin).await {
+                    Ok(Some((new, keys))) => {
                         tracing::info!(kids = ?keys.kids().collect::<Vec<_>>(), "signing keys changed");
                         issuer.replace_keys(keys);
                         origin = new;
                     }
-                    Ok(_) => {}
+                    Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "cannot re-read the signing keys; keeping the current ones"),
                 }
             }

@@ -146,7 +146,8 @@ pub async fn start_managed(
     let source =
         managed::Source { policy_id: policy_id.into(), keys_dir: keys_dir.into(), admin_token_hash: None };
     let (record, settings) = source.settings(&store).await.unwrap();
-    let (origin, keys) = source.keys(&store).await.unwrap();
+    let origin = source.origin(&store).await.unwrap();
+    let keys = source.keys(&origin).unwrap();
     let issuer = Arc::new(Issuer::new(store, keys, settings));
     tokio::spawn(managed::follow(issuer.clone(), source, (record, origin), reload));
     let login_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

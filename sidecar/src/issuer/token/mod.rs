@@ -44,7 +44,8 @@ pub(super) async fn handle<S: Store>(
     peer: Option<std::net::IpAddr>,
 ) -> Result<Reply, OAuthError> {
     let grant = form.require("grant_type")?;
-    if !issuer.current().keys.can_sign() {
+    let live = issuer.current();
+    if !live.keys.can_sign() {
         return Err(OAuthError::temporarily_unavailable(
             "the signing key was withdrawn; the new key reaches this issuer shortly",
         ));
@@ -57,7 +58,6 @@ pub(super) async fn handle<S: Store>(
     // Every request counts against its source address, failed ones too, so
     // guessing secrets is limited; only authenticated ones count against a
     // client, so nobody can spend another client's budget. One store call.
-    let live = issuer.current();
     let settings = &live.settings;
     issuer
         .limit([

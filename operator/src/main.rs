@@ -135,6 +135,9 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("cannot read {}", file.display()))?;
                 resources.add(file, &text)?;
             }
+            for skipped in &resources.skipped {
+                eprintln!("tokenplane-operator render: {skipped}");
+            }
             print!("{}", resources.render()?);
             Ok(())
         }

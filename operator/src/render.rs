@@ -38,6 +38,27 @@ pub enum RenderError {
 pub struct Resources {
     pub clients: Vec<OAuth2Client>,
     pub policies: Vec<TokenPolicy>,
+    /// Documents of kinds that are not rendered, for the caller to report.
+    pub skipped: Vec<Skipped>,
+}
+
+/// A document `render` does not turn into objects.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Skipped {
+    pub file: PathBuf,
+    pub document: usize,
+    pub kind: String,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if self.kind.is_empty() { "(no kind)" } else { &self.kind };
+        let why = match kind {
+            "RedisSentinelCluster" => "the operator does not reconcile RedisSentinelClusters yet",
+            _ => "only OAuth2Client and TokenPolicy documents are rendered",
+        };
+        write!(f, "{} (document {}): skipped {kind}: {why}", self.file.display(), self.document)
+    }
 }
 
 #[derive(Deserialize)]
@@ -48,7 +69,7 @@ struct Kind {
 
 impl Resources {
     /// Adds every OAuth2Client and TokenPolicy of a multi-document YAML
-    /// file; other kinds are skipped. Objects without a namespace are in
+    /// file; documents of other kinds are listed in `skipped`. Objects without a namespace are in
     /// `default`, as `kubectl apply` would put them.
     pub fn add(&mut self, file: PathBuf, text: &str) -> Result<(), RenderError> {
         for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
@@ -73,7 +94,7 @@ impl Resources {
                     policy.metadata.namespace.get_or_insert_with(|| "default".into());
                     self.policies.push(policy);
                 }
-                _ => {}
+                _ => self.skipped.push(Skipped { file: file.clone(), document: i + 1, kind: kind.kind }),
             }
         }
         Ok(())
@@ -220,6 +241,24 @@ mod tests {
 
     const POLICY: &str = "apiVersion: tokenplane.io/v1alpha1\nkind: TokenPolicy\nmetadata: {name: default}\n\
                           spec: {lifetimes: {accessToken: 15m}}\n";
+
+    #[test]
+    fn documents_of_other_kinds_are_listed_as_skipped() {
+        let yaml = format!(
+            "{POLICY}---\napiVersion: tokenplane.io/v1alpha1\nkind: RedisSentinelCluster\nmetadata: {{name: r}}\n\
+             ---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\n---\nmetadata: {{name: x}}\n"
+        );
+        let r = resources(&yaml);
+        let skipped: Vec<(usize, &str)> = r.skipped.iter().map(|s| (s.document, s.kind.as_str())).collect();
+        assert_eq!(skipped, [(2, "RedisSentinelCluster"), (3, "ConfigMap"), (4, "")]);
+        assert_eq!(
+            r.skipped[0].to_string(),
+            "test.yaml (document 2): skipped RedisSentinelCluster: the operator does not reconcile \
+             RedisSentinelClusters yet"
+        );
+        assert!(r.skipped[2].to_string().contains("skipped (no kind)"));
+        assert_eq!(r.policies.len(), 1);
+    }
 
     #[test]
     fn a_client_renders_to_its_credentials_secret_with_placeholders() {

@@ -141,7 +141,8 @@ struct RedisArgs {
     /// Replicas that must confirm a revocation, code redemption or refresh rotation (WAIT).
     #[arg(long, env = "TOKENPLANE_REDIS_MIN_REPLICAS", default_value_t = 1)]
     redis_min_replicas: usize,
-    /// Longest wait for a Redis reply or for the replicas, in milliseconds.
+    /// Longest wait for a Redis reply, and for the replicas to confirm a
+    /// durable write (WAIT) before it is refused with 503, in milliseconds.
     #[arg(long, env = "TOKENPLANE_REDIS_TIMEOUT_MS", default_value_t = 1000)]
     redis_timeout_ms: u64,
 }
@@ -278,8 +279,17 @@ async fn run_standalone(
         .and_then(|m| manifests::resolve(m, args.policy.as_deref()))
         .with_context(|| format!("cannot serve the manifests in {}", dir.display()))?;
     let spec = &loaded.policy.object.spec;
+    let redis = args.redis.config()?;
     let keys = match loaded.keys {
         Some(keys) => keys,
+        None if redis.is_some() => anyhow::bail!(
+            "no signing keys Secret {} in {}: issuers on one Redis share tokens, so they must sign \
+             with the same keys, and a generated key would be each issuer's own. Add the Secret to \
+             the folder (docs/standalone.md, \"Signing keys\", shows how to make one) and give it to \
+             every issuer, or leave out --redis-sentinels to serve from memory",
+            loaded.policy.object.keys_secret_name(),
+            dir.display()
+        ),
         None => {
             tracing::warn!(
                 secret = %loaded.policy.object.keys_secret_name(),
@@ -298,7 +308,7 @@ async fn run_standalone(
     settings.admin_token_hash = admin_token_hash;
     let policy = format!("{}/{}", loaded.policy.namespace, loaded.policy.name);
     let served = Served { clients: loaded.clients, keys, settings, listen: args.listen, policy };
-    match args.redis.config()? {
+    match redis {
         Some(config) => serve(RedisStore::new(config)?, served).await,
         None => serve(MemoryStore::default(), served).await,
     }

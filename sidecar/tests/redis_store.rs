@@ -322,6 +322,60 @@ async fn replicas_that_do_not_answer_delay_only_durable_writes() {
     );
 }
 
+/// The ids of the master's client connections logged in as the issuer.
+async fn issuer_connections(cluster: &RedisCluster) -> Vec<String> {
+    let mut conn = cluster.admin_connection(&cluster.master_addr().await.unwrap()).await.unwrap();
+    let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut conn).await.unwrap();
+    let mut ids: Vec<String> = list
+        .lines()
+        .filter(|l| l.split(' ').any(|f| f == "user=issuer"))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")).map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn replicas_slower_than_the_timeout_refuse_the_durable_write_but_keep_the_connections() {
+    let cluster = cluster().await;
+    let issuer = issuer_on(&cluster).await;
+    let access = issuer.svc_token(&[]).await;
+    let first = issuer.svc_token(&[]).await;
+    let revoked =
+        issuer.post("/oauth2/revoke", Auth::Basic("svc.team", SVC_SECRET), &[("token", &first)]).await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    let before = issuer_connections(&cluster).await;
+    assert_eq!(before.len(), 2, "one shared and one durable connection: {before:?}");
+
+    let master = cluster.master_addr().await.unwrap();
+    let replicas: Vec<String> = cluster.node_addrs().into_iter().filter(|a| *a != master).collect();
+    for replica in &replicas {
+        cluster.pause_node(replica).unwrap();
+    }
+    let started = Instant::now();
+    let refused =
+        issuer.post("/oauth2/revoke", Auth::Basic("svc.team", SVC_SECRET), &[("token", &access)]).await;
+    let waited = started.elapsed();
+    let served = token(&issuer).await.status;
+    for replica in &replicas {
+        cluster.resume_node(replica).unwrap();
+    }
+    assert_eq!(
+        (refused.status, refused.json["error"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("temporarily_unavailable")),
+        "a revocation no replica confirmed is not acknowledged"
+    );
+    assert!(waited >= Duration::from_millis(500), "WAIT had its whole timeout: {waited:?}");
+    assert_eq!(served, StatusCode::OK);
+    assert_eq!(issuer_connections(&cluster).await, before, "slow replicas are not a lost master");
+
+    let again =
+        issuer.post("/oauth2/revoke", Auth::Basic("svc.team", SVC_SECRET), &[("token", &access)]).await;
+    assert_eq!(again.status, StatusCode::OK, "the kept durable connection serves once replicas answer");
+    assert_eq!(issuer.introspect(&access).await["active"], false);
+    assert_eq!(issuer_connections(&cluster).await, before);
+}
+
 const ROTATED_SECRET: &str = "svc-rotated-0123456789abcdefghijklmnopqrstu";
 
 /// A token for the svc client with `secret`: its status and error.

@@ -1,10 +1,16 @@
-//! The real binary, started the way the README says, on config/samples.
+//! The real binary, started the way the README says, on config/samples;
+//! and two of them on one real Redis Sentinel cluster.
 
-use std::path::PathBuf;
+mod support;
+
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
+use tokenplane_api::signing::KeyPair;
+use tokenplane_api::tokenpolicy::SigningAlgorithm;
+use tokenplane_testkit::RedisCluster;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, Command};
 
@@ -19,9 +25,14 @@ fn sample_secret() -> String {
 }
 
 fn issuer(manifests: &std::path::Path) -> Child {
+    issuer_with(manifests, &[])
+}
+
+fn issuer_with(manifests: &std::path::Path, args: &[String]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_tokenplane-sidecar"))
         .args(["issuer", "--listen", "127.0.0.1:0", "--log-format", "json", "--manifests"])
         .arg(manifests)
+        .args(args)
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -96,4 +107,94 @@ async fn a_bad_manifest_stops_start_up_with_file_and_field() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("client.yaml (document 1)"), "{stderr}");
     assert!(stderr.contains("spec.grantTypes[0]: unknown variant `password`"), "{stderr}");
+}
+
+/// The flags that put an issuer on `cluster` as its issuer ACL user; the
+/// password files live in `dir`.
+fn redis_flags(cluster: &RedisCluster, dir: &Path) -> Vec<String> {
+    let sentinel = cluster.sentinel_credentials();
+    let (password, sentinel_password) = (dir.join("redis-password"), dir.join("sentinel-password"));
+    std::fs::write(&password, support::redis::ISSUER_PASSWORD).unwrap();
+    std::fs::write(&sentinel_password, &sentinel.password).unwrap();
+    let flags = [
+        ("--redis-sentinels", cluster.sentinel_addrs().join(",")),
+        ("--redis-master", cluster.master_name().to_owned()),
+        ("--redis-username", "issuer".to_owned()),
+        ("--redis-password-file", password.display().to_string()),
+        ("--redis-sentinel-username", sentinel.username),
+        ("--redis-sentinel-password-file", sentinel_password.display().to_string()),
+        ("--issuer", "http://issuer.test".to_owned()),
+    ];
+    flags.into_iter().flat_map(|(flag, value)| [flag.to_owned(), value]).collect()
+}
+
+/// The samples, plus the policy's keys Secret when `keys` is set.
+fn samples_dir(keys: Option<&KeyPair>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(samples()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    if let Some(key) = keys {
+        let pem = key.to_pem().replace('\n', "\n    ");
+        let secret = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: default-signing-keys}}\nstringData:\n  \
+             active: k1\n  k1.pem: |\n    {pem}\n"
+        );
+        std::fs::write(dir.path().join("signing-keys.yaml"), secret).unwrap();
+    }
+    dir
+}
+
+#[tokio::test]
+async fn an_issuer_on_redis_without_a_keys_secret_refuses_to_start() {
+    let cluster = support::redis::cluster().await;
+    let dir = samples_dir(None);
+    let out = issuer_with(dir.path(), &redis_flags(&cluster, dir.path())).wait_with_output().await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no signing keys Secret default-signing-keys in"), "{stderr}");
+    assert!(stderr.contains("must sign with the same keys"), "{stderr}");
+}
+
+#[tokio::test]
+async fn two_issuers_on_one_redis_with_the_keys_secret_honour_each_others_tokens() {
+    let cluster = support::redis::cluster().await;
+    let dir = samples_dir(Some(&KeyPair::generate(SigningAlgorithm::EdDSA).unwrap()));
+    let flags = redis_flags(&cluster, dir.path());
+    let mut addrs = Vec::new();
+    let mut running = Vec::new();
+    for _ in 0..2 {
+        let mut child = issuer_with(dir.path(), &flags);
+        let mut logs = BufReader::new(child.stderr.take().unwrap()).lines();
+        addrs.push(ready_address(&mut logs, &mut String::new()).await);
+        running.push((child, logs));
+    }
+    let (a, b) = (&addrs[0], &addrs[1]);
+    let secret = sample_secret();
+    let http = reqwest::Client::new();
+    let call = async |addr: &str, path: &str, form: &[(&str, &str)]| -> (u16, Value) {
+        let resp = http
+            .post(format!("http://{addr}{path}"))
+            .basic_auth("demo.default", Some(&secret))
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
+    };
+    let (status, body) = call(a, "/oauth2/token", &[("grant_type", "client_credentials")]).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap();
+    assert_eq!(call(b, "/oauth2/introspect", &[("token", token)]).await.1["active"], true);
+    assert_eq!(call(b, "/oauth2/revoke", &[("token", token)]).await.0, 200);
+    assert_eq!(
+        call(a, "/oauth2/introspect", &[("token", token)]).await.1["active"],
+        false,
+        "a revocation at one issuer holds at the other"
+    );
+    let jwks = async |addr: &str| {
+        http.get(format!("http://{addr}/.well-known/jwks.json")).send().await.unwrap().text().await.unwrap()
+    };
+    assert_eq!(jwks(a).await, jwks(b).await);
 }

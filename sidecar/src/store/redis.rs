@@ -58,7 +58,7 @@ pub struct RedisConfig {
     pub tls: bool,
     /// Replicas that must confirm a revocation, redemption or rotation.
     pub min_replicas: usize,
-    /// How long to wait for them, and for any reply.
+    /// How long to wait for any reply, and for the replicas (`WAIT`).
     pub timeout: Duration,
 }
 
@@ -351,7 +351,7 @@ impl RedisStore {
         })?;
         let mut limits = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.config.timeout))
-            .set_response_timeout(Some(self.config.timeout));
+            .set_response_timeout(Some(self.response_timeout(link)));
         if link == Link::Shared {
             limits = limits.set_cache_config(
                 CacheConfig::new().set_mode(CacheMode::OptIn).set_default_client_ttl(CLIENT_CACHE_TTL),
@@ -366,6 +366,17 @@ impl RedisStore {
         tracing::info!(master = ?client.get_connection_info().addr(), ?link, "connected to the Redis master");
         *slot = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// How long a reply may take on `link`. A durable write's reply comes
+    /// after its `WAIT`, which may take the whole timeout when replicas are
+    /// slow: the client must hear the master's answer then, not give up at
+    /// the same moment and mistake slow replicas for a lost master.
+    fn response_timeout(&self, link: Link) -> Duration {
+        match link {
+            Link::Shared => self.config.timeout,
+            Link::Durable => self.config.timeout * 2,
+        }
     }
 
     /// Loads every script, so that they can run inside pipelines: scripts
@@ -418,7 +429,8 @@ impl RedisStore {
             .await?;
         if acked < needed {
             return Err(StoreError(format!(
-                "only {acked} of {needed} Redis replicas confirmed the write in time"
+                "only {acked} of {needed} Redis replicas confirmed the write within {timeout} ms; \
+                 check the replicas (INFO replication on the master) or --redis-min-replicas"
             )));
         }
         Ok(value)

@@ -7,6 +7,7 @@
 
 pub mod controller;
 pub mod crdgen;
+pub mod error;
 pub mod metrics;
 pub mod reconcile;
 pub mod redis;

@@ -2,7 +2,7 @@
 
 use kube::api::{Api, Patch, PatchParams};
 
-use super::Error;
+use crate::error::Error;
 use crate::reconcile::MANAGED_BY;
 
 /// Server-side applies `object` (field manager `tokenplane`, forced: the

@@ -4,14 +4,12 @@
 mod apply;
 mod conditions;
 mod context;
-mod error;
 mod events;
 mod leader;
 pub mod oauth2client;
 pub mod tokenpolicy;
 
 pub use context::{Context, ISSUER_IMAGE, generate_secret};
-pub use error::Error;
 pub use leader::{LEASE, lead};
 
 use std::sync::Arc;
@@ -27,6 +25,8 @@ use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use tokenplane_api::{OAuth2Client, TokenPolicy};
+
+use crate::error::Error;
 
 use apply::apply;
 use conditions::condition;

@@ -1,4 +1,5 @@
-//! Why a reconcile failed.
+//! Why a reconcile failed. Below both the controllers and the metrics,
+//! which count failures by their class.
 
 use kube::runtime::finalizer;
 

@@ -1,12 +1,15 @@
-//! The tokenplane operator. So far: generation of the CRD manifests from the
-//! types in `tokenplane-api`, the pure builders of what an OAuth2Client
-//! needs, `render`, which prints them offline, and the Redis side effects
-//! (registrations, agent ACL users, not-before marks). The controllers
-//! that apply them are next.
+//! The tokenplane operator: the OAuth2Client and TokenPolicy controllers
+//! (`controller`, leader-elected), which apply the pure builders of
+//! `reconcile` to the cluster and, through `redis`, to Redis (registrations,
+//! ACL users, policy records and JWKS, not-before marks); `render`, which
+//! prints the builders' objects offline; and generation of the CRD
+//! manifests (`crdgen`). The RedisSentinelCluster controller is not built
+//! yet.
 #![forbid(unsafe_code)]
 
 pub mod controller;
 pub mod crdgen;
+pub mod error;
 pub mod metrics;
 pub mod reconcile;
 pub mod redis;

@@ -1,8 +1,16 @@
 //! The controllers: kube-runtime loops that apply the builders of
 //! `reconcile` to the cluster and to Redis.
 
+mod apply;
+mod conditions;
+mod context;
+mod events;
+mod leader;
 pub mod oauth2client;
 pub mod tokenpolicy;
+
+pub use context::{Context, ISSUER_IMAGE, generate_secret};
+pub use leader::{LEASE, lead};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,150 +18,20 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
 use tokenplane_api::{OAuth2Client, TokenPolicy};
 
-use crate::metrics::Metrics;
-use crate::reconcile::MANAGED_BY;
-use crate::reconcile::tokenpolicy::{Environment, SentinelLogin};
-use crate::redis::{RedisAdmin, RedisError};
+use crate::error::Error;
 
-/// What every reconcile shares.
-pub struct Context {
-    pub kube: kube::Client,
-    pub redis: RedisAdmin,
-    /// A new 256-bit secret, base64url (client secrets, Redis passwords).
-    pub generate: fn() -> String,
-    /// Kubernetes events on the resources, as `tokenplane-operator`.
-    pub recorder: Recorder,
-    /// What issuer Deployments need beyond their TokenPolicy.
-    pub issuers: Environment,
-    /// What `/metrics` and `/readyz` report.
-    pub metrics: Arc<Metrics>,
-}
-
-/// Issuers log in to the Sentinels as the operator does.
-fn sentinel_login(config: &crate::redis::RedisConfig) -> Option<SentinelLogin> {
-    let username = config.sentinel_username.clone()?;
-    Some(SentinelLogin { username, password: config.sentinel_password.clone().unwrap_or_default() })
-}
-
-/// The issuer image of this operator's version.
-pub const ISSUER_IMAGE: &str = concat!("ghcr.io/tokenplane/tokenplane-sidecar:", env!("CARGO_PKG_VERSION"));
-
-impl Context {
-    /// Issuers reach Redis where the operator does (Sentinel login
-    /// included) and run this version's image, unless `issuers` is changed.
-    pub fn new(kube: kube::Client, redis: RedisAdmin, generate: fn() -> String) -> Self {
-        let reporter =
-            Reporter { controller: "tokenplane-operator".into(), instance: std::env::var("POD_NAME").ok() };
-        let issuers = Environment {
-            image: ISSUER_IMAGE.into(),
-            sentinels: redis.config().sentinels.clone(),
-            master_name: redis.config().master_name.clone(),
-            sentinel_login: sentinel_login(redis.config()),
-            operator_namespace: "tokenplane-system".into(),
-        };
-        let metrics = Arc::default();
-        Self { recorder: Recorder::new(kube.clone(), reporter), kube, redis, generate, issuers, metrics }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("Redis: {0}")]
-    Redis(#[from] RedisError),
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<finalizer::Error<Error>>),
-    #[error("the object has no namespace; tokenplane resources are namespaced")]
-    NotNamespaced,
-}
-
-/// Server-side applies `object` (field manager `tokenplane`, forced: the
-/// operator owns what it writes).
-pub(crate) async fn apply<K>(kube: &kube::Client, object: &K) -> Result<(), Error>
-where
-    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + Clone
-        + std::fmt::Debug,
-{
-    let meta = object.meta();
-    let api: Api<K> = Api::namespaced(kube.clone(), meta.namespace.as_deref().ok_or(Error::NotNamespaced)?);
-    let mut body = serde_json::to_value(object).expect("a Kubernetes object serializes");
-    body["apiVersion"] = K::api_version(&()).into();
-    body["kind"] = K::kind(&()).into();
-    let name = meta.name.clone().unwrap_or_default();
-    api.patch(&name, &PatchParams::apply(MANAGED_BY).force(), &Patch::Apply(body)).await?;
-    Ok(())
-}
-
-/// A status condition; its transition time moves only when its status does.
-pub(crate) fn condition(
-    previous: &[Condition],
-    generation: Option<i64>,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: String,
-) -> Condition {
-    let status = if status { "True" } else { "False" };
-    let since = previous.iter().find(|c| c.type_ == type_ && c.status == status).map_or_else(
-        || k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
-        |c| c.last_transition_time.clone(),
-    );
-    Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: generation,
-        last_transition_time: since,
-    }
-}
-
-/// An event on `object`, best effort: logs and conditions carry the same news.
-pub(crate) async fn event<K: kube::Resource<DynamicType = ()>>(
-    object: &K,
-    ctx: &Context,
-    type_: EventType,
-    reason: &str,
-    note: &str,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.into()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
-        tracing::warn!(error = %e, "could not record an event");
-    }
-}
-
-pub(crate) fn unix_now() -> u64 {
-    u64::try_from(k8s_openapi::jiff::Timestamp::now().as_second()).unwrap_or_default()
-}
-
-/// A fresh 256-bit secret from the system's randomness.
-pub fn generate_secret() -> String {
-    use base64::Engine;
-    let mut bytes = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut bytes).expect("system randomness");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
+use apply::apply;
+use conditions::condition;
+use context::unix_now;
+use events::event;
 
 /// Retries soon when Redis is the problem (it comes back by itself), later
 /// for the API server.
@@ -167,74 +45,6 @@ fn error_policy<K: kube::Resource<DynamicType = ()>>(
     match error {
         Error::Redis(_) => Action::requeue(Duration::from_secs(5)),
         _ => Action::requeue(Duration::from_secs(15)),
-    }
-}
-
-/// The Lease the replicas compete for.
-pub const LEASE: &str = "tokenplane-operator";
-
-/// Runs the controllers while this replica holds the Lease in `namespace`;
-/// the others wait to take over. Only the leader writes anything, status
-/// included. Returns on SIGTERM or ctrl-c, releasing the Lease.
-pub async fn lead(ctx: Arc<Context>, namespace: &str, identity: String) -> Result<(), LeaseManagerError> {
-    let manager = LeaseManagerBuilder::new(ctx.kube.clone(), LEASE)
-        .with_namespace(namespace)
-        .with_identity(identity.clone())
-        .with_duration(15)
-        .with_grace(5)
-        .build()
-        .await?;
-    let (mut leading, lease) = manager.watch().await;
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
-    loop {
-        while !*leading.borrow_and_update() {
-            ctx.metrics.set_leader(false);
-            tracing::info!(%identity, "waiting for the lease {namespace}/{LEASE}");
-            tokio::select! {
-                changed = leading.changed() => if changed.is_err() { return Ok(()) },
-                () = &mut stop => return release(leading, lease).await,
-            }
-        }
-        tracing::info!(%identity, "holding the lease: reconciling");
-        ctx.metrics.set_leader(true);
-        tokio::select! {
-            () = run(ctx.clone()) => return release(leading, lease).await,
-            () = lost(&mut leading) => tracing::warn!(%identity, "lost the lease: stopped reconciling"),
-        }
-    }
-}
-
-/// Resolves when `leading` turns false (or its manager is gone).
-async fn lost(leading: &mut tokio::sync::watch::Receiver<bool>) {
-    while *leading.borrow_and_update() {
-        if leading.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Gives the Lease up, so another replica takes over at once.
-async fn release(
-    leading: tokio::sync::watch::Receiver<bool>,
-    lease: tokio::task::JoinHandle<Result<kube_lease_manager::LeaseManager, LeaseManagerError>>,
-) -> Result<(), LeaseManagerError> {
-    drop(leading);
-    match lease.await {
-        Ok(result) => result.map(drop),
-        Err(e) => {
-            tracing::warn!(error = %e, "the lease task ended abnormally");
-            Ok(())
-        }
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
     }
 }
 

@@ -13,7 +13,8 @@ use serde_json::json;
 use tokenplane_api::oauth2client::AuthMethod;
 use tokenplane_api::{OAuth2Client, TokenPolicy};
 
-use super::{Context, Error, unix_now};
+use super::{Context, unix_now};
+use crate::error::Error;
 use crate::reconcile::oauth2client::{self, Credentials, Desired, Registered};
 use crate::reconcile::secret_rotation::{self, Plan, Recorded, SecretStatus};
 use crate::reconcile::{Invalid, MANAGED_BY};

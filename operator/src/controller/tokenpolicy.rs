@@ -17,7 +17,8 @@ use tokenplane_api::signing::KeyPair;
 use tokenplane_api::tokenpolicy::KeyStatus;
 use tokenplane_api::{OAuth2Client, TokenPolicy};
 
-use super::{Context, Error, unix_now};
+use super::{Context, unix_now};
+use crate::error::Error;
 use crate::reconcile::tokenpolicy::{self, Desired, Inputs, Keys, Rotation};
 use crate::reconcile::{Invalid, MANAGED_BY, sha256_hex};
 use crate::redis::Nodes;

@@ -1,0 +1,26 @@
+//! Server-side apply of what the builders produce.
+
+use kube::api::{Api, Patch, PatchParams};
+
+use crate::error::Error;
+use crate::reconcile::MANAGED_BY;
+
+/// Server-side applies `object` (field manager `tokenplane`, forced: the
+/// operator owns what it writes).
+pub(super) async fn apply<K>(kube: &kube::Client, object: &K) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    let meta = object.meta();
+    let api: Api<K> = Api::namespaced(kube.clone(), meta.namespace.as_deref().ok_or(Error::NotNamespaced)?);
+    let mut body = serde_json::to_value(object).expect("a Kubernetes object serializes");
+    body["apiVersion"] = K::api_version(&()).into();
+    body["kind"] = K::kind(&()).into();
+    let name = meta.name.clone().unwrap_or_default();
+    api.patch(&name, &PatchParams::apply(MANAGED_BY).force(), &Patch::Apply(body)).await?;
+    Ok(())
+}

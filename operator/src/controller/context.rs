@@ -1,0 +1,63 @@
+//! What every reconcile shares: the clients, the issuers' environment,
+//! the metrics, and where fresh secrets and the time come from.
+
+use std::sync::Arc;
+
+use kube::runtime::events::{Recorder, Reporter};
+
+use crate::metrics::Metrics;
+use crate::reconcile::tokenpolicy::{Environment, SentinelLogin};
+use crate::redis::RedisAdmin;
+
+/// What every reconcile shares.
+pub struct Context {
+    pub kube: kube::Client,
+    pub redis: RedisAdmin,
+    /// A new 256-bit secret, base64url (client secrets, Redis passwords).
+    pub generate: fn() -> String,
+    /// Kubernetes events on the resources, as `tokenplane-operator`.
+    pub recorder: Recorder,
+    /// What issuer Deployments need beyond their TokenPolicy.
+    pub issuers: Environment,
+    /// What `/metrics` and `/readyz` report.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Issuers log in to the Sentinels as the operator does.
+fn sentinel_login(config: &crate::redis::RedisConfig) -> Option<SentinelLogin> {
+    let username = config.sentinel_username.clone()?;
+    Some(SentinelLogin { username, password: config.sentinel_password.clone().unwrap_or_default() })
+}
+
+/// The issuer image of this operator's version.
+pub const ISSUER_IMAGE: &str = concat!("ghcr.io/tokenplane/tokenplane-sidecar:", env!("CARGO_PKG_VERSION"));
+
+impl Context {
+    /// Issuers reach Redis where the operator does (Sentinel login
+    /// included) and run this version's image, unless `issuers` is changed.
+    pub fn new(kube: kube::Client, redis: RedisAdmin, generate: fn() -> String) -> Self {
+        let reporter =
+            Reporter { controller: "tokenplane-operator".into(), instance: std::env::var("POD_NAME").ok() };
+        let issuers = Environment {
+            image: ISSUER_IMAGE.into(),
+            sentinels: redis.config().sentinels.clone(),
+            master_name: redis.config().master_name.clone(),
+            sentinel_login: sentinel_login(redis.config()),
+            operator_namespace: "tokenplane-system".into(),
+        };
+        let metrics = Arc::default();
+        Self { recorder: Recorder::new(kube.clone(), reporter), kube, redis, generate, issuers, metrics }
+    }
+}
+
+pub(super) fn unix_now() -> u64 {
+    u64::try_from(k8s_openapi::jiff::Timestamp::now().as_second()).unwrap_or_default()
+}
+
+/// A fresh 256-bit secret from the system's randomness.
+pub fn generate_secret() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut bytes).expect("system randomness");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}

@@ -8,6 +8,7 @@ pub mod heartbeat;
 pub mod issuer;
 pub mod keys;
 pub mod manifests;
+pub mod oauth_error;
 pub mod opaque;
 pub mod reply;
 pub mod server;

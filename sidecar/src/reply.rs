@@ -7,8 +7,10 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 
-use crate::issuer::MAX_BODY;
-use crate::issuer::error::OAuthError;
+use crate::oauth_error::OAuthError;
+
+/// Largest form body accepted; OAuth2 requests are a few hundred bytes.
+pub const MAX_BODY: usize = 16 * 1024;
 
 pub type Reply = Response<Full<Bytes>>;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -21,9 +21,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::issuer::{Issuer, Peer};
-use crate::store::Store;
-
 /// Time from request head to response by endpoint and status: the
 /// `http_request_duration_seconds` histogram both roles expose.
 #[derive(Clone)]
@@ -57,11 +54,9 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<Full<Bytes>>> + Send;
 }
 
-impl<S: Store> Handler for Issuer<S> {
-    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<Full<Bytes>>> + Send {
-        Issuer::handle(self, req)
-    }
-}
+/// The address a request came from, put in its extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub std::net::IpAddr);
 
 /// A client must send its request head within this time (slowloris guard).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);

@@ -23,9 +23,9 @@ use serde_json::json;
 use tokenplane_api::claims::AccessTokenClaims;
 
 use crate::heartbeat;
-use crate::issuer::error::OAuthError;
 use crate::issuer::form::{self, Form};
 use crate::keys::Checks;
+use crate::oauth_error::OAuthError;
 use crate::reply::{BoxError, Reply, error_reply, json_reply, only_get, openmetrics, read_body, text};
 use crate::store::RedisConfig;
 use credentials::Watched;

@@ -11,8 +11,8 @@ use tokenplane_api::client::{ClientRecord, compare_decoy};
 use tokenplane_api::oauth2client::AuthMethod;
 
 use super::Issuer;
-use super::error::OAuthError;
 use super::form::Form;
+use crate::oauth_error::OAuthError;
 use crate::store::Store;
 
 /// What the request presented, before it is checked.

@@ -16,11 +16,11 @@ use tokenplane_api::grant::PendingAuthorization;
 use tokenplane_api::oauth2client::GrantType;
 use tokenplane_api::redirect;
 
-use super::error::OAuthError;
 use super::form::Form;
 use super::token::{audience, granted_scope};
 use super::{Issuer, Reply};
 use crate::clock::unix_now;
+use crate::oauth_error::OAuthError;
 use crate::opaque;
 use crate::store::Store;
 

@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use super::error::OAuthError;
+use crate::oauth_error::OAuthError;
 
 /// Parsed form parameters.
 #[derive(Debug, Default)]

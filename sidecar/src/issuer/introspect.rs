@@ -5,10 +5,10 @@ use http::HeaderMap;
 use serde::Serialize;
 use tokenplane_api::claims::AccessTokenClaims;
 
-use super::error::OAuthError;
 use super::form::Form;
 use super::{Issuer, Reply, auth, no_store};
 use crate::clock::unix_now;
+use crate::oauth_error::OAuthError;
 use crate::store::Store;
 
 #[derive(Serialize)]

@@ -11,10 +11,10 @@ use subtle::ConstantTimeEq;
 use tokenplane_api::grant::{CodeGrant, PendingAuthorization};
 
 use super::authorize::{Callback, with_query};
-use super::error::OAuthError;
 use super::form::Form;
 use super::{Issuer, Reply, json_reply};
 use crate::clock::unix_now;
+use crate::oauth_error::OAuthError;
 use crate::opaque;
 use crate::store::Store;
 

@@ -3,7 +3,6 @@
 
 pub mod auth;
 mod authorize;
-pub mod error;
 pub mod form;
 mod introspect;
 mod login;
@@ -24,15 +23,12 @@ use http::{Method, Request, StatusCode};
 use hyper::body::Body;
 
 use crate::keys::KeySet;
+use crate::oauth_error::OAuthError;
 use crate::reply::{BoxError, Reply, error_reply, json, only_get, openmetrics, read_body, text};
 pub(crate) use crate::reply::{empty_no_store, json_reply, no_store};
 use crate::store::{Store, StoreError};
-use error::OAuthError;
 use form::Form;
 use metrics::Metrics;
-
-/// Largest form body accepted; OAuth2 requests are a few hundred bytes.
-pub const MAX_BODY: usize = 16 * 1024;
 
 /// How an issuer serves: from its TokenPolicy, replaced whole when the
 /// policy changes. Lifetimes are in seconds.
@@ -121,10 +117,6 @@ impl Live {
     }
 }
 
-/// The address a request came from, put in its extensions by the server.
-#[derive(Clone, Copy, Debug)]
-pub struct Peer(pub std::net::IpAddr);
-
 /// The form POST endpoints.
 enum Post {
     Token,
@@ -136,6 +128,15 @@ impl From<StoreError> for OAuthError {
     fn from(e: StoreError) -> Self {
         tracing::warn!(error = %e, "store unavailable");
         OAuthError::temporarily_unavailable("the token store is unavailable; retry shortly")
+    }
+}
+
+impl<S: Store> crate::server::Handler for Issuer<S> {
+    fn handle(
+        &self,
+        req: Request<hyper::body::Incoming>,
+    ) -> impl Future<Output = http::Response<http_body_util::Full<Bytes>>> + Send {
+        Issuer::handle(self, req)
     }
 }
 
@@ -274,7 +275,13 @@ impl<S: Store> Issuer<S> {
         let headers = &parts.headers;
         match endpoint {
             Post::Token => {
-                token::handle(self, headers, &form, parts.extensions.get::<Peer>().map(|p| p.0)).await
+                token::handle(
+                    self,
+                    headers,
+                    &form,
+                    parts.extensions.get::<crate::server::Peer>().map(|p| p.0),
+                )
+                .await
             }
             Post::Introspect => introspect::handle(self, headers, &form).await,
             Post::Revoke => revoke::handle(self, headers, &form).await,

@@ -4,11 +4,11 @@
 
 use http::HeaderMap;
 
-use super::error::OAuthError;
 use super::form::Form;
 use super::introspect::live_claims;
 use super::{Issuer, Reply, auth, empty_no_store};
 use crate::clock::unix_now;
+use crate::oauth_error::OAuthError;
 use crate::opaque;
 use crate::store::Store;
 

@@ -8,9 +8,9 @@ use tokenplane_api::grant::{CodeGrant, Issued, RefreshFamily};
 use tokenplane_api::oauth2client::GrantType;
 
 use super::{Grant, reply};
-use crate::issuer::error::OAuthError;
 use crate::issuer::form::Form;
 use crate::issuer::{Issuer, Reply};
+use crate::oauth_error::OAuthError;
 use crate::opaque;
 use crate::store::{Redemption, Store};
 

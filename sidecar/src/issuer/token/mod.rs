@@ -12,10 +12,10 @@ use tokenplane_api::claims::{AccessTokenClaims, Audience};
 use tokenplane_api::client::ClientRecord;
 use tokenplane_api::oauth2client::GrantType;
 
-use super::error::OAuthError;
 use super::form::Form;
 use super::{Issuer, Reply, auth, no_store};
 use crate::clock::unix_now;
+use crate::oauth_error::OAuthError;
 use crate::store::Store;
 
 #[derive(Serialize)]

@@ -6,9 +6,9 @@ use tokenplane_api::client::ClientRecord;
 use tokenplane_api::oauth2client::GrantType;
 
 use super::{Grant, reply, select_scopes};
-use crate::issuer::error::OAuthError;
 use crate::issuer::form::Form;
 use crate::issuer::{Issuer, Reply};
+use crate::oauth_error::OAuthError;
 use crate::opaque;
 use crate::store::{Rotation, Store};
 

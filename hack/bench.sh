@@ -26,6 +26,19 @@
 #   bash hack/bench.sh                 # DURATION=10 seconds per server
 #   DURATION=30 REVOCATIONS=50000 bash hack/bench.sh
 #
+# The same run measures the floor of a token's cost on CPU 0:
+# sidecar/examples/raw_sign.rs, one aws-lc-rs Ed25519 signature over a
+# signing input as long as the token's, and prints the issuer's CPU per
+# token against bare hyper's CPU per request plus that signature.
+#
+# Another OAuth2 server, side by side: with OTHER_URL (its token endpoint),
+# OTHER_CLIENT_ID, OTHER_CLIENT_SECRET and OTHER_PID (the process whose CPU
+# is counted; start it pinned to CPU 0 yourself, as hack/oidc-provider.sh
+# does), the same wrk load runs against it too and its tokens per
+# core-second are printed next to the issuer's. OTHER_NAME labels its row.
+#
+#   bash hack/oidc-provider.sh         # node-oidc-provider, side by side
+#
 # Signing and verification alone: cargo bench -p tokenplane-sidecar --bench jwt
 set -euo pipefail
 
@@ -44,7 +57,7 @@ BENCH=bench.sh
 source hack/bench-lib.sh
 
 cargo build --release -p tokenplane-sidecar --bin tokenplane-sidecar \
-  --example bare_hyper --example redis_cluster --example token_load
+  --example bare_hyper --example redis_cluster --example token_load --example raw_sign
 
 basic=$(printf '%s:%s' "$client_id" "$client_secret" | base64 -w0)
 wrk_script "$tmp/token.lua" POST grant_type=client_credentials \
@@ -95,6 +108,21 @@ start_server bare-hyper 0 "http://$BARE_ADDR/oauth2/token" "$bin/examples/bare_h
 load bare-hyper "http://$BARE_ADDR/oauth2/token" "$tmp/token.lua"
 stop "$server_pid" || true
 
+# The raw signature, on the same core.
+sign_out=$(taskset -c 0 "$bin/examples/raw_sign" "$DURATION") || die "raw_sign failed"
+sign_us=$(awk -v ok="$(field ok "$sign_out")" -v us="$(field cpu_us "$sign_out ")" 'BEGIN { printf "%.2f", us / ok }')
+
+# Another server, if given.
+if [[ -n ${OTHER_URL:-} ]]; then
+  [[ -n ${OTHER_PID:-} && -n ${OTHER_CLIENT_ID:-} && -n ${OTHER_CLIENT_SECRET:-} ]] ||
+    die "OTHER_URL needs OTHER_PID, OTHER_CLIENT_ID and OTHER_CLIENT_SECRET"
+  other_basic=$(printf '%s:%s' "$OTHER_CLIENT_ID" "$OTHER_CLIENT_SECRET" | base64 -w0)
+  wrk_script "$tmp/other.lua" POST grant_type=client_credentials \
+    "Content-Type: application/x-www-form-urlencoded" "Authorization: Basic $other_basic"
+  server_pid=$OTHER_PID
+  load "${OTHER_NAME:-other}" "$OTHER_URL" "$tmp/other.lua"
+fi
+
 echo
 echo "POST /oauth2/token (client_credentials, Basic auth), ${CONNECTIONS} connections, ${DURATION}s"
 print_row server requests/s p99_ms cpu_us/request cpu0_server% cpu0_other% cpu0_steal%
@@ -105,6 +133,18 @@ awk -v m="${rows[0]}" -v r="${rows[1]}" -v h="${rows[2]}" -v redis="${notes[0]}"
   printf "redis/memory: %.2fx CPU per token (target: at most 1.25x), %.2fx requests/s\n", d[4] / i[4], d[2] / i[2]
   printf "Redis master (CPU 1): %s us CPU per token\n", redis
 }'
+echo "raw Ed25519 signature (aws-lc-rs, CPU 0): ${sign_us} us CPU"
+awk -v m="${rows[0]}" -v h="${rows[2]}" -v sign="$sign_us" 'BEGIN {
+  split(m, i, " "); split(h, b, " ")
+  printf "issuer/(bare + raw sign): %.2fx CPU per token (target: at most 1.3x; %.1f / (%.1f + %.2f))\n",
+    i[4] / (b[4] + sign), i[4], b[4], sign
+}'
+if [[ -n ${OTHER_URL:-} ]]; then
+  awk -v m="${rows[0]}" -v o="${rows[3]}" 'BEGIN {
+    split(m, i, " "); split(o, x, " ")
+    printf "tokens per core-second: issuer %.0f, %s %.0f: %.1fx\n", 1e6 / i[4], x[1], 1e6 / x[4], x[4] / i[4]
+  }'
+fi
 echo
 echo "POST /oauth2/revoke (fresh access tokens, WAIT for 1 replica), ${CONNECTIONS} connections, ${ok} tokens"
 print_row server revocations/s p99_ms cpu_us/revocation cpu0_server% cpu0_other% cpu0_steal%

@@ -64,6 +64,10 @@ fn basic(value: &[u8], body_client_id: Option<&str>) -> Result<Credentials, OAut
     // RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
     let unescape = |part: &[u8]| -> Result<String, OAuthError> {
         let text = std::str::from_utf8(part).map_err(|_| malformed())?;
+        // Generated ids and secrets have nothing escaped: no decoding pass.
+        if !part.iter().any(|b| matches!(b, b'%' | b'+')) {
+            return Ok(text.to_owned());
+        }
         Ok(form_urlencoded::parse(format!("x={text}").as_bytes())
             .next()
             .map(|(_, v)| v.into_owned())

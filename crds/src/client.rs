@@ -4,7 +4,6 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::oauth2client::{AuthMethod, GrantType, OAuth2ClientSpec};
@@ -22,7 +21,8 @@ pub struct SecretHash {
 }
 
 fn digest(secret: &[u8]) -> [u8; 32] {
-    Sha256::digest(secret).into()
+    let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret);
+    hash.as_ref().try_into().expect("SHA-256 has 32 bytes")
 }
 
 impl SecretHash {

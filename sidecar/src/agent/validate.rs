@@ -5,8 +5,7 @@
 //! hash, a lookup and a decode of its claims. Revocation is checked every
 //! time, against the feed.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use aws_lc_rs::digest;
 use base64::Engine;
@@ -64,25 +63,27 @@ impl Rejection {
 /// First 128 bits of a token's SHA-256.
 type Digest = [u8; 16];
 
-/// Tokens verified under one JWKS generation: digest -> `exp` (20 bytes an
-/// entry). A new generation (a key withdrawn) empties it.
-#[derive(Default)]
+/// A verified token: the JWKS generation it was verified under and its
+/// `exp`. An entry of an older generation (a key withdrawn since) counts as
+/// unseen and is overwritten when the token verifies again.
+#[derive(Clone, Copy)]
 struct Verified {
     generation: u64,
-    tokens: HashMap<Digest, u32>,
+    exp: u32,
 }
 
 pub struct Validator {
     jwks: Arc<Jwks>,
     revocations: Arc<Revocations>,
-    verified: RwLock<Verified>,
-    capacity: usize,
+    /// Bounded by `--verified-cache`; quick_cache evicts the least useful
+    /// entries when full (CLOCK-Pro), and the next use of one re-verifies.
+    verified: quick_cache::sync::Cache<Digest, Verified>,
     leeway: u64,
 }
 
 impl Validator {
     pub fn new(jwks: Arc<Jwks>, revocations: Arc<Revocations>, capacity: usize, leeway: u64) -> Self {
-        Self { jwks, revocations, verified: RwLock::default(), capacity, leeway }
+        Self { jwks, revocations, verified: quick_cache::sync::Cache::new(capacity.max(1)), leeway }
     }
 
     pub async fn validate(&self, token: &str) -> Result<AccessTokenClaims, Rejection> {
@@ -104,16 +105,15 @@ impl Validator {
 
     /// How many verified tokens are remembered.
     pub fn remembered(&self) -> usize {
-        self.verified.read().unwrap_or_else(std::sync::PoisonError::into_inner).tokens.len()
+        self.verified.len()
     }
 
     /// Whether the token was verified before, under the current keys, and
     /// has not expired since.
     fn seen(&self, digest: Digest) -> bool {
-        let now = unix_now();
-        let verified = self.verified.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        verified.generation == self.jwks.generation()
-            && verified.tokens.get(&digest).is_some_and(|exp| now < u64::from(*exp) + self.leeway)
+        self.verified.get(&digest).is_some_and(|v| {
+            v.generation == self.jwks.generation() && unix_now() < u64::from(v.exp) + self.leeway
+        })
     }
 
     async fn verify(&self, token: &str) -> Result<AccessTokenClaims, InvalidToken> {
@@ -129,22 +129,10 @@ impl Validator {
         }
     }
 
-    /// Remembers a verified token; when full, forgets expired ones first,
-    /// and everything if that is not enough (the next use re-verifies).
+    /// Remembers a verified token under the current JWKS generation.
     fn remember(&self, digest: Digest, exp: u64) {
-        let generation = self.jwks.generation();
-        let mut verified = self.verified.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if verified.generation != generation {
-            *verified = Verified { generation, tokens: HashMap::new() };
-        }
-        if verified.tokens.len() >= self.capacity {
-            let now = unix_now();
-            verified.tokens.retain(|_, e| now < u64::from(*e) + self.leeway);
-            if verified.tokens.len() >= self.capacity {
-                verified.tokens.clear();
-            }
-        }
-        verified.tokens.insert(digest, u32::try_from(exp).unwrap_or(u32::MAX));
+        let exp = u32::try_from(exp).unwrap_or(u32::MAX);
+        self.verified.insert(digest, Verified { generation: self.jwks.generation(), exp });
     }
 }
 
@@ -159,4 +147,30 @@ pub(super) fn decode_claims(token: &str) -> Result<AccessTokenClaims, InvalidTok
     let payload = token.split('.').nth(1).ok_or(InvalidToken::Malformed)?;
     let json = URL_SAFE_NO_PAD.decode(payload).map_err(|_| InvalidToken::Malformed)?;
     serde_json::from_slice(&json).map_err(|_| InvalidToken::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::keys::Checks;
+
+    fn validator(capacity: usize) -> Validator {
+        let jwks = Jwks::new("http://127.0.0.1:9", reqwest::Client::new(), Checks::default(), Duration::ZERO);
+        Validator::new(Arc::new(jwks), Arc::new(Revocations::new(Duration::from_secs(10))), capacity, 0)
+    }
+
+    #[test]
+    fn the_verified_cache_stays_within_its_capacity_and_forgets_expired_tokens() {
+        let v = validator(100);
+        let live = unix_now() + 600;
+        for i in 0..1000 {
+            v.remember(digest_of(&format!("token {i}")), live);
+        }
+        assert!(v.remembered() <= 100, "{} remembered", v.remembered());
+        assert!(v.seen(digest_of("token 999")), "the newest token is kept");
+        v.remember(digest_of("expired"), unix_now() - 1);
+        assert!(!v.seen(digest_of("expired")));
+    }
 }

@@ -5,7 +5,7 @@
 #
 # Set-up on CPU 1: the Redis cluster of sidecar/examples/redis_cluster.rs
 # with $REVOKED revoked token ids written first, and an issuer on it
-# (config/samples). The agent (CPU 0) gets the sample client's credentials
+# (config/samples and a signing-keys Secret). The agent (CPU 0) gets the sample client's credentials
 # and the cluster's `agent` ACL user, and remembers up to 200,000 verified
 # tokens. Then:
 #
@@ -47,8 +47,9 @@ cargo build --release -p tokenplane-sidecar --bin tokenplane-sidecar \
 
 REVOKED=$REVOKED start_cluster
 
+samples_with_keys "$tmp/samples"
 start_server issuer 1 "http://$ISSUER_ADDR/.well-known/jwks.json" \
-  "$bin/tokenplane-sidecar" issuer --manifests config/samples --listen "$ISSUER_ADDR" \
+  "$bin/tokenplane-sidecar" issuer --manifests "$tmp/samples" --listen "$ISSUER_ADDR" \
   --redis-sentinels "$REDIS_SENTINELS" --redis-master "$REDIS_MASTER" \
   --redis-username "$REDIS_USERNAME" --redis-password-file "$REDIS_PASSWORD_FILE" \
   --redis-sentinel-username "$REDIS_SENTINEL_USERNAME" \

@@ -21,6 +21,21 @@ client_secret=$(awk '$1 == "client_secret:" { print $2 }' "$creds")
 [[ -n $client_id && -n $client_secret ]] || die "no client_id/client_secret in $creds"
 
 tmp=$(mktemp -d)
+
+# samples_with_keys DIR: config/samples plus a fresh signing-keys Secret, as
+# an issuer on Redis needs (docs/standalone.md, "Signing keys").
+samples_with_keys() {
+  mkdir -p "$1"
+  cp config/samples/*.yaml "$1/"
+  openssl genpkey -algorithm ed25519 -out "$tmp/key-1.pem" 2>/dev/null || die "openssl cannot make an Ed25519 key"
+  {
+    printf 'apiVersion: v1\nkind: Secret\nmetadata: {name: default-signing-keys}\nstringData:\n'
+    printf '  active: key-1\n  key-1.pem: |\n'
+    sed 's/^/    /' "$tmp/key-1.pem"
+  } >"$1/signing-keys.yaml"
+  rm "$tmp/key-1.pem"
+}
+
 pids=()
 forget() {
   local rest=() p

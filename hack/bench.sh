@@ -72,8 +72,7 @@ stop "$server_pid" || true
 
 # On Redis Sentinel, rate limited (never over the limit).
 start_cluster
-mkdir "$tmp/samples"
-cp config/samples/*.yaml "$tmp/samples/"
+samples_with_keys "$tmp/samples"
 limit='{requestsPerSecond: 1000000, burst: 1000000}'
 sed -i "/^spec:\$/a\\  rateLimits: {perClient: $limit, perSourceAddress: $limit}" "$tmp/samples/tokenpolicy.yaml"
 grep -q '^  rateLimits: ' "$tmp/samples/tokenpolicy.yaml" || die "could not add rateLimits to the sample TokenPolicy"

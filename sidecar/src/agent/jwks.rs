@@ -4,7 +4,7 @@
 //! single flight and spaced by a minimum interval, so a flood of tokens with
 //! made-up kids costs the issuer at most one request per interval.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -27,8 +27,9 @@ pub struct Jwks {
     checks: Checks,
     keys: RwLock<Arc<PublicKeys>>,
     /// Bumped whenever a key disappears, so that tokens verified with it
-    /// stop being trusted from the cache.
-    generation: AtomicU64,
+    /// stop being trusted from the cache. 32 bits keep cache entries small;
+    /// it wraps only after 2^32 withdrawals.
+    generation: AtomicU32,
     /// When the last fetch on an unknown kid happened; held during a fetch.
     last_on_demand: Mutex<Option<Instant>>,
     min_interval: Duration,
@@ -43,7 +44,7 @@ impl Jwks {
             http,
             checks,
             keys: RwLock::new(Arc::new(empty)),
-            generation: AtomicU64::new(0),
+            generation: AtomicU32::new(0),
             last_on_demand: Mutex::new(None),
             min_interval,
         }
@@ -53,7 +54,7 @@ impl Jwks {
         self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    pub fn generation(&self) -> u64 {
+    pub fn generation(&self) -> u32 {
         self.generation.load(Ordering::Acquire)
     }
 

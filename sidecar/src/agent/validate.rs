@@ -65,10 +65,11 @@ type Digest = [u8; 16];
 
 /// A verified token: the JWKS generation it was verified under and its
 /// `exp`. An entry of an older generation (a key withdrawn since) counts as
-/// unseen and is overwritten when the token verifies again.
+/// unseen and is overwritten when the token verifies again. 8 bytes, next
+/// to a 16-byte key: the entry size sets the agent's memory.
 #[derive(Clone, Copy)]
 struct Verified {
-    generation: u64,
+    generation: u32,
     exp: u32,
 }
 

@@ -1,9 +1,6 @@
 //! The authorization_code grant (RFC 6749 §4.1.3) with PKCE (RFC 7636). A
 //! code works once; a replay revokes everything the first redemption issued.
 
-use aws_lc_rs::digest;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use subtle::ConstantTimeEq;
 use tokenplane_api::client::ClientRecord;
 use tokenplane_api::grant::{CodeGrant, Issued, RefreshFamily};
@@ -82,7 +79,9 @@ fn check_binding(
             "redirect_uri differs from the one of the authorization request",
         ));
     }
-    if !bool::from(s256(verifier).as_bytes().ct_eq(grant.code_challenge.as_bytes())) {
+    // The S256 challenge (RFC 7636 §4.2) is base64url SHA-256, the form
+    // bearer values are stored in.
+    if !bool::from(opaque::hash(verifier).as_bytes().ct_eq(grant.code_challenge.as_bytes())) {
         return Err(OAuthError::invalid_grant("code_verifier does not match the code_challenge"));
     }
     Ok(())
@@ -125,11 +124,6 @@ async fn revoke<S: Store>(issuer: &Issuer<S>, issued: &Issued) -> Result<(), OAu
     Ok(())
 }
 
-/// The `S256` code challenge of a verifier (RFC 7636 §4.2).
-fn s256(verifier: &str) -> String {
-    URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, verifier.as_bytes()))
-}
-
 /// `code-verifier` of RFC 7636 §4.1.
 fn is_verifier(v: &str) -> bool {
     (43..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
@@ -144,7 +138,7 @@ mod tests {
         // RFC 7636 appendix B.
         let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
         assert!(is_verifier(verifier));
-        assert_eq!(s256(verifier), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
+        assert_eq!(opaque::hash(verifier), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
     }
 
     #[test]

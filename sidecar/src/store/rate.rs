@@ -16,9 +16,11 @@ pub fn interval_ms(rate: Rate) -> f64 {
 /// the new arrival time to store, or how long to wait.
 pub fn admit(tat: Option<f64>, now: f64, rate: Rate) -> Result<f64, Duration> {
     let interval = interval_ms(rate);
-    let next = tat.unwrap_or(now).max(now) + interval;
-    let over = next - now - interval * f64::from(rate.burst);
-    if over > 0.0 { Err(Duration::from_secs_f64(over / 1000.0)) } else { Ok(next) }
+    let start = tat.unwrap_or(now).max(now);
+    // Compared before adding the interval: `now + interval - now` can round
+    // above `interval` and refuse a fresh subject its only slot.
+    let over = start - now - interval * f64::from(rate.burst.saturating_sub(1));
+    if over > 0.0 { Err(Duration::from_secs_f64(over / 1000.0)) } else { Ok(start + interval) }
 }
 
 #[cfg(test)]
@@ -36,5 +38,14 @@ mod tests {
         assert_eq!(wait, Duration::from_millis(100), "one interval until the next slot");
         assert!(admit(tat, 100.0, rate).is_ok(), "one slot frees per interval");
         assert!(admit(tat, 5_000.0, rate).is_ok(), "an idle subject starts fresh");
+    }
+
+    #[test]
+    fn a_fresh_subject_gets_its_single_slot_at_any_time() {
+        let single = Rate { per_second: 1, burst: 1 };
+        // (44.630886252028525 + 1000) - 44.630886252028525 rounds above 1000.
+        let now = 44.630886252028525;
+        let tat = admit(None, now, single).expect("a fresh subject has one slot");
+        assert_eq!(admit(Some(tat), now, single), Err(Duration::from_secs(1)));
     }
 }

@@ -13,9 +13,11 @@ local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 for i, key in ipairs(KEYS) do
   local interval, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
   local tat = tonumber(redis.call('GET', key) or now)
-  local next = math.max(tat, now) + interval
-  local over = next - now - interval * burst
+  local start = math.max(tat, now)
+  -- compared before adding the interval, which can round above itself
+  local over = start - now - interval * (burst - 1)
   if over > 0 then return {i, math.ceil(over)} end
+  local next = start + interval
   redis.call('SET', key, tostring(next), 'PX', math.ceil(next - now))
 end
 return {0, 0}

@@ -1,6 +1,12 @@
 //! The standalone store: everything in process memory, gone at exit. One
 //! lock per concern; the grant state shares one so that redemption and
 //! rotation are atomic.
+//!
+//! Grant state (revocations, codes, refresh families) lives in maps bounded
+//! by expiry, never by size: evicting a revocation or a spent code to make
+//! room would revive a token or allow a replay. Rate-limit state is the one
+//! thing a caller can grow at will (one entry per source address), so it is
+//! a size-bounded cache: an evicted subject merely starts with a full burst.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -72,9 +78,11 @@ struct Grants {
     stillborn: Expiring<String, ()>,
     /// Every refresh token hash of a live family, current or rotated.
     family_of: Expiring<String, String>,
-    /// GCRA arrival time (ms since `MemoryStore::started`) per rate-limited subject.
-    rates: Expiring<String, f64>,
 }
+
+/// Rate-limited subjects remembered at most; past this the least used are
+/// forgotten.
+const RATE_SUBJECTS: usize = 100_000;
 
 impl Grants {
     fn revoke_family(&mut self, id: &str, now: u64) {
@@ -93,6 +101,9 @@ pub struct MemoryStore {
     clients: RwLock<HashMap<String, Arc<ClientRecord>>>,
     not_before: RwLock<HashMap<String, u64>>,
     grants: Mutex<Grants>,
+    /// GCRA arrival time (ms since `started`) per rate-limited subject. A
+    /// stale time needs no expiry: GCRA treats a time in the past as fresh.
+    rates: Mutex<quick_cache::unsync::Cache<String, f64>>,
     started: Instant,
 }
 
@@ -102,6 +113,7 @@ impl Default for MemoryStore {
             clients: RwLock::default(),
             not_before: RwLock::default(),
             grants: Mutex::default(),
+            rates: Mutex::new(quick_cache::unsync::Cache::new(RATE_SUBJECTS)),
             started: Instant::now(),
         }
     }
@@ -255,14 +267,10 @@ impl Store for MemoryStore {
 
     async fn rate_limit(&self, limits: &[(&str, Rate)]) -> Result<Option<Limited>> {
         let now_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        let mut grants = self.grants();
-        let unix = unix_now();
+        let mut rates = self.rates.lock().expect("rate state lock");
         for (index, (subject, limit)) in limits.iter().enumerate() {
-            match rate::admit(grants.rates.get(*subject, unix).copied(), now_ms, *limit) {
-                Ok(next) => {
-                    let ahead = ((next - now_ms) / 1000.0).ceil() as u64;
-                    grants.rates.insert((*subject).to_owned(), next, unix + ahead + 1, unix);
-                }
+            match rate::admit(rates.get(*subject).copied(), now_ms, *limit) {
+                Ok(next) => rates.insert((*subject).to_owned(), next),
                 Err(wait) => return Ok(Some((index, wait))),
             }
         }
@@ -294,5 +302,21 @@ mod tests {
             m.insert(format!("new{i}"), (), 1000, 20);
         }
         assert!(m.entries.keys().all(|k| k.starts_with("new")), "old entries outlived their expiry");
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_subjects_stays_bounded_and_a_busy_subject_stays_limited() {
+        let store = MemoryStore::default();
+        let tight = Rate { per_second: 1, burst: 1 };
+        assert!(store.rate_limit(&[("busy", tight)]).await.unwrap().is_none());
+        for i in 0..RATE_SUBJECTS + RATE_SUBJECTS / 2 {
+            let subject = format!("address {i}");
+            assert!(store.rate_limit(&[(&subject, tight)]).await.unwrap().is_none());
+            if i % 1000 == 0 {
+                let limited = store.rate_limit(&[("busy", tight)]).await.unwrap();
+                assert!(limited.is_some(), "the busy subject was forgotten after {i} others");
+            }
+        }
+        assert!(store.rates.lock().unwrap().len() <= RATE_SUBJECTS);
     }
 }

@@ -6,8 +6,11 @@
 //! injects failures into it: kill, restart, pause and resume processes. No
 //! mocks: the tests talk to the same `redis-server` and `redis-sentinel`
 //! binaries production runs. See `docs/testing.md`.
+//!
+//! [`pki`] is a throwaway certificate authority for TLS under test.
 #![forbid(unsafe_code)]
 
+pub mod pki;
 pub mod redis;
 
 pub use crate::redis::{Credentials, HarnessError, RedisCluster, RedisClusterOptions};

@@ -292,6 +292,7 @@ spec:
       args:
         - agent
         - --issuer=$ISSUER
+        - --insecure-http # the issuer serves plain HTTP until the operator issues its certificate
         - --credentials-dir=/var/run/tokenplane/credentials
         - --audience=$AUDIENCE
         - --redis-sentinels=$SENTINELS

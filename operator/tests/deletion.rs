@@ -89,8 +89,10 @@ async fn a_deleted_clients_live_token_fails_at_the_issuer_and_at_its_agent() {
         cache_capacity: 1000,
         credentials_dir: credentials.path().into(),
         credentials_poll: Duration::from_secs(2),
+        issuer_ca_file: None,
         redis,
     })
+    .map(Arc::new)
     .unwrap();
     let (listener, agent_base) = listen().await;
     tokio::spawn(server::serve(listener, agent, std::future::pending()));

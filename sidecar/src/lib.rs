@@ -13,3 +13,4 @@ pub mod opaque;
 pub mod reply;
 pub mod server;
 pub mod store;
+pub mod tls;

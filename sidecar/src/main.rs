@@ -11,6 +11,7 @@ use tokenplane_sidecar::agent::{self, Agent};
 use tokenplane_sidecar::issuer::{Issuer, Settings, managed};
 use tokenplane_sidecar::keys::KeySet;
 use tokenplane_sidecar::store::{MemoryStore, RedisConfig, RedisStore, Store};
+use tokenplane_sidecar::tls::{PairFiles, ServingTls};
 use tokenplane_sidecar::{manifests, server};
 use tracing_subscriber::EnvFilter;
 
@@ -52,6 +53,10 @@ struct AgentArgs {
     /// Address to listen on; keep it on loopback, next to the workload.
     #[arg(long, env = "TOKENPLANE_LISTEN", default_value = "127.0.0.1:8081")]
     listen: SocketAddr,
+    /// PEM bundle of the CAs the issuer's certificate must chain to; only
+    /// these are trusted. Without it, the system's roots.
+    #[arg(long, env = "TOKENPLANE_ISSUER_CA_FILE")]
+    issuer_ca_file: Option<PathBuf>,
     /// An audience (`aud`) this workload accepts; repeat for several.
     /// Without any, the agent only vends tokens.
     #[arg(long = "audience", env = "TOKENPLANE_AUDIENCES", value_delimiter = ',')]
@@ -76,6 +81,8 @@ struct AgentArgs {
     #[arg(long, env = "TOKENPLANE_CREDENTIALS_POLL", default_value = "2s", value_parser = humantime::parse_duration)]
     credentials_poll: Duration,
     #[command(flatten)]
+    serving: ServingArgs,
+    #[command(flatten)]
     redis: RedisArgs,
 }
 
@@ -97,7 +104,8 @@ struct IssuerArgs {
     /// Address to listen on.
     #[arg(long, env = "TOKENPLANE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Issuer identifier (`iss`); the policy's issuerUrl, else http://LISTEN.
+    /// Issuer identifier (`iss`); the policy's issuerUrl, else
+    /// https://LISTEN (http://LISTEN without TLS).
     #[arg(long, env = "TOKENPLANE_ISSUER_URL")]
     issuer: Option<String>,
     /// TokenPolicy to serve: NAMESPACE/NAME in managed mode; NAME or
@@ -109,7 +117,71 @@ struct IssuerArgs {
     #[arg(long, env = "TOKENPLANE_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
     #[command(flatten)]
+    serving: ServingArgs,
+    #[command(flatten)]
     redis: RedisArgs,
+}
+
+/// HTTPS, for both roles.
+#[derive(clap::Args)]
+struct ServingArgs {
+    /// PEM certificate chain to serve HTTPS with, leaf first (the tls.crt of
+    /// a TLS Secret). Reloaded when it changes.
+    #[arg(long, env = "TOKENPLANE_TLS_CERT_FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate (the tls.key of a TLS Secret).
+    #[arg(long, env = "TOKENPLANE_TLS_KEY_FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+    /// How often the certificate files are checked for a change.
+    #[arg(long, env = "TOKENPLANE_TLS_RELOAD_INTERVAL", default_value = "10s",
+          value_parser = humantime::parse_duration, requires = "tls_cert_file")]
+    tls_reload_interval: Duration,
+    /// Serve plain HTTP on an address other than loopback. Client secrets
+    /// and tokens then cross the network in the clear; only for a network
+    /// that encrypts on its own (a service mesh's mTLS).
+    #[arg(long, env = "TOKENPLANE_INSECURE_HTTP", conflicts_with = "tls_cert_file")]
+    insecure_http: bool,
+}
+
+impl ServingArgs {
+    /// The serving pair, loaded and checked, when HTTPS is asked for.
+    fn tls(&self) -> anyhow::Result<Option<Arc<ServingTls>>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) else { return Ok(None) };
+        let files = PairFiles { cert: cert.clone(), key: key.clone() };
+        let tls = ServingTls::load(files).context("cannot serve HTTPS (--tls-cert-file, --tls-key-file)")?;
+        Ok(Some(Arc::new(tls)))
+    }
+
+    /// Binds `addr`. Plain HTTP only on loopback unless --insecure-http.
+    async fn bind(&self, addr: SocketAddr) -> anyhow::Result<(server::Listener, Option<Arc<ServingTls>>)> {
+        let tls = self.tls()?;
+        if tls.is_none() && !addr.ip().is_loopback() {
+            anyhow::ensure!(
+                self.insecure_http,
+                "refusing to serve plain HTTP on {addr}: credentials and tokens would cross the network \
+                 in the clear. Give --tls-cert-file and --tls-key-file, listen on loopback, or accept \
+                 the risk with --insecure-http"
+            );
+            tracing::warn!(listen = %addr, "serving PLAIN HTTP off loopback (--insecure-http): client secrets and tokens are not encrypted");
+        }
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}; is another process using it? (--listen)"))?;
+        let listener = match &tls {
+            Some(tls) => {
+                tokio::spawn(tls.clone().follow(self.tls_reload_interval));
+                server::Listener::https(tcp, tls)
+            }
+            None => tcp.into(),
+        };
+        Ok((listener, tls))
+    }
+}
+
+/// The URL a listener is reached at, for the default issuer identifier.
+fn base_url(listener: &server::Listener) -> anyhow::Result<String> {
+    let scheme = if listener.tls.is_some() { "https" } else { "http" };
+    Ok(format!("{scheme}://{}", listener.tcp.local_addr()?))
 }
 
 /// Redis Sentinel. The issuer keeps its state in memory without
@@ -215,15 +287,52 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         cache_capacity: args.verified_cache,
         credentials_dir: args.credentials_dir,
         credentials_poll: args.credentials_poll,
+        issuer_ca_file: args.issuer_ca_file,
         redis,
     };
+    check_issuer_url(&settings, args.serving.insecure_http)?;
+    let (listener, tls) = args.serving.bind(args.listen).await?;
     let issuer = settings.issuer.clone();
     let audiences = settings.audiences.join(",");
-    let agent = Agent::start(settings).context("cannot start the agent")?;
-    let listener = listen_on(args.listen).await?;
-    tracing::info!(listen = %listener.local_addr()?, %issuer, %audiences, "agent ready");
-    server::serve(listener, agent, shutdown_signal()).await;
+    let mut agent = Agent::start(settings).context("cannot start the agent")?;
+    if let Some(tls) = &tls {
+        agent = agent.with_tls_metrics(tls.metrics());
+    }
+    tracing::info!(listen = %listener.tcp.local_addr()?, tls = listener.tls.is_some(), %issuer, %audiences, "agent ready");
+    server::serve(listener, Arc::new(agent), shutdown_signal()).await;
     Ok(())
+}
+
+/// The agent sends its client secret to the issuer: over HTTPS, or plain
+/// only to loopback or with --insecure-http.
+fn check_issuer_url(settings: &agent::Settings, insecure_http: bool) -> anyhow::Result<()> {
+    let url = url::Url::parse(&settings.issuer).context("--issuer is not a URL")?;
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if settings.issuer_ca_file.is_some() => {
+            anyhow::bail!(
+                "--issuer-ca-file is given but --issuer {} is plain http: use https",
+                settings.issuer
+            )
+        }
+        "http" if loopback => Ok(()),
+        "http" if insecure_http => {
+            tracing::warn!(issuer = %settings.issuer, "calling the issuer over PLAIN HTTP (--insecure-http): the client secret is not encrypted");
+            Ok(())
+        }
+        "http" => anyhow::bail!(
+            "refusing to send the client secret to {} over plain HTTP: use an https issuer URL (and \
+             --issuer-ca-file), or accept the risk with --insecure-http",
+            settings.issuer
+        ),
+        other => anyhow::bail!("--issuer must be an https URL, not {other}"),
+    }
 }
 
 async fn run_issuer(args: IssuerArgs) -> anyhow::Result<()> {
@@ -253,21 +362,22 @@ async fn run_managed(
         keys_dir: keys_dir.to_owned(),
         admin_token_hash,
     };
+    let (listener, tls) = args.serving.bind(args.listen).await?;
     let (record, settings) = source.settings(&store).await.context("cannot load the policy")?;
     let origin = source.origin(&store).await?;
     let keys = source.keys(&origin)?;
-    let issuer = Arc::new(Issuer::new(store, keys, settings));
+    let issuer = Arc::new(with_tls(Issuer::new(store, keys, settings), tls.as_deref()));
     tokio::spawn(managed::follow(issuer.clone(), source, (record, origin), args.reload));
-    let listener = listen_on(args.listen).await?;
-    tracing::info!(listen = %listener.local_addr()?, issuer = %issuer.current().settings.issuer, policy = wanted, "managed issuer ready");
+    tracing::info!(listen = %listener.tcp.local_addr()?, tls = listener.tls.is_some(), issuer = %issuer.current().settings.issuer, policy = wanted, "managed issuer ready");
     server::serve(listener, issuer, shutdown_signal()).await;
     Ok(())
 }
 
-async fn listen_on(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}; is another process using it? (--listen)"))
+fn with_tls<S: Store>(issuer: Issuer<S>, tls: Option<&ServingTls>) -> Issuer<S> {
+    match tls {
+        Some(tls) => issuer.with_tls_metrics(tls.metrics()),
+        None => issuer,
+    }
 }
 
 async fn run_standalone(
@@ -299,15 +409,15 @@ async fn run_standalone(
             KeySet::generate(spec.signing.algorithm).context("cannot generate a signing key")?
         }
     };
-    let issuer_url = args
-        .issuer
-        .clone()
-        .or_else(|| spec.issuer_url.clone())
-        .unwrap_or_else(|| format!("http://{}", args.listen));
+    let (listener, tls) = args.serving.bind(args.listen).await?;
+    let issuer_url = match args.issuer.clone().or_else(|| spec.issuer_url.clone()) {
+        Some(url) => url,
+        None => base_url(&listener)?,
+    };
     let mut settings = Settings::from_policy(issuer_url, spec);
     settings.admin_token_hash = admin_token_hash;
     let policy = format!("{}/{}", loaded.policy.namespace, loaded.policy.name);
-    let served = Served { clients: loaded.clients, keys, settings, listen: args.listen, policy };
+    let served = Served { clients: loaded.clients, keys, settings, listener, tls, policy };
     match redis {
         Some(config) => serve(RedisStore::new(config)?, served).await,
         None => serve(MemoryStore::default(), served).await,
@@ -319,20 +429,20 @@ struct Served {
     clients: Vec<tokenplane_api::client::ClientRecord>,
     keys: KeySet,
     settings: Settings,
-    listen: SocketAddr,
+    listener: server::Listener,
+    tls: Option<Arc<ServingTls>>,
     policy: String,
 }
 
 async fn serve<S: Store>(store: S, served: Served) -> anyhow::Result<()> {
-    let Served { clients, keys, settings, listen, policy } = served;
+    let Served { clients, keys, settings, listener, tls, policy } = served;
     let count = clients.len();
     for client in clients {
         store.put_client(client).await.context("cannot write the client registrations to the store")?;
     }
     let issuer_url = settings.issuer.clone();
-    let issuer = Arc::new(Issuer::new(store, keys, settings));
-    let listener = listen_on(listen).await?;
-    tracing::info!(listen = %listener.local_addr()?, issuer = %issuer_url, policy, clients = count, "standalone issuer ready");
+    let issuer = Arc::new(with_tls(Issuer::new(store, keys, settings), tls.as_deref()));
+    tracing::info!(listen = %listener.tcp.local_addr()?, tls = listener.tls.is_some(), issuer = %issuer_url, policy, clients = count, "standalone issuer ready");
     server::serve(listener, issuer, shutdown_signal()).await;
     Ok(())
 }

@@ -67,8 +67,10 @@ async fn start_agent(cluster: &RedisCluster, issuer: &str, options: Options) -> 
         cache_capacity: 1000,
         credentials_dir: dir.path().into(),
         credentials_poll: Duration::from_millis(100),
+        issuer_ca_file: Some(support::pki().ca_file.clone()),
         redis,
     })
+    .map(Arc::new)
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -374,7 +376,7 @@ async fn heartbeat_holding(cluster: &RedisCluster, kid: &str) -> storage::Verifi
 
 /// Starts an issuer on the address another one just left.
 async fn rebind(cluster: &RedisCluster, base: &str, keys: KeySet) -> TestIssuer {
-    let addr = base.trim_start_matches("http://");
+    let addr = base.trim_start_matches("https://");
     let started = Instant::now();
     let listener = loop {
         match tokio::net::TcpListener::bind(addr).await {

@@ -88,7 +88,7 @@ async fn the_oauth2_crate_gets_a_token_with_client_credentials() {
     let client = BasicClient::new(ClientId::new("svc.team".into()))
         .set_client_secret(ClientSecret::new(SVC_SECRET.into()))
         .set_token_uri(TokenUrl::new(format!("{}/oauth2/token", issuer.base)).unwrap());
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let http = support::https_client().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let response = client
         .exchange_client_credentials()
         .add_scope(Scope::new("write".into()))

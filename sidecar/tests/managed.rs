@@ -72,7 +72,7 @@ async fn lifetime_and_kid(issuer: &TestIssuer) -> (u64, String) {
 async fn a_managed_issuer_follows_its_policy_and_keys_and_reports_them() {
     let cluster = cluster().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let base = support::base_url(&listener);
     put(&cluster, storage::policy(POLICY), &record(&base, "5m")).await;
     put(&cluster, storage::client("svc.team"), &registration("svc.team", POLICY)).await;
     put(

@@ -11,6 +11,7 @@ use serde_json::Value;
 use tokenplane_api::signing::KeyPair;
 use tokenplane_api::tokenpolicy::SigningAlgorithm;
 use tokenplane_testkit::RedisCluster;
+use tokenplane_testkit::pki::{TestCa, Usage, window};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, Command};
 
@@ -28,10 +29,17 @@ fn issuer(manifests: &std::path::Path) -> Child {
     issuer_with(manifests, &[])
 }
 
+/// The issuer on `manifests`, on a free loopback port unless `args` give
+/// `--listen`.
 fn issuer_with(manifests: &std::path::Path, args: &[String]) -> Child {
+    let listen = match args.iter().any(|a| a == "--listen") {
+        true => &[][..],
+        false => &["--listen", "127.0.0.1:0"][..],
+    };
     Command::new(env!("CARGO_BIN_EXE_tokenplane-sidecar"))
-        .args(["issuer", "--listen", "127.0.0.1:0", "--log-format", "json", "--manifests"])
+        .args(["issuer", "--log-format", "json", "--manifests"])
         .arg(manifests)
+        .args(listen)
         .args(args)
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -197,4 +205,101 @@ async fn two_issuers_on_one_redis_with_the_keys_secret_honour_each_others_tokens
         http.get(format!("http://{addr}/.well-known/jwks.json")).send().await.unwrap().text().await.unwrap()
     };
     assert_eq!(jwks(a).await, jwks(b).await);
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
+}
+
+/// Waits for `child` to exit and returns its stderr.
+async fn refusal(child: Child) -> String {
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.unwrap().unwrap();
+    assert!(!out.status.success(), "it started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn plain_http_off_loopback_is_refused_unless_insecure_http_is_given() {
+    let stderr = refusal(issuer_with(&samples(), &strings(&["--listen", "0.0.0.0:0"]))).await;
+    assert!(stderr.contains("refusing to serve plain HTTP on 0.0.0.0:0"), "{stderr}");
+    assert!(stderr.contains("--tls-cert-file"), "{stderr}");
+
+    let mut child = issuer_with(&samples(), &strings(&["--listen", "0.0.0.0:0", "--insecure-http"]));
+    let mut logs = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    ready_address(&mut logs, &mut seen).await;
+    assert!(seen.contains("serving PLAIN HTTP off loopback"), "{seen}");
+}
+
+#[tokio::test]
+async fn an_expired_certificate_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("start-up CA");
+    let long_ago = window(Duration::from_secs(7200), Duration::ZERO).0;
+    let an_hour_ago = window(Duration::from_secs(3600), Duration::ZERO).0;
+    let files = ca
+        .leaf_valid(&["127.0.0.1"], Usage::Server, (long_ago, an_hour_ago))
+        .write(dir.path(), "tls")
+        .unwrap();
+    let args = [
+        "--tls-cert-file".to_owned(),
+        files.cert.display().to_string(),
+        "--tls-key-file".to_owned(),
+        files.key.display().to_string(),
+    ];
+    let stderr = refusal(issuer_with(&samples(), &args)).await;
+    assert!(stderr.contains("cannot serve HTTPS") && stderr.contains("expired at unix time"), "{stderr}");
+}
+
+/// The binary follows its certificate files: a client trusting only the
+/// second CA fails before the swap and succeeds after it.
+#[tokio::test]
+async fn the_binary_serves_a_renewed_certificate_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old_ca, new_ca) = (TestCa::new("old CA"), TestCa::new("new CA"));
+    let files = old_ca.loopback(Usage::Server).write(dir.path(), "tls").unwrap();
+    let args = [
+        "--tls-cert-file".to_owned(),
+        files.cert.display().to_string(),
+        "--tls-key-file".to_owned(),
+        files.key.display().to_string(),
+        "--tls-reload-interval".to_owned(),
+        "100ms".to_owned(),
+    ];
+    let mut child = issuer_with(&samples(), &args);
+    let mut logs = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = ready_address(&mut logs, &mut String::new()).await;
+    let trusting = |ca: &TestCa| {
+        let root = reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap();
+        reqwest::Client::builder().tls_built_in_root_certs(false).add_root_certificate(root).build().unwrap()
+    };
+    let url = format!("https://{addr}/.well-known/oauth-authorization-server");
+    let metadata: Value = trusting(&old_ca).get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(metadata["issuer"], format!("https://{addr}"), "the default issuer URL is https");
+    assert!(trusting(&new_ca).get(&url).send().await.is_err(), "served by the old CA only");
+
+    new_ca.loopback(Usage::Server).write(dir.path(), "tls").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while trusting(&new_ca).get(&url).send().await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the renewed certificate was never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_agent_refuses_to_send_its_secret_over_plain_http_off_loopback() {
+    let credentials = tempfile::tempdir().unwrap();
+    let agent = Command::new(env!("CARGO_BIN_EXE_tokenplane-sidecar"))
+        .args(["agent", "--issuer", "http://issuer.example", "--redis-sentinels", "127.0.0.1:1"])
+        .arg("--credentials-dir")
+        .arg(credentials.path())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = refusal(agent).await;
+    assert!(
+        stderr.contains("refusing to send the client secret to http://issuer.example over plain HTTP"),
+        "{stderr}"
+    );
 }

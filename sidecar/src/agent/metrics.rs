@@ -59,6 +59,10 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     pub fn validated(&self, result: &'static str) {
         self.validations.get_or_create(&ResultLabels { result }).inc();
     }

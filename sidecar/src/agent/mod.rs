@@ -11,7 +11,7 @@ mod metrics;
 pub mod validate;
 pub mod vend;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,9 @@ pub struct Settings {
     pub cache_capacity: usize,
     pub credentials_dir: PathBuf,
     pub credentials_poll: Duration,
+    /// PEM bundle of the CAs trusted for the issuer's certificate, instead
+    /// of the system's roots.
+    pub issuer_ca_file: Option<PathBuf>,
     /// Username and password, when unset, come from the credentials folder.
     pub redis: RedisConfig,
 }
@@ -61,6 +64,10 @@ pub enum AgentError {
     Credentials(#[from] credentials::CredentialsError),
     #[error("cannot build the HTTP client for the issuer: {0}")]
     Http(#[from] reqwest::Error),
+    #[error(
+        "cannot use the issuer CA bundle {path}: {reason}; --issuer-ca-file must name a PEM file of CA certificates"
+    )]
+    IssuerCa { path: PathBuf, reason: String },
 }
 
 pub struct Agent {
@@ -72,14 +79,30 @@ pub struct Agent {
     validating: bool,
 }
 
+/// The client for the issuer: its JWKS and the workload's tokens. With a CA
+/// bundle, only those CAs are trusted.
+fn issuer_client(ca_file: Option<&Path>) -> Result<reqwest::Client, AgentError> {
+    let mut builder =
+        reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(5));
+    if let Some(path) = ca_file {
+        let ca_error = |reason: String| AgentError::IssuerCa { path: path.to_owned(), reason };
+        let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+        let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))?;
+        if roots.is_empty() {
+            return Err(ca_error("it holds no certificate".into()));
+        }
+        builder = roots
+            .into_iter()
+            .fold(builder.tls_built_in_root_certs(false), |b, root| b.add_root_certificate(root));
+    }
+    Ok(builder.build()?)
+}
+
 impl Agent {
     /// Builds the agent and starts its background tasks.
-    pub fn start(settings: Settings) -> Result<Arc<Self>, AgentError> {
+    pub fn start(settings: Settings) -> Result<Self, AgentError> {
         let credentials = Arc::new(Watched::load(&settings.credentials_dir)?);
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
-            .build()?;
+        let http = issuer_client(settings.issuer_ca_file.as_deref())?;
         let checks = Checks {
             leeway: settings.clock_skew.as_secs(),
             issuer: Some(settings.issuer.clone()),
@@ -100,7 +123,7 @@ impl Agent {
             reporter,
         ));
         tokio::spawn(credentials.clone().watch(settings.credentials_poll));
-        Ok(Arc::new(Self {
+        Ok(Self {
             validator: Validator::new(
                 jwks.clone(),
                 revocations.clone(),
@@ -112,7 +135,13 @@ impl Agent {
             revocations,
             metrics: Metrics::default(),
             validating: !settings.audiences.is_empty(),
-        }))
+        })
+    }
+
+    /// Adds the TLS listener's metrics to `/metrics`.
+    pub fn with_tls_metrics(mut self, tls: &crate::tls::Metrics) -> Self {
+        tls.register(self.metrics.registry_mut());
+        self
     }
 
     /// Serves one request. Never fails: every error becomes a JSON body.

@@ -64,6 +64,10 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     pub fn issued(&self, grant_type: &'static str) {
         self.issued.get_or_create(&GrantLabels { grant_type }).inc();
     }

@@ -176,6 +176,12 @@ impl<S: Store> Issuer<S> {
         Self { store, live, metrics: Metrics::default() }
     }
 
+    /// Adds the TLS listener's metrics to `/metrics`.
+    pub fn with_tls_metrics(mut self, tls: &crate::tls::Metrics) -> Self {
+        tls.register(self.metrics.registry_mut());
+        self
+    }
+
     pub fn store(&self) -> &S {
         &self.store
     }

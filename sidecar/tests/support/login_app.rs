@@ -56,7 +56,7 @@ impl LoginApp {
         let state = Arc::new(State {
             issuer,
             admin_token: admin_token.to_owned(),
-            http: reqwest::Client::new(),
+            http: super::https_client().build().unwrap(),
             person: person.clone(),
             consents_shown: consents_shown.clone(),
         });

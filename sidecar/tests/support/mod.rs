@@ -1,18 +1,22 @@
 //! A standalone issuer on a loopback port, loaded from manifests written to a
-//! temp dir, driven over real HTTP.
+//! temp dir, driven over real HTTPS: its certificate comes from a test CA
+//! that the harness's clients trust, and nothing else.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod login_app;
 pub mod redis;
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokenplane_sidecar::issuer::{Issuer, Settings};
 use tokenplane_sidecar::keys::KeySet;
 use tokenplane_sidecar::store::{MemoryStore, Store};
+use tokenplane_sidecar::tls::{PairFiles, ServingTls};
 use tokenplane_sidecar::{manifests, server};
+use tokenplane_testkit::pki::{TestCa, Usage};
 use tokio::sync::oneshot;
 
 pub const SVC_SECRET: &str = "svc-secret-0123456789abcdefghijklmnopqrstuv";
@@ -74,13 +78,50 @@ pub fn manifests() -> String {
     .concat()
 }
 
+/// The test CA, and its certificate in a file (for `--issuer-ca-file`).
+pub struct Pki {
+    pub ca: TestCa,
+    pub ca_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let ca = TestCa::new("tokenplane test CA");
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.crt");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        Pki { ca, ca_file, _dir: dir }
+    })
+}
+
+/// A client that trusts the test CA only.
+pub fn https_client() -> reqwest::ClientBuilder {
+    let ca = reqwest::Certificate::from_pem(pki().ca.pem().as_bytes()).unwrap();
+    reqwest::Client::builder().tls_built_in_root_certs(false).add_root_certificate(ca)
+}
+
+/// Where a harness issuer on `listener` is reached.
+pub fn base_url(listener: &tokio::net::TcpListener) -> String {
+    format!("https://{}", listener.local_addr().unwrap())
+}
+
+/// A loopback serving pair from the test CA, written into `dir`.
+pub fn serving_tls(dir: &Path) -> Arc<ServingTls> {
+    let files = pki().ca.loopback(Usage::Server).write(dir, "tls").unwrap();
+    Arc::new(ServingTls::load(PairFiles { cert: files.cert, key: files.key }).unwrap())
+}
+
 pub struct TestIssuer {
     pub base: String,
     pub http: reqwest::Client,
+    /// What the issuer serves HTTPS with; its files are in `dir`.
+    pub tls: Arc<ServingTls>,
     /// The login app the policy sends people to.
     pub login: login_app::LoginApp,
     stop: Option<oneshot::Sender<()>>,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 impl Drop for TestIssuer {
@@ -111,10 +152,26 @@ pub async fn start_at<S: Store>(
     listener: tokio::net::TcpListener,
     keys: Option<KeySet>,
 ) -> TestIssuer {
+    start_serving(store, yaml, listener, keys, None).await
+}
+
+/// An issuer of the default manifests serving HTTPS with `tls`.
+pub async fn start_with_tls(tls: Arc<ServingTls>) -> TestIssuer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_serving(MemoryStore::default(), &manifests(), listener, None, Some(tls)).await
+}
+
+async fn start_serving<S: Store>(
+    store: S,
+    yaml: &str,
+    listener: tokio::net::TcpListener,
+    keys: Option<KeySet>,
+    tls: Option<Arc<ServingTls>>,
+) -> TestIssuer {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("manifests.yaml"), yaml).unwrap();
     let loaded = manifests::resolve(manifests::load_dir(dir.path()).unwrap(), None).unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let base = base_url(&listener);
     let keys = match keys.or(loaded.keys) {
         Some(keys) => keys,
         None => KeySet::generate(loaded.policy.object.spec.signing.algorithm).unwrap(),
@@ -128,8 +185,9 @@ pub async fn start_at<S: Store>(
     for client in loaded.clients {
         store.put_client(client).await.unwrap();
     }
-    let issuer = Arc::new(Issuer::new(store, keys, settings));
-    serve_test_issuer(issuer, listener, login, dir)
+    let tls = tls.unwrap_or_else(|| serving_tls(dir.path()));
+    let issuer = Arc::new(Issuer::new(store, keys, settings).with_tls_metrics(tls.metrics()));
+    serve_test_issuer(issuer, listener, login, dir, tls)
 }
 
 /// An issuer in managed mode on `store`: policy `policy_id` from Redis,
@@ -142,17 +200,19 @@ pub async fn start_managed(
     reload: std::time::Duration,
 ) -> TestIssuer {
     use tokenplane_sidecar::issuer::managed;
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let base = base_url(&listener);
     let source =
         managed::Source { policy_id: policy_id.into(), keys_dir: keys_dir.into(), admin_token_hash: None };
     let (record, settings) = source.settings(&store).await.unwrap();
     let origin = source.origin(&store).await.unwrap();
     let keys = source.keys(&origin).unwrap();
-    let issuer = Arc::new(Issuer::new(store, keys, settings));
+    let dir = tempfile::tempdir().unwrap();
+    let tls = serving_tls(dir.path());
+    let issuer = Arc::new(Issuer::new(store, keys, settings).with_tls_metrics(tls.metrics()));
     tokio::spawn(managed::follow(issuer.clone(), source, (record, origin), reload));
     let login_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let login = login_app::LoginApp::serve(login_listener, base, ADMIN_TOKEN);
-    serve_test_issuer(issuer, listener, login, tempfile::tempdir().unwrap())
+    serve_test_issuer(issuer, listener, login, dir, tls)
 }
 
 fn serve_test_issuer<S: Store>(
@@ -160,14 +220,15 @@ fn serve_test_issuer<S: Store>(
     listener: tokio::net::TcpListener,
     login: login_app::LoginApp,
     dir: tempfile::TempDir,
+    tls: Arc<ServingTls>,
 ) -> TestIssuer {
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let base = base_url(&listener);
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server::serve(listener, issuer, async move {
+    tokio::spawn(server::serve(server::Listener::https(listener, &tls), issuer, async move {
         let _ = stopped.await;
     }));
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    TestIssuer { base, http, login, stop: Some(stop), _dir: dir }
+    let http = https_client().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    TestIssuer { base, http, tls, login, stop: Some(stop), dir }
 }
 
 pub async fn start() -> TestIssuer {

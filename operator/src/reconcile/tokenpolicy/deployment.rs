@@ -88,6 +88,9 @@ pub(super) fn deployment(
         &format!("{REDIS_MOUNT}/{REDIS_PASSWORD}"),
         "--log-format",
         "json",
+        // The issuer refuses plain HTTP off loopback; until the operator
+        // issues its serving certificate, the pod network carries it plain.
+        "--insecure-http",
     ]
     .into_iter()
     .map(str::to_owned)

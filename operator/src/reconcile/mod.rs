@@ -2,6 +2,7 @@
 //! out. One module per kind; the apply layer (server-side apply, Redis)
 //! comes on top.
 
+pub mod ca;
 pub mod oauth2client;
 pub mod secret_rotation;
 pub mod signing;

@@ -235,6 +235,12 @@ impl OAuth2Client {
             format!("{}-oauth2-credentials", self.metadata.name.as_deref().unwrap_or_default())
         })
     }
+
+    /// The ConfigMap beside the credentials Secret holding the CA bundle
+    /// (`ca.crt`) the client's agent verifies the issuer with.
+    pub fn issuer_ca_name(&self) -> String {
+        format!("{}-issuer-ca", self.credentials_secret_name())
+    }
 }
 
 impl OAuth2ClientSpec {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokenplane_operator::controller::{self, Context, generate_secret};
+use tokenplane_operator::reconcile::ca::Settings;
 use tokenplane_operator::redis::{RedisAdmin, RedisConfig};
 
 #[derive(Parser)]
@@ -71,6 +72,17 @@ struct RunArgs {
     /// often addresses pods cannot use).
     #[arg(long, env = "TOKENPLANE_ISSUER_REDIS_SENTINELS", value_delimiter = ',')]
     issuer_redis_sentinels: Vec<String>,
+    /// Lifetime of a CA the operator makes (Secret tokenplane-ca in the
+    /// --lease-namespace); the next one is made and published before it ends.
+    #[arg(long, env = "TOKENPLANE_CA_LIFETIME", default_value = "365d", value_parser = humantime::parse_duration)]
+    ca_lifetime: std::time::Duration,
+    /// Lifetime of an issuer's serving certificate; renewed at two thirds.
+    #[arg(long, env = "TOKENPLANE_SERVING_CERT_LIFETIME", default_value = "30d", value_parser = humantime::parse_duration)]
+    serving_cert_lifetime: std::time::Duration,
+    /// How long a new CA sits in every bundle before it signs: time for
+    /// kubelet to update mounted ConfigMaps and for agents to re-read them.
+    #[arg(long, env = "TOKENPLANE_CA_PROPAGATION", default_value = "1d", value_parser = humantime::parse_duration)]
+    ca_propagation: std::time::Duration,
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "TOKENPLANE_METRICS_LISTEN", default_value = "0.0.0.0:8090")]
     metrics_listen: std::net::SocketAddr,
@@ -82,6 +94,12 @@ fn read_secret(path: &std::path::Path) -> anyhow::Result<String> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let ca_settings = Settings {
+        ca_lifetime: args.ca_lifetime.as_secs(),
+        leaf_lifetime: args.serving_cert_lifetime.as_secs(),
+        propagation: args.ca_propagation.as_secs(),
+    };
+    ca_settings.check().map_err(|e| anyhow::anyhow!("invalid certificate lifetimes: {e}"))?;
     let redis = RedisAdmin::new(RedisConfig {
         sentinels: args.redis_sentinels,
         master_name: args.redis_master,
@@ -95,6 +113,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("cannot reach the Kubernetes API: run in a cluster, or set KUBECONFIG")?;
     let mut ctx = Context::new(kube, redis, generate_secret);
+    ctx.ca_settings = ca_settings;
     ctx.issuers.image = args.issuer_image;
     ctx.issuers.operator_namespace = args.lease_namespace.clone();
     if !args.issuer_redis_sentinels.is_empty() {

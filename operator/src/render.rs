@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Resource;
 use serde::Deserialize;
@@ -15,13 +16,17 @@ use tokenplane_api::{OAuth2Client, TokenPolicy, storage};
 
 use crate::reconcile::Invalid;
 use crate::reconcile::oauth2client::{self, Credentials};
-use crate::reconcile::tokenpolicy::{self, Environment, Inputs, Keys};
+use crate::reconcile::ca::{self, Authorities, Authority, BUNDLE_KEY, Settings};
+use crate::reconcile::tokenpolicy::{self, Environment, Inputs, Keys, ServingInputs, TLS_CRT, TLS_KEY};
 
 pub const GENERATED_SECRET: &str = "<generated: 256-bit client secret>";
 pub const GENERATED_PASSWORD: &str = "<generated: 256-bit Redis password>";
 pub const GENERATED_KID: &str = "generated-kid";
 pub const GENERATED_KEY: &str = "<generated: private signing key, PKCS#8 PEM>";
 pub const GENERATED_JWKS: &str = "<generated: the public keys of the signing keys>";
+pub const GENERATED_CERT: &str = "<generated: serving certificate signed by the operator CA>";
+pub const GENERATED_CERT_KEY: &str = "<generated: private key of the serving certificate>";
+pub const CA_BUNDLE: &str = "<the operator CA bundle (Secret tokenplane-system/tokenplane-ca)>";
 /// Where issuer pods find the Sentinels is the running operator's setting.
 pub const SENTINELS: &str = "<the operator's --issuer-redis-sentinels>";
 
@@ -138,6 +143,8 @@ impl Resources {
             ));
             out.push_str("---\n");
             out.push_str(&readable(desired.secret));
+            out.push_str("---\n");
+            out.push_str(&yaml(oauth2client::issuer_ca(client, CA_BUNDLE)));
         }
         Ok(out)
     }
@@ -160,6 +167,7 @@ impl Resources {
             sentinel_login: None,
             operator_namespace: "tokenplane-system".into(),
         };
+        let cas = ca::plan(Authorities::default(), &Settings::default(), 0, Authority::generate).authorities;
         let inputs = Inputs {
             policy,
             keys: Keys::default(),
@@ -167,6 +175,7 @@ impl Resources {
             clients: &clients,
             issuer_password: GENERATED_PASSWORD,
             env: &env,
+            serving: ServingInputs { cas: &cas, existing: None, lifetime: Settings::default().leaf_lifetime },
             now: 0,
         };
         let algorithm = policy.spec.signing.algorithm;
@@ -184,6 +193,10 @@ impl Resources {
             pem.1.0 = GENERATED_KEY.as_bytes().to_vec();
         }
         d.keys_secret.metadata.annotations = None;
+        d.serving_secret.data = Some(BTreeMap::from(
+            [(TLS_CRT, GENERATED_CERT), (TLS_KEY, GENERATED_CERT_KEY), (BUNDLE_KEY, CA_BUNDLE)]
+                .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec()))),
+        ));
         d.jwks_config_map.data = Some(BTreeMap::from([("jwks.json".to_owned(), GENERATED_JWKS.to_owned())]));
         out.push_str(&format!(
             "# TokenPolicy {}: policy id {id}; Redis: record {}, JWKS {}, ACL user {}\n",
@@ -193,7 +206,7 @@ impl Resources {
             d.issuer_user.name,
             id = d.policy_id,
         ));
-        for text in [readable(d.keys_secret), readable(d.issuer_secret)] {
+        for text in [readable(d.keys_secret), readable(d.issuer_secret), readable(d.serving_secret)] {
             out.push_str("---\n");
             out.push_str(&text);
         }
@@ -274,7 +287,11 @@ mod tests {
         let data = secret.string_data.unwrap();
         assert_eq!(data[credentials::CLIENT_SECRET], GENERATED_SECRET);
         assert_eq!(data[credentials::CLIENT_ID], "demo.default");
-        assert_eq!(data[credentials::ISSUER], "http://default-issuer.default.svc");
+        assert_eq!(data[credentials::ISSUER], "https://default-issuer.default.svc");
+        let bundle: k8s_openapi::api::core::v1::ConfigMap =
+            serde_norway::from_str(client.split("---\n").nth(2).unwrap()).unwrap();
+        assert_eq!(bundle.metadata.name.as_deref(), Some("demo-oauth2-credentials-issuer-ca"));
+        assert_eq!(bundle.data.unwrap()[BUNDLE_KEY], CA_BUNDLE);
         assert!(client.starts_with("# OAuth2Client demo: client id demo.default"), "{out}");
     }
 
@@ -288,6 +305,7 @@ mod tests {
             [
                 "Secret",
                 "Secret",
+                "Secret",
                 "ConfigMap",
                 "Service",
                 "Deployment",
@@ -299,6 +317,8 @@ mod tests {
         assert!(
             out.contains(GENERATED_KEY) && out.contains(GENERATED_JWKS) && out.contains(GENERATED_PASSWORD)
         );
+        assert!(out.contains("name: default-issuer-tls") && out.contains(GENERATED_CERT), "{out}");
+        assert!(out.contains("type: kubernetes.io/tls") && out.contains("--tls-cert-file"), "{out}");
         assert!(!out.contains("ownerReferences") && !out.contains("key-states"), "{out}");
         let deterministic = resources(POLICY).render().unwrap();
         assert_eq!(out, deterministic, "the same files render the same, for diffs");

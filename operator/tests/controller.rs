@@ -466,7 +466,7 @@ async fn a_new_policy_gets_keys_redis_records_an_issuer_and_status_and_deletion_
     let mut redis = cluster.admin_connection(&cluster.master_addr().await.unwrap()).await.unwrap();
     let record: String = redis.get(storage::policy("default.auth")).await.unwrap();
     let record: tokenplane_api::tokenpolicy::PolicyRecord = serde_json::from_str(&record).unwrap();
-    assert_eq!(record.issuer, "http://default-issuer.auth.svc");
+    assert_eq!(record.issuer, "https://default-issuer.auth.svc");
     let published: String = redis.get(storage::jwks("default.auth")).await.unwrap();
     assert_eq!(published, jwks["data"]["jwks.json"].as_str().unwrap(), "Redis and the ConfigMap agree");
     let issuer = tokenplane_testkit::Credentials::new("issuer:default.auth", password);

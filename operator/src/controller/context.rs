@@ -6,6 +6,7 @@ use std::sync::Arc;
 use kube::runtime::events::{Recorder, Reporter};
 
 use crate::metrics::Metrics;
+use crate::reconcile::ca::{Authorities, Settings};
 use crate::reconcile::tokenpolicy::{Environment, SentinelLogin};
 use crate::redis::RedisAdmin;
 
@@ -21,6 +22,10 @@ pub struct Context {
     pub issuers: Environment,
     /// What `/metrics` and `/readyz` report.
     pub metrics: Arc<Metrics>,
+    /// The operator's CAs as last loaded; the reconciles sign and publish with them.
+    pub ca: tokio::sync::watch::Sender<Authorities>,
+    /// Lifetimes of the CAs and of the certificates they sign.
+    pub ca_settings: Settings,
 }
 
 /// Issuers log in to the Sentinels as the operator does.
@@ -46,7 +51,16 @@ impl Context {
             operator_namespace: "tokenplane-system".into(),
         };
         let metrics = Arc::default();
-        Self { recorder: Recorder::new(kube.clone(), reporter), kube, redis, generate, issuers, metrics }
+        Self {
+            recorder: Recorder::new(kube.clone(), reporter),
+            kube,
+            redis,
+            generate,
+            issuers,
+            metrics,
+            ca: tokio::sync::watch::Sender::new(Authorities::default()),
+            ca_settings: Settings::default(),
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! `reconcile` to the cluster and to Redis.
 
 mod apply;
+mod ca;
 mod conditions;
 mod context;
 mod events;
@@ -91,9 +92,14 @@ pub async fn reconcile<K: Reconciled>(object: Arc<K>, ctx: Arc<Context>) -> Resu
     ctx.metrics.measure(K::KIND, async { reconciled.await.map_err(|e| Error::Finalizer(Box::new(e))) }).await
 }
 
-/// Runs the OAuth2Client and TokenPolicy controllers until a shutdown signal.
+/// Loads the CA, then runs the OAuth2Client and TokenPolicy controllers
+/// and the CA's rotation until a shutdown signal.
 pub async fn run(ctx: Arc<Context>) {
-    tokio::join!(run_clients(ctx.clone()), run_policies(ctx));
+    ca::load(&ctx).await;
+    tokio::select! {
+        () = ca::keep(ctx.clone()) => {}
+        _ = async { tokio::join!(run_clients(ctx.clone()), run_policies(ctx.clone())) } => {}
+    }
 }
 
 fn managed() -> watcher::Config {
@@ -142,6 +148,7 @@ async fn run_clients(ctx: Arc<Context>) {
         .with_config(ControllerConfig::default().concurrency(CONCURRENCY))
         .owns(secrets, managed())
         .watches(policies, watcher::Config::default(), clients_of)
+        .reconcile_all_on(ca::changes(&ctx))
         .shutdown_on_signal()
         .run(reconcile::<OAuth2Client>, error_policy, ctx)
         .for_each(|result| log("OAuth2Client", result))
@@ -163,6 +170,7 @@ async fn run_policies(ctx: Arc<Context>) {
         .owns(Api::<Deployment>::all(ctx.kube.clone()), managed())
         .watches(clients, watcher::Config::default(), policy_of)
         .with_config(ControllerConfig::default().concurrency(CONCURRENCY).debounce(Duration::from_secs(1)))
+        .reconcile_all_on(ca::changes(&ctx))
         .shutdown_on_signal()
         .run(reconcile::<TokenPolicy>, error_policy, ctx)
         .for_each(|result| log("TokenPolicy", result))

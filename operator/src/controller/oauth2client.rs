@@ -69,6 +69,8 @@ async fn apply(client: &OAuth2Client, ctx: &Context) -> Result<Action, Error> {
     let password = credentials.redis_password.as_str();
     ctx.redis.apply_client(&nodes, &desired.registration, &desired.agent_user, &[password]).await?;
     super::apply(&ctx.kube, &desired.secret).await?;
+    let bundle = ctx.ca.borrow().bundle();
+    super::apply(&ctx.kube, &oauth2client::issuer_ca(client, &bundle)).await?;
     let secret_status = match &plan {
         Some(plan) => Some(secret_status(client, ctx, &nodes, &desired, plan).await?),
         None => None,

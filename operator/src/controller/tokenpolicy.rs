@@ -19,7 +19,7 @@ use tokenplane_api::{OAuth2Client, TokenPolicy};
 
 use super::{Context, unix_now};
 use crate::error::Error;
-use crate::reconcile::tokenpolicy::{self, Desired, Inputs, Keys, Rotation};
+use crate::reconcile::tokenpolicy::{self, Desired, Inputs, Keys, Rotation, ServingInputs};
 use crate::reconcile::{Invalid, MANAGED_BY, sha256_hex};
 use crate::redis::Nodes;
 
@@ -50,6 +50,8 @@ async fn apply(policy: &TokenPolicy, ctx: &Context) -> Result<Action, Error> {
         Ok(keys) => keys,
         Err(invalid) => return refuse(policy, ctx, &invalid).await,
     };
+    let serving = secrets.get_opt(&tokenpolicy::serving_secret_name(&policy.name_any())).await?;
+    let cas = ctx.ca.borrow().clone();
     let clients = clients_of(policy, ctx).await?;
     let nodes = ctx.redis.nodes().await?;
     let heartbeats = ctx.redis.heartbeats(&nodes).await?;
@@ -67,6 +69,7 @@ async fn apply(policy: &TokenPolicy, ctx: &Context) -> Result<Action, Error> {
         clients: &clients,
         issuer_password: &password,
         env: &ctx.issuers,
+        serving: ServingInputs { cas: &cas, existing: serving.as_ref(), lifetime: ctx.ca_settings.leaf_lifetime },
         now,
     };
     let desired = match tokenpolicy::desired(inputs, new_key) {
@@ -92,7 +95,8 @@ async fn apply(policy: &TokenPolicy, ctx: &Context) -> Result<Action, Error> {
         super::event(policy, ctx, EventType::Warning, "KeyPromotedBeforePropagation", &note).await;
     }
     set_status(policy, ctx, Ok(&desired)).await?;
-    let wake = Duration::from_secs(desired.rotation.next_at.saturating_sub(now).max(1));
+    let next_at = desired.rotation.next_at.min(desired.serving_renew_at);
+    let wake = Duration::from_secs(next_at.saturating_sub(now).max(1));
     Ok(Action::requeue(wake.min(RESYNC)))
 }
 
@@ -104,6 +108,7 @@ async fn publish(desired: &Desired, ctx: &Context, nodes: &Nodes, password: &str
     let published = (&desired.record, desired.jwks.as_str());
     ctx.redis.apply_policy(nodes, &desired.policy_id, published, &desired.issuer_user, password).await?;
     super::apply(&ctx.kube, &desired.issuer_secret).await?;
+    super::apply(&ctx.kube, &desired.serving_secret).await?;
     super::apply(&ctx.kube, &desired.jwks_config_map).await?;
     super::apply(&ctx.kube, &desired.service).await?;
     super::apply(&ctx.kube, &desired.deployment).await?;

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use tokenplane_api::client::{ClientRecord, SecretHash};
 use tokenplane_api::credentials::{
     CLIENT_ID, CLIENT_SECRET, ISSUER, REDIS_PASSWORD, REDIS_USERNAME, TOKEN_ENDPOINT,
@@ -48,7 +48,7 @@ pub fn issuer_url(policy: &TokenPolicy) -> String {
     policy.spec.issuer_url.clone().unwrap_or_else(|| {
         let name = policy.metadata.name.as_deref().unwrap_or_default();
         let namespace = policy.metadata.namespace.as_deref().unwrap_or("default");
-        format!("http://{name}-issuer.{namespace}.svc")
+        format!("https://{name}-issuer.{namespace}.svc")
     })
 }
 
@@ -124,6 +124,20 @@ fn credentials_secret(
         type_: Some("Opaque".into()),
         data: Some(data),
         ..Secret::default()
+    }
+}
+
+/// The CA bundle of the client's issuer, in a ConfigMap beside its
+/// credentials Secret: not secret, and mounted by its agents.
+pub fn issuer_ca(client: &OAuth2Client, bundle: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: managed_meta(
+            client,
+            client.issuer_ca_name(),
+            [("tokenplane.io/client", client.metadata.name.clone().unwrap_or_default())],
+        ),
+        data: Some(BTreeMap::from([(super::ca::BUNDLE_KEY.to_owned(), bundle.to_owned())])),
+        ..ConfigMap::default()
     }
 }
 
@@ -215,7 +229,7 @@ mod tests {
             ("OAuth2Client", "uid-1", Some(true))
         );
         assert_eq!(text(&d.secret, CLIENT_SECRET), "s3cret");
-        assert_eq!(text(&d.secret, TOKEN_ENDPOINT), "http://default-issuer.auth.svc/oauth2/token");
+        assert_eq!(text(&d.secret, TOKEN_ENDPOINT), "https://default-issuer.auth.svc/oauth2/token");
         assert_eq!(text(&d.secret, REDIS_USERNAME), "agent:orders.shop");
         assert_eq!(d.agent_user.rules, storage::agent_acl("orders.shop"));
         assert_eq!(d.registration.policy.as_deref(), Some("default.auth"));

@@ -14,11 +14,13 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokenplane_api::TokenPolicy;
 use tokenplane_api::credentials::{REDIS_PASSWORD, REDIS_USERNAME};
 
+use super::tls::{TLS_CRT, TLS_KEY, serving_secret_name};
 use super::{Environment, ISSUER_PORT, SENTINEL_PORT, issuer_meta, selector};
 use crate::reconcile::{AclUser, managed_meta};
 
 const KEYS_MOUNT: &str = "/var/run/tokenplane/keys";
 const REDIS_MOUNT: &str = "/var/run/tokenplane/redis";
+const TLS_MOUNT: &str = "/var/run/tokenplane/tls";
 /// The issuer image's non-root user (distroless `nonroot`).
 const ISSUER_UID: i64 = 65532;
 
@@ -86,11 +88,12 @@ pub(super) fn deployment(
         &user.name,
         "--redis-password-file",
         &format!("{REDIS_MOUNT}/{REDIS_PASSWORD}"),
+        "--tls-cert-file",
+        &format!("{TLS_MOUNT}/{TLS_CRT}"),
+        "--tls-key-file",
+        &format!("{TLS_MOUNT}/{TLS_KEY}"),
         "--log-format",
         "json",
-        // The issuer refuses plain HTTP off loopback; until the operator
-        // issues its serving certificate, the pod network carries it plain.
-        "--insecure-http",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -107,6 +110,7 @@ pub(super) fn deployment(
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::Int(ISSUER_PORT),
+            scheme: Some("HTTPS".into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(5),
@@ -132,7 +136,7 @@ pub(super) fn deployment(
         image: Some(shape.image.clone().unwrap_or_else(|| env.image.clone())),
         args: Some(args),
         ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
+            name: Some("https".into()),
             container_port: ISSUER_PORT,
             ..ContainerPort::default()
         }]),
@@ -140,7 +144,11 @@ pub(super) fn deployment(
         liveness_probe: Some(Probe { failure_threshold: Some(6), ..probe("/healthz") }),
         resources: Some(shape.resources.clone().unwrap_or_else(default_resources)),
         security_context: Some(restricted()),
-        volume_mounts: Some(vec![mount("keys", KEYS_MOUNT), mount("redis", REDIS_MOUNT)]),
+        volume_mounts: Some(vec![
+            mount("keys", KEYS_MOUNT),
+            mount("redis", REDIS_MOUNT),
+            mount("tls", TLS_MOUNT),
+        ]),
         ..Container::default()
     };
     Deployment {
@@ -163,6 +171,7 @@ pub(super) fn deployment(
                     volumes: Some(vec![
                         secret_volume("keys", policy.keys_secret_name()),
                         secret_volume("redis", format!("{name}-issuer-redis")),
+                        secret_volume("tls", serving_secret_name(&name)),
                     ]),
                     ..PodSpec::default()
                 }),
@@ -246,10 +255,24 @@ mod tests {
             .iter()
             .map(|v| v.secret.as_ref().unwrap().secret_name.clone())
             .collect();
-        assert_eq!(volumes, [Some("default-signing-keys".into()), Some("default-issuer-redis".into())]);
+        assert_eq!(
+            volumes,
+            [
+                Some("default-signing-keys".into()),
+                Some("default-issuer-redis".into()),
+                Some("default-issuer-tls".into())
+            ]
+        );
+        assert!(
+            args.contains("--tls-cert-file /var/run/tokenplane/tls/tls.crt --tls-key-file /var/run/tokenplane/tls/tls.key"),
+            "{args}"
+        );
+        assert!(!args.contains("--insecure-http"), "{args}");
+        let probe = c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(probe.scheme.as_deref(), Some("HTTPS"));
         assert_eq!(d.issuer_secret.data.as_ref().unwrap()[REDIS_PASSWORD].0, b"issuer-password");
         let hpa = d.hpa.spec.as_ref().unwrap();
         assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(3), 5));
-        assert_eq!(d.service.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port, 80);
+        assert_eq!(d.service.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port, 443);
     }
 }

@@ -7,7 +7,8 @@ use tokenplane_api::storage::VerifierHeartbeat;
 use tokenplane_api::tokenpolicy::{KeyState, SigningAlgorithm};
 use tokenplane_api::{OAuth2Client, TokenPolicy};
 
-use super::{Desired, Environment, Inputs, Keys, SentinelLogin, desired};
+use super::{Desired, Environment, Inputs, Keys, SentinelLogin, ServingInputs, desired};
+use crate::reconcile::ca::{self, Authorities, Authority, Settings};
 
 pub(super) const DAY: u64 = 86_400;
 
@@ -49,6 +50,17 @@ pub(super) fn env() -> Environment {
     }
 }
 
+/// One CA for every test, made at time 0 for a year.
+pub(crate) fn cas() -> &'static Authorities {
+    static CAS: std::sync::OnceLock<Authorities> = std::sync::OnceLock::new();
+    CAS.get_or_init(|| ca::plan(Authorities::default(), &Settings::default(), 0, Authority::generate).authorities)
+}
+
+/// A first serving certificate of 30 days from [`cas`].
+pub(super) fn serving() -> ServingInputs<'static> {
+    ServingInputs { cas: cas(), existing: None, lifetime: 30 * DAY }
+}
+
 pub(super) fn new_key() -> (String, Vec<u8>) {
     let key = KeyPair::generate(SigningAlgorithm::EdDSA).unwrap();
     (key.thumbprint(), key.to_pem().into_bytes())
@@ -70,6 +82,7 @@ pub(super) fn reconcile(
         clients: &clients,
         issuer_password: "issuer-password",
         env: &env,
+        serving: serving(),
         now,
     };
     desired(inputs, new_key).unwrap()

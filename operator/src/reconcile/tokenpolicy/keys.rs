@@ -223,7 +223,7 @@ mod tests {
         assert_eq!(published.rotation.active(), k1, "the new key does not sign yet");
         assert_eq!(jwks_kids(&published).len(), 2, "but it is published");
 
-        let issuer = "http://default-issuer.auth.svc";
+        let issuer = "https://default-issuer.auth.svc";
         let lagging = [
             ("agent:a".to_owned(), beat(issuer, &[&k1, &k2])),
             ("agent:b".to_owned(), beat(issuer, &[&k1])),

@@ -3,7 +3,8 @@
 //! the keys Secret as it should be (rotated by `signing::plan`), the public
 //! JWKS (a ConfigMap, and Redis), the policy record issuers read from
 //! Redis, the issuer's Redis user and its Secret, and the issuer itself
-//! (Deployment, Service, PodDisruptionBudget, HorizontalPodAutoscaler) with
+//! (Deployment, Service, PodDisruptionBudget, HorizontalPodAutoscaler, and
+//! its serving certificate from the operator's CA) with
 //! the NetworkPolicies that let only the clients' workloads in.
 
 mod deployment;
@@ -12,6 +13,7 @@ mod fixtures;
 mod keys;
 mod network_policy;
 mod service;
+mod tls;
 
 use std::collections::BTreeMap;
 
@@ -26,6 +28,8 @@ use tokenplane_api::tokenpolicy::PolicyRecord;
 use tokenplane_api::{OAuth2Client, TokenPolicy};
 
 pub(crate) use keys::{Keys, Rotation};
+pub(crate) use tls::ServingInputs;
+pub use tls::{TLS_CRT, TLS_KEY, serving_secret_name};
 
 use super::{AclUser, Invalid, managed_meta};
 
@@ -73,6 +77,7 @@ pub(crate) struct Inputs<'a> {
     pub clients: &'a [OAuth2Client],
     pub issuer_password: &'a str,
     pub env: &'a Environment,
+    pub serving: ServingInputs<'a>,
     pub now: u64,
 }
 
@@ -87,6 +92,10 @@ pub(crate) struct Desired {
     pub record: PolicyRecord,
     pub issuer_user: AclUser,
     pub issuer_secret: Secret,
+    /// The issuer's serving certificate (a TLS Secret).
+    pub serving_secret: Secret,
+    /// When that certificate is due for renewal.
+    pub serving_renew_at: u64,
     pub deployment: Deployment,
     pub service: Service,
     pub pdb: PodDisruptionBudget,
@@ -118,7 +127,10 @@ pub(crate) fn desired(
     let jwks = keys::jwks(&rotation.keys, &pems);
     let user = issuer_user(&policy_id);
     let labels = issuer_labels(name);
+    let (serving_secret, serving_renew_at) = tls::serving_secret(policy, inputs.serving, inputs.now)?;
     Ok(Desired {
+        serving_secret,
+        serving_renew_at,
         keys_secret: keys::keys_secret(policy, &rotation, &pems),
         jwks_config_map: keys::jwks_config_map(policy, &jwks),
         jwks,
@@ -178,7 +190,7 @@ mod tests {
         assert_eq!(jwks_kids(&d), [kid.as_str()]);
         assert!(!d.jwks.contains("PRIVATE"), "the JWKS is public only");
         assert_eq!(d.jwks_config_map.data.as_ref().unwrap()["jwks.json"], d.jwks);
-        assert_eq!(d.record.issuer, "http://default-issuer.auth.svc");
+        assert_eq!(d.record.issuer, "https://default-issuer.auth.svc");
         assert_eq!(d.policy_id, "default.auth");
         assert_eq!(d.issuer_user.name, "issuer:default.auth");
         assert_eq!(d.rotation.next_rotation_at, 1000 + 30 * DAY);
@@ -200,6 +212,7 @@ mod tests {
             clients: &[],
             issuer_password: "x",
             env: &env,
+            serving: super::fixtures::serving(),
             now: 0,
         };
         let invalid = desired(inputs, new_key).err().expect("refused");

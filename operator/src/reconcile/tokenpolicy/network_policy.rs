@@ -100,7 +100,7 @@ pub(super) fn network_policies(
 
 #[cfg(test)]
 mod tests {
-    use crate::reconcile::tokenpolicy::fixtures::{DEFAULT, client, env, new_key, policy, reconcile};
+    use crate::reconcile::tokenpolicy::fixtures::{DEFAULT, client, env, new_key, policy, reconcile, serving};
     use crate::reconcile::tokenpolicy::{Inputs, Keys, desired};
 
     #[test]
@@ -122,6 +122,7 @@ mod tests {
             clients: &[client("batch", "jobs", None)],
             issuer_password: "x",
             env: &env,
+            serving: serving(),
             now: 0,
         };
         let closed = desired(nobody, new_key).unwrap().network_policies.remove(0).spec.unwrap();

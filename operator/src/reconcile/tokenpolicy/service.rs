@@ -19,9 +19,9 @@ pub(super) fn service(policy: &TokenPolicy, labels: &BTreeMap<String, String>) -
         spec: Some(ServiceSpec {
             selector: Some(labels.clone()),
             ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: 80,
-                target_port: Some(IntOrString::String("http".into())),
+                name: Some("https".into()),
+                port: 443,
+                target_port: Some(IntOrString::String("https".into())),
                 ..ServicePort::default()
             }]),
             ..ServiceSpec::default()

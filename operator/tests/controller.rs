@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use tokenplane_api::client::{ClientRecord, SecretHash};
 use tokenplane_api::{OAuth2Client, TokenPolicy, storage};
 use tokenplane_operator::controller::{Context, oauth2client, reconcile, tokenpolicy};
+use tokenplane_operator::reconcile::ca::{self, Authorities, Authority};
 use tokenplane_testkit::{RedisCluster, RedisClusterOptions};
 use tower_test::mock::{self, Handle};
 
@@ -70,7 +71,18 @@ fn context(
     generate: fn() -> String,
 ) -> Arc<Context> {
     let redis = support::admin(cluster);
-    Arc::new(Context::new(kube::Client::new(api, "default"), redis, generate))
+    let ctx = Context::new(kube::Client::new(api, "default"), redis, generate);
+    ctx.ca.send_replace(ca::plan(Authorities::default(), &ctx.ca_settings, unix_now(), Authority::generate).authorities);
+    Arc::new(ctx)
+}
+
+/// The client's CA bundle ConfigMap, applied after its Secret: the
+/// operator's CAs, and nothing secret.
+async fn expect_bundle(api: &mut ApiHandle, ctx: &Context) {
+    let bundle = expect(api, Method::PATCH, BUNDLE_PATH, StatusCode::OK, Value::Null).await;
+    let pem = bundle["data"]["ca.crt"].as_str().unwrap();
+    assert_eq!(pem, ctx.ca.borrow().bundle());
+    assert!(pem.contains("BEGIN CERTIFICATE") && !pem.contains("PRIVATE"), "{pem}");
 }
 
 fn same_secret() -> String {
@@ -117,6 +129,7 @@ const CLIENT_PATH: &str = "/apis/tokenplane.io/v1alpha1/namespaces/shop/oauth2cl
 const SECRET_PATH: &str = "/api/v1/namespaces/shop/secrets/orders-oauth2-credentials";
 const POLICY_PATH: &str = "/apis/tokenplane.io/v1alpha1/namespaces/auth/tokenpolicies/default";
 const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
+const BUNDLE_PATH: &str = "/api/v1/namespaces/shop/configmaps/orders-oauth2-credentials-issuer-ca";
 
 #[tokio::test]
 async fn a_new_client_gets_its_secret_registration_and_status_and_deletion_cleans_redis() {
@@ -147,6 +160,7 @@ async fn a_new_client_gets_its_secret_registration_and_status_and_deletion_clean
     let secret = expect(&mut server, Method::PATCH, SECRET_PATH, StatusCode::OK, Value::Null).await;
     assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], "uid-1");
     assert_eq!(secret["data"]["client_id"], "b3JkZXJzLnNob3A=", "base64 of orders.shop");
+    expect_bundle(&mut server, &ctx).await;
     let status = expect_status(&mut server, client_json(spec(), &[], false)).await;
     assert_eq!(status["status"]["conditions"][0]["status"], "True");
     assert_eq!(
@@ -178,6 +192,7 @@ async fn a_new_client_gets_its_secret_registration_and_status_and_deletion_clean
         repaired["data"]["client_secret"], "Z2VuZXJhdGVkLTAxMjM0NTY3ODk=",
         "a generated secret, not the edited one"
     );
+    expect_bundle(&mut server, &ctx).await;
     expect_status(&mut server, client_json(spec(), &[], false)).await;
     run.await.unwrap().unwrap();
 
@@ -271,6 +286,7 @@ async fn reconcile_rotating(
         held => expect(server, Method::GET, SECRET_PATH, StatusCode::OK, held.clone()).await,
     };
     let applied = expect(server, Method::PATCH, SECRET_PATH, StatusCode::OK, Value::Null).await;
+    expect_bundle(server, ctx).await;
     if rotates {
         let event = expect(server, Method::POST, EVENTS_PATH, StatusCode::OK, Value::Null).await;
         assert_eq!(
@@ -380,6 +396,7 @@ fn assert_role_allows_what_was_used() {
 const POLICY_DIR: &str = "/apis/tokenplane.io/v1alpha1/namespaces/auth/tokenpolicies/default";
 const KEYS_PATH: &str = "/api/v1/namespaces/auth/secrets/default-signing-keys";
 const ISSUER_SECRET_PATH: &str = "/api/v1/namespaces/auth/secrets/default-issuer-redis";
+const SERVING_PATH: &str = "/api/v1/namespaces/auth/secrets/default-issuer-tls";
 
 fn policy_json(finalizers: &[&str], deleting: bool) -> Value {
     let mut policy: Value = serde_json::from_str(POLICY).unwrap();
@@ -400,6 +417,7 @@ async fn a_new_policy_gets_keys_redis_records_an_issuer_and_status_and_deletion_
     let run = tokio::spawn(reconcile::<TokenPolicy>(Arc::new(held), ctx.clone()));
 
     expect(&mut server, Method::GET, KEYS_PATH, StatusCode::NOT_FOUND, not_found()).await;
+    expect(&mut server, Method::GET, SERVING_PATH, StatusCode::NOT_FOUND, not_found()).await;
     let mut orders = client_json(spec(), &[], false);
     orders["spec"]["workloadSelector"] = json!({"matchLabels": {"app": "orders"}});
     let list = json!({"apiVersion": "tokenplane.io/v1alpha1", "kind": "OAuth2ClientList",
@@ -414,6 +432,11 @@ async fn a_new_policy_gets_keys_redis_records_an_issuer_and_status_and_deletion_
     let issuer_secret =
         expect(&mut server, Method::PATCH, ISSUER_SECRET_PATH, StatusCode::OK, Value::Null).await;
     let password = base64_text(&issuer_secret["data"]["redis_password"]);
+    let serving = expect(&mut server, Method::PATCH, SERVING_PATH, StatusCode::OK, Value::Null).await;
+    assert_eq!(serving["type"], "kubernetes.io/tls");
+    let leaf = ca::leaf_info(base64_text(&serving["data"]["tls.crt"]).as_bytes()).expect("a certificate");
+    assert!(ctx.ca.borrow().signed_by_active(&leaf) && leaf.dns_names[0] == "default-issuer.auth.svc");
+    assert!(base64_text(&serving["data"]["tls.key"]).contains("PRIVATE KEY"));
     let jwks = expect(
         &mut server,
         Method::PATCH,

@@ -37,7 +37,8 @@ mkdir -p "$ARTIFACTS"
 NS=default                 # the TokenPolicy, its clients and the test pods
 OP_NS=tokenplane-system    # the operator and its Lease
 REDIS_NS=redis             # e2e/redis.yaml
-ISSUER=http://default-issuer.$NS.svc # the issuer URL of TokenPolicy default
+ISSUER=https://default-issuer.$NS.svc # the issuer URL of TokenPolicy default
+CA_DIR=/var/run/tokenplane/issuer-ca  # where pods mount a client's issuer CA bundle
 SENTINELS=redis-sentinel.$REDIS_NS.svc:26379
 AUDIENCE=https://orders.example.com  # the sample client's audience
 ISSUER_PODS=app.kubernetes.io/name=tokenplane-issuer,app.kubernetes.io/instance=default
@@ -115,7 +116,7 @@ status_of() {
 request() {
   local pod=$1 container=$2 out
   shift 2
-  out=$(k exec "$pod" -c "$container" -- curl -sS -m 10 -w '\n%{http_code}' "$@" 2> /dev/null || true)
+  out=$(k exec "$pod" -c "$container" -- curl -sS -m 10 --cacert "$CA_DIR/ca.crt" -w '\n%{http_code}' "$@" 2> /dev/null || true)
   STATUS=${out##*$'\n'}
   BODY=${out%$'\n'*}
   if [ "$BODY" = "$out" ]; then BODY=''; fi
@@ -259,6 +260,10 @@ spec:
       image: $CURL_IMAGE
       command: [sleep, "86400"]
       securityContext: $CONTAINER_SECURITY
+      volumeMounts: [{name: issuer-ca, mountPath: $CA_DIR, readOnly: true}]
+  volumes:
+    - name: issuer-ca
+      configMap: {name: demo-oauth2-credentials-issuer-ca, optional: true}
 EOF
   fi
   k -n "$NS" wait --for=condition=Ready "pod/$1" --timeout=120s > /dev/null
@@ -292,7 +297,7 @@ spec:
       args:
         - agent
         - --issuer=$ISSUER
-        - --insecure-http # the issuer serves plain HTTP until the operator issues its certificate
+        - --issuer-ca-file=$CA_DIR/ca.crt
         - --credentials-dir=/var/run/tokenplane/credentials
         - --audience=$AUDIENCE
         - --redis-sentinels=$SENTINELS
@@ -302,15 +307,19 @@ spec:
         - name: credentials
           mountPath: /var/run/tokenplane/credentials
           readOnly: true
+        - {name: issuer-ca, mountPath: $CA_DIR, readOnly: true}
     - name: curl
       image: $CURL_IMAGE
       command: [sleep, "86400"]
       securityContext: $CONTAINER_SECURITY
+      volumeMounts: [{name: issuer-ca, mountPath: $CA_DIR, readOnly: true}]
   volumes:
     - name: credentials
       secret:
         secretName: $2-oauth2-credentials
         defaultMode: 0440
+    - name: issuer-ca
+      configMap: {name: $2-oauth2-credentials-issuer-ca}
 EOF
   fi
   k -n "$NS" wait --for=condition=Ready "pod/$1" --timeout=120s > /dev/null
@@ -611,8 +620,11 @@ scenario_a() {
     fail "the issuer Deployment is not available (see issuer.log in the diagnostics)"
   k -n "$NS" rollout status deployment/default-issuer --timeout=180s > /dev/null
   info "issuer Deployment available after $(since "$start"), $(k -n "$NS" get deployment default-issuer -o jsonpath='{.status.readyReplicas}') ready replicas, image $(k -n "$NS" get deployment default-issuer -o jsonpath='{.spec.template.spec.containers[0].image}')"
-  [ "$(k -n "$NS" get service default-issuer -o jsonpath='{.spec.ports[0].port}')" = 80 ] ||
-    fail "Service default-issuer does not listen on port 80"
+  [ "$(k -n "$NS" get service default-issuer -o jsonpath='{.spec.ports[0].port}')" = 443 ] ||
+    fail "Service default-issuer does not listen on port 443"
+  exists -n "$OP_NS" get secret tokenplane-ca || fail "the operator made no CA Secret $OP_NS/tokenplane-ca"
+  [ "$(k -n "$NS" get secret default-issuer-tls -o jsonpath='{.type}')" = kubernetes.io/tls ] ||
+    fail "no serving certificate Secret default-issuer-tls"
   exists -n "$NS" get networkpolicy default-issuer || fail "no NetworkPolicy default-issuer"
   k -n "$NS" wait --for=condition=Ready oauth2client/demo oauth2client/peer --timeout=60s > /dev/null ||
     fail "clients not Ready: demo: $(status_of oauth2client demo); peer: $(status_of oauth2client peer)"

@@ -13,7 +13,9 @@ pub enum Error {
     Redis(#[from] RedisError),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
-    #[error("the CA Secret {0}: fix or delete it (a new CA is then made, and every serving certificate re-issued)")]
+    #[error(
+        "the CA Secret {0}: fix or delete it (a new CA is then made, and every serving certificate re-issued)"
+    )]
     CertificateAuthority(String),
     #[error("the object has no namespace; tokenplane resources are namespaced")]
     NotNamespaced,

@@ -15,8 +15,8 @@ use tokenplane_api::signing::KeyPair;
 use tokenplane_api::{OAuth2Client, TokenPolicy, storage};
 
 use crate::reconcile::Invalid;
-use crate::reconcile::oauth2client::{self, Credentials};
 use crate::reconcile::ca::{self, Authorities, Authority, BUNDLE_KEY, Settings};
+use crate::reconcile::oauth2client::{self, Credentials};
 use crate::reconcile::tokenpolicy::{self, Environment, Inputs, Keys, ServingInputs, TLS_CRT, TLS_KEY};
 
 pub const GENERATED_SECRET: &str = "<generated: 256-bit client secret>";

@@ -40,9 +40,12 @@ impl Verifiers {
             for cert in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
                 roots.add(cert.expect("a PEM certificate")).expect("a CA certificate");
             }
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::new(aws_lc_rs::default_provider()))
-                .build()
-                .expect("a verifier")
+            WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                Arc::new(aws_lc_rs::default_provider()),
+            )
+            .build()
+            .expect("a verifier")
         });
         let leaf = CertificateDer::from_pem_slice(leaf_pem.as_bytes()).expect("a PEM leaf");
         let now = UnixTime::since_unix_epoch(Duration::from_secs(t));

@@ -72,7 +72,9 @@ fn context(
 ) -> Arc<Context> {
     let redis = support::admin(cluster);
     let ctx = Context::new(kube::Client::new(api, "default"), redis, generate);
-    ctx.ca.send_replace(ca::plan(Authorities::default(), &ctx.ca_settings, unix_now(), Authority::generate).authorities);
+    ctx.ca.send_replace(
+        ca::plan(Authorities::default(), &ctx.ca_settings, unix_now(), Authority::generate).authorities,
+    );
     Arc::new(ctx)
 }
 

@@ -132,7 +132,8 @@ fn is_ready(client: &OAuth2Client) -> bool {
 /// The credentials Secrets (not the CA's or an issuer's), by the client id they hold.
 async fn secrets_by_client(kube: &kube::Client) -> HashMap<String, Secret> {
     let secrets = Api::<Secret>::all(kube.clone()).list(&ListParams::default()).await.unwrap().items;
-    let of_client = |s: &Secret| s.metadata.labels.as_ref().is_some_and(|l| l.contains_key("tokenplane.io/client"));
+    let of_client =
+        |s: &Secret| s.metadata.labels.as_ref().is_some_and(|l| l.contains_key("tokenplane.io/client"));
     secrets.into_iter().filter(of_client).map(|s| (value(&s, credentials::CLIENT_ID), s)).collect()
 }
 

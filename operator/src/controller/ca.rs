@@ -23,8 +23,9 @@ const RESYNC: Duration = Duration::from_secs(3600);
 async fn refresh(ctx: &Context) -> Result<Duration, Error> {
     let namespace = &ctx.issuers.operator_namespace;
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), namespace);
-    let current = Authorities::read(secrets.get_opt(CA_SECRET).await?.as_ref())
-        .map_err(|invalid| Error::CertificateAuthority(format!("{namespace}/{CA_SECRET}: {}", invalid.message)))?;
+    let current = Authorities::read(secrets.get_opt(CA_SECRET).await?.as_ref()).map_err(|invalid| {
+        Error::CertificateAuthority(format!("{namespace}/{CA_SECRET}: {}", invalid.message))
+    })?;
     let now = unix_now();
     let planned = ca::plan(current, &ctx.ca_settings, now, Authority::generate);
     if planned.changed {

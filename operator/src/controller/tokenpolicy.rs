@@ -69,7 +69,11 @@ async fn apply(policy: &TokenPolicy, ctx: &Context) -> Result<Action, Error> {
         clients: &clients,
         issuer_password: &password,
         env: &ctx.issuers,
-        serving: ServingInputs { cas: &cas, existing: serving.as_ref(), lifetime: ctx.ca_settings.leaf_lifetime },
+        serving: ServingInputs {
+            cas: &cas,
+            existing: serving.as_ref(),
+            lifetime: ctx.ca_settings.leaf_lifetime,
+        },
         now,
     };
     let desired = match tokenpolicy::desired(inputs, new_key) {

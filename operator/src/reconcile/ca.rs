@@ -54,7 +54,10 @@ impl Settings {
     /// A CA must live long enough to be published, then sign full leaves.
     pub fn check(&self) -> Result<(), String> {
         if self.leaf_lifetime < 3600 || self.propagation == 0 {
-            return Err("the serving certificate lifetime must be at least 1h and the CA propagation time above 0".into());
+            return Err(
+                "the serving certificate lifetime must be at least 1h and the CA propagation time above 0"
+                    .into(),
+            );
         }
         if self.ca_lifetime < 2 * (self.leaf_lifetime + self.propagation) {
             return Err(format!(
@@ -132,7 +135,9 @@ fn x509_error(what: &str, e: impl std::fmt::Display) -> Invalid {
 }
 
 fn parse_pems(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-    x509_parser::pem::Pem::iter_from_buffer(pem).map(|p| p.map(|p| p.contents).map_err(|e| e.to_string())).collect()
+    x509_parser::pem::Pem::iter_from_buffer(pem)
+        .map(|p| p.map(|p| p.contents).map_err(|e| e.to_string()))
+        .collect()
 }
 
 /// Each certificate of a concatenated PEM bundle, as its own PEM.
@@ -266,8 +271,11 @@ impl Authorities {
     /// The CA Secret in `namespace`.
     pub fn to_secret(&self, namespace: &str) -> Secret {
         let mut data = BTreeMap::new();
-        let mut put = |key: &str, value: &str| data.insert(key.to_owned(), ByteString(value.as_bytes().to_vec()));
-        for (authority, crt, key) in [(&self.active, ACTIVE_CRT, ACTIVE_KEY), (&self.next, NEXT_CRT, NEXT_KEY)] {
+        let mut put =
+            |key: &str, value: &str| data.insert(key.to_owned(), ByteString(value.as_bytes().to_vec()));
+        for (authority, crt, key) in
+            [(&self.active, ACTIVE_CRT, ACTIVE_KEY), (&self.next, NEXT_CRT, NEXT_KEY)]
+        {
             if let Some(a) = authority {
                 put(crt, &a.cert_pem);
                 put(key, a.key_pem.as_deref().unwrap_or_default());
@@ -367,7 +375,8 @@ mod tests {
 
     #[test]
     fn a_broken_secret_is_refused_with_the_entry_named() {
-        let mut secret = plan(Authorities::default(), &settings(), 0, Authority::generate).authorities.to_secret("ns");
+        let mut secret =
+            plan(Authorities::default(), &settings(), 0, Authority::generate).authorities.to_secret("ns");
         secret.data.as_mut().unwrap().remove(ACTIVE_KEY);
         let invalid = Authorities::read(Some(&secret)).unwrap_err();
         assert!(invalid.message.starts_with("active.crt"), "{}", invalid.message);

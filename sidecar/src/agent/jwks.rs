@@ -23,7 +23,7 @@ pub enum JwksError {
 
 pub struct Jwks {
     url: String,
-    http: reqwest::Client,
+    http: std::sync::Arc<super::issuer_client::IssuerClient>,
     checks: Checks,
     keys: RwLock<Arc<PublicKeys>>,
     /// Bumped whenever a key disappears, so that tokens verified with it
@@ -37,7 +37,12 @@ pub struct Jwks {
 
 impl Jwks {
     /// `issuer` is the issuer's base URL; tokens must carry it as `iss`.
-    pub fn new(issuer: &str, http: reqwest::Client, checks: Checks, min_interval: Duration) -> Self {
+    pub fn new(
+        issuer: &str,
+        http: std::sync::Arc<super::issuer_client::IssuerClient>,
+        checks: Checks,
+        min_interval: Duration,
+    ) -> Self {
         let empty = PublicKeys::from_jwks(&JwkSet { keys: vec![] }, &checks).expect("an empty set is valid");
         Self {
             url: format!("{}/.well-known/jwks.json", issuer.trim_end_matches('/')),
@@ -63,6 +68,7 @@ impl Jwks {
         let fetch = |source| JwksError::Fetch { url: self.url.clone(), source };
         let set: JwkSet = self
             .http
+            .current()
             .get(&self.url)
             .send()
             .await

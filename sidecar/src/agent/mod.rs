@@ -6,12 +6,13 @@
 
 pub mod credentials;
 pub mod feed;
+pub mod issuer_client;
 pub mod jwks;
 mod metrics;
 pub mod validate;
 pub mod vend;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,7 @@ use crate::reply::{BoxError, Reply, error_reply, json_reply, only_get, openmetri
 use crate::store::RedisConfig;
 use credentials::Watched;
 use feed::Revocations;
+use issuer_client::IssuerClient;
 use jwks::Jwks;
 use metrics::Metrics;
 use validate::{Rejection, Validator};
@@ -79,30 +81,12 @@ pub struct Agent {
     validating: bool,
 }
 
-/// The client for the issuer: its JWKS and the workload's tokens. With a CA
-/// bundle, only those CAs are trusted.
-fn issuer_client(ca_file: Option<&Path>) -> Result<reqwest::Client, AgentError> {
-    let mut builder =
-        reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(5));
-    if let Some(path) = ca_file {
-        let ca_error = |reason: String| AgentError::IssuerCa { path: path.to_owned(), reason };
-        let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
-        let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))?;
-        if roots.is_empty() {
-            return Err(ca_error("it holds no certificate".into()));
-        }
-        builder = roots
-            .into_iter()
-            .fold(builder.tls_built_in_root_certs(false), |b, root| b.add_root_certificate(root));
-    }
-    Ok(builder.build()?)
-}
-
 impl Agent {
     /// Builds the agent and starts its background tasks.
     pub fn start(settings: Settings) -> Result<Self, AgentError> {
         let credentials = Arc::new(Watched::load(&settings.credentials_dir)?);
-        let http = issuer_client(settings.issuer_ca_file.as_deref())?;
+        let http = Arc::new(IssuerClient::load(settings.issuer_ca_file.as_deref())?);
+        tokio::spawn(http.clone().follow(settings.credentials_poll));
         let checks = Checks {
             leeway: settings.clock_skew.as_secs(),
             issuer: Some(settings.issuer.clone()),

@@ -158,7 +158,12 @@ mod tests {
     use crate::keys::Checks;
 
     fn validator(capacity: usize) -> Validator {
-        let jwks = Jwks::new("http://127.0.0.1:9", reqwest::Client::new(), Checks::default(), Duration::ZERO);
+        let jwks = Jwks::new(
+            "http://127.0.0.1:9",
+            Arc::new(crate::agent::issuer_client::IssuerClient::load(None).unwrap()),
+            Checks::default(),
+            Duration::ZERO,
+        );
         Validator::new(Arc::new(jwks), Arc::new(Revocations::new(Duration::from_secs(10))), capacity, 0)
     }
 

@@ -65,7 +65,7 @@ type Key = (Option<String>, Option<String>);
 
 pub struct Vendor {
     token_url: String,
-    http: reqwest::Client,
+    http: std::sync::Arc<super::issuer_client::IssuerClient>,
     credentials: Arc<Watched>,
     revocations: Arc<Revocations>,
     slots: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
@@ -74,7 +74,7 @@ pub struct Vendor {
 impl Vendor {
     pub fn new(
         issuer: &str,
-        http: reqwest::Client,
+        http: std::sync::Arc<super::issuer_client::IssuerClient>,
         credentials: Arc<Watched>,
         revocations: Arc<Revocations>,
     ) -> Self {
@@ -132,6 +132,7 @@ impl Vendor {
         let unreachable = |source| VendError::Unreachable { url: self.token_url.clone(), source };
         let reply = self
             .http
+            .current()
             .post(&self.token_url)
             .basic_auth(form_encode(&creds.client_id), Some(form_encode(&creds.client_secret)))
             .form(&form)

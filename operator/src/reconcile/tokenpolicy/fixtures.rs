@@ -53,7 +53,9 @@ pub(super) fn env() -> Environment {
 /// One CA for every test, made at time 0 for a year.
 pub(crate) fn cas() -> &'static Authorities {
     static CAS: std::sync::OnceLock<Authorities> = std::sync::OnceLock::new();
-    CAS.get_or_init(|| ca::plan(Authorities::default(), &Settings::default(), 0, Authority::generate).authorities)
+    CAS.get_or_init(|| {
+        ca::plan(Authorities::default(), &Settings::default(), 0, Authority::generate).authorities
+    })
 }
 
 /// A first serving certificate of 30 days from [`cas`].

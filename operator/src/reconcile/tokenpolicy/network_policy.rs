@@ -100,7 +100,9 @@ pub(super) fn network_policies(
 
 #[cfg(test)]
 mod tests {
-    use crate::reconcile::tokenpolicy::fixtures::{DEFAULT, client, env, new_key, policy, reconcile, serving};
+    use crate::reconcile::tokenpolicy::fixtures::{
+        DEFAULT, client, env, new_key, policy, reconcile, serving,
+    };
     use crate::reconcile::tokenpolicy::{Inputs, Keys, desired};
 
     #[test]

@@ -238,6 +238,44 @@ pub struct TokenPolicySpec {
     /// Shape of the issuer Deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer_deployment: Option<IssuerDeployment>,
+    /// Where the issuer's serving certificate comes from: the operator's
+    /// own CA when unset (or the operator's `--cert-manager-issuer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<IssuerTls>,
+}
+
+/// The issuer's serving certificate.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerTls {
+    /// A cert-manager issuer that signs it (a `Certificate` is created
+    /// for the issuer Service's DNS names) instead of the operator's CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_manager_issuer: Option<CertManagerIssuerRef>,
+}
+
+/// A cert-manager `Issuer` (in the policy's namespace) or `ClusterIssuer`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertManagerIssuerRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// `Issuer` or `ClusterIssuer`.
+    #[serde(default = "default_issuer_kind")]
+    #[x_kube(validation = Rule::new("self == 'Issuer' || self == 'ClusterIssuer'").message("kind must be Issuer or ClusterIssuer"))]
+    pub kind: String,
+    /// The issuer's API group (an external issuer's own group, for one).
+    #[serde(default = "default_issuer_group")]
+    #[schemars(length(min = 1, max = 253))]
+    pub group: String,
+}
+
+fn default_issuer_kind() -> String {
+    "Issuer".into()
+}
+
+fn default_issuer_group() -> String {
+    "cert-manager.io".into()
 }
 
 /// Where a signing key is in its life.
@@ -353,6 +391,13 @@ impl TokenPolicySpec {
                 d.max_replicas >= d.replicas,
                 "spec.issuerDeployment.maxReplicas",
                 "maxReplicas must be at least replicas",
+            );
+        }
+        if let Some(issuer) = self.tls.as_ref().and_then(|t| t.cert_manager_issuer.as_ref()) {
+            errors.check(
+                issuer.kind == "Issuer" || issuer.kind == "ClusterIssuer",
+                "spec.tls.certManagerIssuer.kind",
+                "kind must be Issuer or ClusterIssuer",
             );
         }
         errors.finish()

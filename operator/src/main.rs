@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use tokenplane_api::tokenpolicy::CertManagerIssuerRef;
 use tokenplane_operator::controller::{self, Context, generate_secret};
 use tokenplane_operator::reconcile::ca::Settings;
 use tokenplane_operator::redis::{RedisAdmin, RedisConfig};
@@ -83,6 +84,22 @@ struct RunArgs {
     /// kubelet to update mounted ConfigMaps and for agents to re-read them.
     #[arg(long, env = "TOKENPLANE_CA_PROPAGATION", default_value = "1d", value_parser = humantime::parse_duration)]
     ca_propagation: std::time::Duration,
+    /// A cert-manager issuer that signs every issuer's serving certificate
+    /// (unless its TokenPolicy names another) instead of the operator's CA.
+    #[arg(long, env = "TOKENPLANE_CERT_MANAGER_ISSUER")]
+    cert_manager_issuer: Option<String>,
+    /// Its kind: ClusterIssuer or Issuer (then in each policy's namespace).
+    #[arg(long, env = "TOKENPLANE_CERT_MANAGER_ISSUER_KIND", default_value = "ClusterIssuer",
+          value_parser = ["ClusterIssuer", "Issuer"], requires = "cert_manager_issuer")]
+    cert_manager_issuer_kind: String,
+    /// Its API group (an external issuer's own).
+    #[arg(
+        long,
+        env = "TOKENPLANE_CERT_MANAGER_ISSUER_GROUP",
+        default_value = "cert-manager.io",
+        requires = "cert_manager_issuer"
+    )]
+    cert_manager_issuer_group: String,
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "TOKENPLANE_METRICS_LISTEN", default_value = "0.0.0.0:8090")]
     metrics_listen: std::net::SocketAddr,
@@ -114,6 +131,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("cannot reach the Kubernetes API: run in a cluster, or set KUBECONFIG")?;
     let mut ctx = Context::new(kube, redis, generate_secret);
     ctx.ca_settings = ca_settings;
+    ctx.issuers.cert_manager_issuer = args.cert_manager_issuer.map(|name| CertManagerIssuerRef {
+        name,
+        kind: args.cert_manager_issuer_kind,
+        group: args.cert_manager_issuer_group,
+    });
     ctx.issuers.image = args.issuer_image;
     ctx.issuers.operator_namespace = args.lease_namespace.clone();
     if !args.issuer_redis_sentinels.is_empty() {

@@ -17,7 +17,9 @@ use tokenplane_api::{OAuth2Client, TokenPolicy, storage};
 use crate::reconcile::Invalid;
 use crate::reconcile::ca::{self, Authorities, Authority, BUNDLE_KEY, Settings};
 use crate::reconcile::oauth2client::{self, Credentials};
-use crate::reconcile::tokenpolicy::{self, Environment, Inputs, Keys, ServingInputs, TLS_CRT, TLS_KEY};
+use crate::reconcile::tokenpolicy::{
+    self, Environment, Inputs, Keys, Serving, ServingInputs, TLS_CRT, TLS_KEY,
+};
 
 pub const GENERATED_SECRET: &str = "<generated: 256-bit client secret>";
 pub const GENERATED_PASSWORD: &str = "<generated: 256-bit Redis password>";
@@ -166,6 +168,7 @@ impl Resources {
             master_name: "tokenplane".into(),
             sentinel_login: None,
             operator_namespace: "tokenplane-system".into(),
+            cert_manager_issuer: None,
         };
         let cas = ca::plan(Authorities::default(), &Settings::default(), 0, Authority::generate).authorities;
         let inputs = Inputs {
@@ -193,10 +196,7 @@ impl Resources {
             pem.1.0 = GENERATED_KEY.as_bytes().to_vec();
         }
         d.keys_secret.metadata.annotations = None;
-        d.serving_secret.data = Some(BTreeMap::from(
-            [(TLS_CRT, GENERATED_CERT), (TLS_KEY, GENERATED_CERT_KEY), (BUNDLE_KEY, CA_BUNDLE)]
-                .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec()))),
-        ));
+
         d.jwks_config_map.data = Some(BTreeMap::from([("jwks.json".to_owned(), GENERATED_JWKS.to_owned())]));
         out.push_str(&format!(
             "# TokenPolicy {}: policy id {id}; Redis: record {}, JWKS {}, ACL user {}\n",
@@ -206,7 +206,20 @@ impl Resources {
             d.issuer_user.name,
             id = d.policy_id,
         ));
-        for text in [readable(d.keys_secret), readable(d.issuer_secret), readable(d.serving_secret)] {
+        let serving = match d.serving {
+            Serving::Secret(mut secret) => {
+                secret.data = Some(BTreeMap::from(
+                    [(TLS_CRT, GENERATED_CERT), (TLS_KEY, GENERATED_CERT_KEY), (BUNDLE_KEY, CA_BUNDLE)]
+                        .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec()))),
+                ));
+                readable(secret)
+            }
+            Serving::Certificate(mut certificate) => {
+                certificate.metadata.owner_references = None;
+                serde_norway::to_string(&certificate).expect("an object serializes")
+            }
+        };
+        for text in [readable(d.keys_secret), readable(d.issuer_secret), serving] {
             out.push_str("---\n");
             out.push_str(&text);
         }

@@ -510,3 +510,62 @@ async fn a_new_policy_gets_keys_redis_records_an_issuer_and_status_and_deletion_
     assert!(cluster.connection(&master, &issuer).await.is_err(), "and its issuer user");
     assert_role_allows_what_was_used();
 }
+
+/// Answers every request as a cluster holding nothing else would (a read
+/// finds nothing, a list is empty, an apply echoes) until `last` is
+/// patched, which gets `last_reply`; returns what was applied, by path.
+async fn answer_as_empty(api: &mut ApiHandle, last: &str, last_reply: Value) -> Vec<(String, Value)> {
+    let mut applied = Vec::new();
+    loop {
+        let (request, respond) = api.next_request().await.expect("the controller made a request");
+        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+        USED.lock().unwrap().push(rbac_of(&method, &path));
+        let body = request.into_body().collect_bytes().await.unwrap();
+        let (status, reply) = match method {
+            Method::PATCH if path == last => (StatusCode::OK, last_reply.clone()),
+            Method::PATCH => (StatusCode::OK, serde_json::from_slice(&body).unwrap()),
+            Method::GET if path.ends_with("/oauth2clients") => (
+                StatusCode::OK,
+                json!({"apiVersion": "tokenplane.io/v1alpha1", "kind": "OAuth2ClientList", "metadata": {}, "items": []}),
+            ),
+            _ => (StatusCode::NOT_FOUND, not_found()),
+        };
+        respond.send_response(
+            Response::builder().status(status).body(Body::from(serde_json::to_vec(&reply).unwrap())).unwrap(),
+        );
+        if method == Method::PATCH {
+            applied.push((path.clone(), serde_json::from_slice(&body).unwrap()));
+        }
+        if path == last {
+            return applied;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_policy_naming_a_cert_manager_issuer_orders_a_certificate_instead_of_signing_one() {
+    let cluster = RedisCluster::start(RedisClusterOptions::default()).await.unwrap();
+    let (api, mut server) = mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(&cluster, api, numbered_secret);
+    let mut policy = policy_json(&[tokenpolicy::FINALIZER], false);
+    policy["spec"]["tls"] = json!({"certManagerIssuer": {"name": "corp-ca", "kind": "ClusterIssuer"}});
+    let run = tokio::spawn(reconcile::<TokenPolicy>(Arc::new(serde_json::from_value(policy).unwrap()), ctx));
+    let applied =
+        answer_as_empty(&mut server, &format!("{POLICY_DIR}/status"), policy_json(&[], false)).await;
+    run.await.unwrap().unwrap();
+    let certificate = "/apis/cert-manager.io/v1/namespaces/auth/certificates/default-issuer-tls";
+    let (_, body) = applied.iter().find(|(path, _)| path == certificate).expect("a Certificate was applied");
+    assert_eq!(
+        body["spec"]["issuerRef"],
+        json!({"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"})
+    );
+    assert_eq!(body["spec"]["secretName"], "default-issuer-tls");
+    assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-p");
+    assert!(!applied.iter().any(|(path, _)| path == SERVING_PATH), "the operator signs nothing itself");
+    let deployment = &applied.iter().find(|(p, _)| p.ends_with("/deployments/default-issuer")).unwrap().1;
+    assert!(
+        deployment.to_string().contains("default-issuer-tls"),
+        "the issuer mounts what cert-manager writes"
+    );
+    assert_role_allows_what_was_used();
+}

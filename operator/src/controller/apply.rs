@@ -1,6 +1,6 @@
 //! Server-side apply of what the builders produce.
 
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 
 use crate::error::Error;
 use crate::reconcile::MANAGED_BY;
@@ -21,6 +21,23 @@ where
     body["apiVersion"] = K::api_version(&()).into();
     body["kind"] = K::kind(&()).into();
     let name = meta.name.clone().unwrap_or_default();
+    api.patch(&name, &PatchParams::apply(MANAGED_BY).force(), &Patch::Apply(body)).await?;
+    Ok(())
+}
+
+/// Server-side applies an object of a kind without Rust types (another
+/// project's CRD, such as cert-manager's `Certificate`).
+pub(super) async fn apply_dynamic(
+    kube: &kube::Client,
+    object: &DynamicObject,
+    resource: &ApiResource,
+) -> Result<(), Error> {
+    let namespace = object.metadata.namespace.as_deref().ok_or(Error::NotNamespaced)?;
+    let api: Api<DynamicObject> = Api::namespaced_with(kube.clone(), namespace, resource);
+    let mut body = serde_json::to_value(object).expect("a Kubernetes object serializes");
+    body["apiVersion"] = resource.api_version.clone().into();
+    body["kind"] = resource.kind.clone().into();
+    let name = object.metadata.name.clone().unwrap_or_default();
     api.patch(&name, &PatchParams::apply(MANAGED_BY).force(), &Patch::Apply(body)).await?;
     Ok(())
 }

@@ -49,6 +49,7 @@ impl Context {
             master_name: redis.config().master_name.clone(),
             sentinel_login: sentinel_login(redis.config()),
             operator_namespace: "tokenplane-system".into(),
+            cert_manager_issuer: None,
         };
         let metrics = Arc::default();
         Self {

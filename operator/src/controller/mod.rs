@@ -29,7 +29,7 @@ use tokenplane_api::{OAuth2Client, TokenPolicy};
 
 use crate::error::Error;
 
-use apply::apply;
+use apply::{apply, apply_dynamic};
 use conditions::condition;
 use context::unix_now;
 use events::event;

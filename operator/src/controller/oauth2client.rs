@@ -15,8 +15,10 @@ use tokenplane_api::{OAuth2Client, TokenPolicy};
 
 use super::{Context, unix_now};
 use crate::error::Error;
+use crate::reconcile::ca::BUNDLE_KEY;
 use crate::reconcile::oauth2client::{self, Credentials, Desired, Registered};
 use crate::reconcile::secret_rotation::{self, Plan, Recorded, SecretStatus};
+use crate::reconcile::tokenpolicy;
 use crate::reconcile::{Invalid, MANAGED_BY};
 use crate::redis::Nodes;
 
@@ -69,8 +71,13 @@ async fn apply(client: &OAuth2Client, ctx: &Context) -> Result<Action, Error> {
     let password = credentials.redis_password.as_str();
     ctx.redis.apply_client(&nodes, &desired.registration, &desired.agent_user, &[password]).await?;
     super::apply(&ctx.kube, &desired.secret).await?;
-    let bundle = ctx.ca.borrow().bundle();
-    super::apply(&ctx.kube, &oauth2client::issuer_ca(client, &bundle)).await?;
+    match issuer_bundle(policy.as_ref(), ctx).await? {
+        Some(bundle) => super::apply(&ctx.kube, &oauth2client::issuer_ca(client, &bundle)).await?,
+        None => {
+            let note = "the policy's cert-manager issuer wrote no ca.crt into its serving Secret (yet): agents of this client cannot verify the issuer with --issuer-ca-file";
+            super::event(client, ctx, EventType::Warning, "IssuerCaUnknown", note).await;
+        }
+    }
     let secret_status = match &plan {
         Some(plan) => Some(secret_status(client, ctx, &nodes, &desired, plan).await?),
         None => None,
@@ -147,6 +154,23 @@ async fn policy_of(
     let api: Api<TokenPolicy> =
         Api::namespaced(ctx.kube.clone(), r.namespace.as_deref().unwrap_or(namespace));
     Ok(api.get_opt(&r.name).await?)
+}
+
+/// The CAs agents must trust for `policy`'s issuer: the operator's, or
+/// what cert-manager wrote beside the certificate (`ca.crt`; some issuers,
+/// ACME's among them, write none).
+async fn issuer_bundle(policy: Option<&TokenPolicy>, ctx: &Context) -> Result<Option<String>, Error> {
+    let Some(policy) = policy else { return Ok(None) };
+    let cert_manager = policy.spec.tls.as_ref().and_then(|t| t.cert_manager_issuer.as_ref());
+    if cert_manager.or(ctx.issuers.cert_manager_issuer.as_ref()).is_none() {
+        return Ok(Some(ctx.ca.borrow().bundle()));
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &policy.namespace().unwrap_or_default());
+    let serving = secrets.get_opt(&tokenpolicy::serving_secret_name(&policy.name_any())).await?;
+    Ok(serving
+        .and_then(|s| s.data?.remove(BUNDLE_KEY))
+        .and_then(|pem| String::from_utf8(pem.0).ok())
+        .filter(|pem| pem.contains("BEGIN CERTIFICATE")))
 }
 
 /// The conditions and the public facts, by server-side apply on the

@@ -19,7 +19,7 @@ use tokenplane_api::{OAuth2Client, TokenPolicy};
 
 use super::{Context, unix_now};
 use crate::error::Error;
-use crate::reconcile::tokenpolicy::{self, Desired, Inputs, Keys, Rotation, ServingInputs};
+use crate::reconcile::tokenpolicy::{self, Desired, Inputs, Keys, Rotation, Serving, ServingInputs};
 use crate::reconcile::{Invalid, MANAGED_BY, sha256_hex};
 use crate::redis::Nodes;
 
@@ -112,7 +112,12 @@ async fn publish(desired: &Desired, ctx: &Context, nodes: &Nodes, password: &str
     let published = (&desired.record, desired.jwks.as_str());
     ctx.redis.apply_policy(nodes, &desired.policy_id, published, &desired.issuer_user, password).await?;
     super::apply(&ctx.kube, &desired.issuer_secret).await?;
-    super::apply(&ctx.kube, &desired.serving_secret).await?;
+    match &desired.serving {
+        Serving::Secret(secret) => super::apply(&ctx.kube, secret).await?,
+        Serving::Certificate(certificate) => {
+            super::apply_dynamic(&ctx.kube, certificate, &tokenpolicy::certificate_resource()).await?;
+        }
+    }
     super::apply(&ctx.kube, &desired.jwks_config_map).await?;
     super::apply(&ctx.kube, &desired.service).await?;
     super::apply(&ctx.kube, &desired.deployment).await?;

@@ -47,6 +47,7 @@ pub(super) fn env() -> Environment {
             password: "sentinel-pw".into(),
         }),
         operator_namespace: "tokenplane-system".into(),
+        cert_manager_issuer: None,
     }
 }
 

@@ -29,7 +29,7 @@ use tokenplane_api::{OAuth2Client, TokenPolicy};
 
 pub(crate) use keys::{Keys, Rotation};
 pub(crate) use tls::ServingInputs;
-pub use tls::{TLS_CRT, TLS_KEY, serving_secret_name};
+pub use tls::{Serving, TLS_CRT, TLS_KEY, certificate_resource, serving_secret_name};
 
 use super::{AclUser, Invalid, managed_meta};
 
@@ -50,6 +50,9 @@ pub struct Environment {
     pub sentinel_login: Option<SentinelLogin>,
     /// Where the operator runs: its pods may reach Redis.
     pub operator_namespace: String,
+    /// The cert-manager issuer of serving certificates, for policies that
+    /// name none; the operator's own CA when unset.
+    pub cert_manager_issuer: Option<tokenplane_api::tokenpolicy::CertManagerIssuerRef>,
 }
 
 /// A Sentinel username and password.
@@ -92,8 +95,8 @@ pub(crate) struct Desired {
     pub record: PolicyRecord,
     pub issuer_user: AclUser,
     pub issuer_secret: Secret,
-    /// The issuer's serving certificate (a TLS Secret).
-    pub serving_secret: Secret,
+    /// The issuer's serving certificate, or cert-manager's order for it.
+    pub serving: Serving,
     /// When that certificate is due for renewal.
     pub serving_renew_at: u64,
     pub deployment: Deployment,
@@ -127,9 +130,10 @@ pub(crate) fn desired(
     let jwks = keys::jwks(&rotation.keys, &pems);
     let user = issuer_user(&policy_id);
     let labels = issuer_labels(name);
-    let (serving_secret, serving_renew_at) = tls::serving_secret(policy, inputs.serving, inputs.now)?;
+    let operator_issuer = inputs.env.cert_manager_issuer.as_ref();
+    let (serving, serving_renew_at) = tls::serving(policy, inputs.serving, operator_issuer, inputs.now)?;
     Ok(Desired {
-        serving_secret,
+        serving,
         serving_renew_at,
         keys_secret: keys::keys_secret(policy, &rotation, &pems),
         jwks_config_map: keys::jwks_config_map(policy, &jwks),

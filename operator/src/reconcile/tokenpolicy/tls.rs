@@ -1,12 +1,16 @@
 //! The issuer's serving certificate: a TLS Secret for the issuer Service's
 //! DNS names, signed by the operator's CA, kept until two thirds of its
-//! lifetime or until another CA takes over, with the CA bundle beside it.
+//! lifetime or until another CA takes over, with the CA bundle beside it;
+//! or a cert-manager `Certificate` that has cert-manager write that Secret.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use serde_json::json;
 use tokenplane_api::TokenPolicy;
+use tokenplane_api::tokenpolicy::CertManagerIssuerRef;
 
 use crate::reconcile::ca::{self, Authorities, BUNDLE_KEY};
 use crate::reconcile::{Invalid, managed_meta};
@@ -14,6 +18,20 @@ use crate::reconcile::{Invalid, managed_meta};
 /// Entries of a `kubernetes.io/tls` Secret.
 pub const TLS_CRT: &str = "tls.crt";
 pub const TLS_KEY: &str = "tls.key";
+
+/// Where the serving certificate comes from.
+#[derive(Clone, Debug)]
+pub enum Serving {
+    /// Signed by the operator's CA.
+    Secret(Secret),
+    /// Asked of cert-manager, which writes the Secret of the same name.
+    Certificate(DynamicObject),
+}
+
+/// cert-manager's `Certificate` kind.
+pub fn certificate_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate"))
+}
 
 /// What the serving certificate is made from.
 #[derive(Clone, Copy)]
@@ -42,8 +60,46 @@ pub(super) fn dns_names(policy: &TokenPolicy) -> Vec<String> {
     ]
 }
 
+/// The policy's serving certificate, from cert-manager when the policy or
+/// the operator names an issuer, else from the operator's CA; and when the
+/// operator must renew it (never, for cert-manager).
+pub(super) fn serving(
+    policy: &TokenPolicy,
+    inputs: ServingInputs<'_>,
+    operator_issuer: Option<&CertManagerIssuerRef>,
+    now: u64,
+) -> Result<(Serving, u64), Invalid> {
+    let chosen = policy.spec.tls.as_ref().and_then(|t| t.cert_manager_issuer.as_ref()).or(operator_issuer);
+    match chosen {
+        Some(issuer) => Ok((Serving::Certificate(certificate(policy, issuer, inputs.lifetime)), u64::MAX)),
+        None => serving_secret(policy, inputs, now).map(|(secret, at)| (Serving::Secret(secret), at)),
+    }
+}
+
+/// A Certificate for the issuer Service's names, renewed by cert-manager
+/// at two thirds of `lifetime`, with a fresh ECDSA P-256 key each time.
+fn certificate(policy: &TokenPolicy, issuer: &CertManagerIssuerRef, lifetime: u64) -> DynamicObject {
+    let name = policy.metadata.name.clone().unwrap_or_default();
+    let secret_name = serving_secret_name(&name);
+    let hours = |secs: u64| format!("{}h", secs.div_ceil(3600));
+    let mut certificate = DynamicObject::new(&secret_name, &certificate_resource()).data(json!({
+        "spec": {
+            "secretName": secret_name,
+            "secretTemplate": {"labels": {"app.kubernetes.io/managed-by": crate::reconcile::MANAGED_BY}},
+            "dnsNames": dns_names(policy),
+            "duration": hours(lifetime),
+            "renewBefore": hours(lifetime / 3),
+            "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+            "usages": ["digital signature", "server auth"],
+            "issuerRef": {"name": issuer.name, "kind": issuer.kind, "group": issuer.group},
+        }
+    }));
+    certificate.metadata = managed_meta(policy, secret_name, [("tokenplane.io/policy", name)]);
+    certificate
+}
+
 /// The serving Secret and when its certificate is due for renewal.
-pub(super) fn serving_secret(
+fn serving_secret(
     policy: &TokenPolicy,
     inputs: ServingInputs<'_>,
     now: u64,
@@ -90,25 +146,59 @@ mod tests {
     }
 
     #[test]
+    fn a_cert_manager_issuer_of_the_policy_or_the_operator_gets_a_certificate_instead() {
+        let yaml = format!("{DEFAULT}  tls: {{certManagerIssuer: {{name: internal-ca}}}}\n");
+        let d = reconcile(&policy(&yaml), None, &[], 1000);
+        let Serving::Certificate(c) = &d.serving else { panic!("a Certificate: {:?}", d.serving) };
+        assert_eq!(d.serving_renew_at, u64::MAX, "cert-manager renews it");
+        let spec = &c.data["spec"];
+        assert_eq!(spec["secretName"], "default-issuer-tls", "the Secret the Deployment mounts");
+        assert_eq!(
+            spec["issuerRef"],
+            json!({"name": "internal-ca", "kind": "Issuer", "group": "cert-manager.io"})
+        );
+        assert_eq!(spec["dnsNames"][0], "default-issuer.auth.svc");
+        assert_eq!((spec["duration"].as_str(), spec["renewBefore"].as_str()), (Some("720h"), Some("240h")));
+        assert_eq!(c.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-p");
+
+        let cluster = CertManagerIssuerRef {
+            name: "corp".into(),
+            kind: "ClusterIssuer".into(),
+            group: "cert-manager.io".into(),
+        };
+        let inputs = crate::reconcile::tokenpolicy::fixtures::serving();
+        let (by_flag, _) = serving(&policy(DEFAULT), inputs, Some(&cluster), 0).unwrap();
+        assert!(
+            matches!(by_flag, Serving::Certificate(c) if c.data["spec"]["issuerRef"]["kind"] == "ClusterIssuer")
+        );
+        let (own, _) = serving(&policy(&yaml), inputs, Some(&cluster), 0).unwrap();
+        assert!(
+            matches!(own, Serving::Certificate(c) if c.data["spec"]["issuerRef"]["name"] == "internal-ca"),
+            "the policy's own wins"
+        );
+    }
+
+    #[test]
     fn the_issuer_gets_a_certificate_for_its_service_names_kept_until_two_thirds() {
         let p = policy(DEFAULT);
         let d = reconcile(&p, None, &[], 1000);
-        let info = ca::leaf_info(&cert(&d.serving_secret)).unwrap();
+        let Serving::Secret(secret) = &d.serving else { panic!("from the operator's CA") };
+        let info = ca::leaf_info(&cert(secret)).unwrap();
         assert_eq!(info.dns_names[0], "default-issuer.auth.svc");
         assert!(info.dns_names.contains(&"default-issuer".to_owned()));
         assert!(cas().signed_by_active(&info));
-        assert_eq!(d.serving_secret.type_.as_deref(), Some("kubernetes.io/tls"));
-        assert_eq!(d.serving_secret.data.as_ref().unwrap()[BUNDLE_KEY].0, cas().bundle().as_bytes());
+        assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+        assert_eq!(secret.data.as_ref().unwrap()[BUNDLE_KEY].0, cas().bundle().as_bytes());
         assert_eq!(d.serving_renew_at, 1000 + 20 * DAY, "two thirds of 30 days");
 
-        let serving = |secret: &Secret, now| {
+        let renewed = |secret: &Secret, now| {
             let inputs = ServingInputs { cas: cas(), existing: Some(secret), lifetime: 30 * DAY };
             serving_secret(&p, inputs, now).unwrap().0
         };
-        assert_eq!(cert(&serving(&d.serving_secret, 1000 + 20 * DAY - 1)), cert(&d.serving_secret), "kept");
-        assert_ne!(cert(&serving(&d.serving_secret, 1000 + 20 * DAY)), cert(&d.serving_secret), "renewed");
-        let mut keyless = d.serving_secret.clone();
+        assert_eq!(cert(&renewed(secret, 1000 + 20 * DAY - 1)), cert(secret), "kept");
+        assert_ne!(cert(&renewed(secret, 1000 + 20 * DAY)), cert(secret), "renewed");
+        let mut keyless = secret.clone();
         keyless.data.as_mut().unwrap().remove(TLS_KEY);
-        assert_ne!(cert(&serving(&keyless, 2000)), cert(&d.serving_secret), "a broken Secret is replaced");
+        assert_ne!(cert(&renewed(&keyless, 2000)), cert(secret), "a broken Secret is replaced");
     }
 }

@@ -20,6 +20,7 @@ use tokenplane_sidecar::agent::{Agent, Settings};
 use tokenplane_sidecar::keys::{KeyPair, KeySet};
 use tokenplane_sidecar::server;
 use tokenplane_testkit::RedisCluster;
+use tokenplane_testkit::pki::{TestCa, Usage};
 use tokio::sync::oneshot;
 
 const AGENT_PASSWORD: &str = "agent-password-0123456789abcdefghijklmnopq";
@@ -36,16 +37,29 @@ struct TestAgent {
 struct Options {
     max_staleness: Duration,
     jwks_refresh: Duration,
+    /// The issuer CA bundle; the test CA's when unset.
+    issuer_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { max_staleness: Duration::from_secs(10), jwks_refresh: Duration::from_secs(60) }
+        Self {
+            max_staleness: Duration::from_secs(10),
+            jwks_refresh: Duration::from_secs(60),
+            issuer_ca_file: None,
+        }
     }
 }
 
-/// An agent for the svc client, with its own ACL user (`storage::agent_acl`).
+/// An agent for the svc client, with its own ACL user (`storage::agent_acl`), ready.
 async fn start_agent(cluster: &RedisCluster, issuer: &str, options: Options) -> TestAgent {
+    let agent = launch_agent(cluster, issuer, options).await;
+    agent.wait_ready().await;
+    agent
+}
+
+/// The same, not waiting for it to be ready.
+async fn launch_agent(cluster: &RedisCluster, issuer: &str, options: Options) -> TestAgent {
     cluster.add_user("agent-svc", AGENT_PASSWORD, &storage::agent_acl("svc.team")).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     for (file, value) in [
@@ -67,7 +81,7 @@ async fn start_agent(cluster: &RedisCluster, issuer: &str, options: Options) -> 
         cache_capacity: 1000,
         credentials_dir: dir.path().into(),
         credentials_poll: Duration::from_millis(100),
-        issuer_ca_file: Some(support::pki().ca_file.clone()),
+        issuer_ca_file: Some(options.issuer_ca_file.unwrap_or_else(|| support::pki().ca_file.clone())),
         redis,
     })
     .map(Arc::new)
@@ -78,9 +92,7 @@ async fn start_agent(cluster: &RedisCluster, issuer: &str, options: Options) -> 
     tokio::spawn(server::serve(listener, agent.clone(), async move {
         let _ = stopped.await;
     }));
-    let agent = TestAgent { base, agent, http: reqwest::Client::new(), _stop: stop, dir };
-    agent.wait_ready().await;
-    agent
+    TestAgent { base, agent, http: reqwest::Client::new(), _stop: stop, dir }
 }
 
 impl TestAgent {
@@ -437,4 +449,47 @@ async fn a_thousand_concurrent_callers_cause_one_issuer_request() {
     let refused = agent.http.get(format!("{}/v1/token?audience={API}", agent.base)).send().await.unwrap();
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(refused.json::<Value>().await.unwrap()["error"], "invalid_client");
+}
+
+/// The agent's `/v1/token` (a fresh token: the scope is new to it).
+async fn vend(agent: &TestAgent, scope: &str) -> (StatusCode, Value) {
+    let url = format!("{}/v1/token?audience={API}&scope={scope}", agent.base);
+    let reply = agent.http.get(url).send().await.unwrap();
+    (reply.status(), reply.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_new_ca_in_the_bundle_is_trusted_without_restart_when_the_issuer_moves_to_it() {
+    let cluster = cluster().await;
+    let issuer = issuer_with_fresh_key(&cluster).await;
+    let bundle_dir = tempfile::tempdir().unwrap();
+    let bundle = bundle_dir.path().join("ca.crt");
+    std::fs::write(&bundle, support::pki().ca.pem()).unwrap();
+    let options = Options { issuer_ca_file: Some(bundle.clone()), ..Options::default() };
+    let agent = start_agent(&cluster, &issuer.base, options).await;
+    assert_eq!(vend(&agent, "read").await.0, StatusCode::OK);
+
+    // The operator's order: the new CA joins the bundle, the agent re-reads
+    // it; only then does the issuer serve a certificate the new CA signed.
+    let next = TestCa::new("next tokenplane CA");
+    std::fs::write(&bundle, format!("{}{}", next.pem(), support::pki().ca.pem())).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    next.loopback(Usage::Server).write(issuer.dir.path(), "tls").unwrap();
+    issuer.tls.reload();
+
+    let (status, vended) = vend(&agent, "write").await;
+    assert_eq!(status, StatusCode::OK, "the agent trusts the new CA: {vended}");
+    let (status, claims) = agent.validate(vended["access_token"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{claims}");
+
+    let old_bundle = bundle_dir.path().join("old.crt");
+    std::fs::write(&old_bundle, support::pki().ca.pem()).unwrap();
+    let stale = Options { issuer_ca_file: Some(old_bundle), ..Options::default() };
+    let stale = launch_agent(&cluster, &issuer.base, stale).await;
+    let (status, body) = vend(&stale, "read").await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "without the new CA the issuer is unreachable: {body}"
+    );
 }

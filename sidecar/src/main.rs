@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use tokenplane_api::redis_tls::{RedisTls, RedisTlsFiles};
 use tokenplane_sidecar::agent::{self, Agent};
 use tokenplane_sidecar::issuer::{Issuer, Settings, managed};
 use tokenplane_sidecar::keys::KeySet;
@@ -210,6 +211,17 @@ struct RedisArgs {
     /// Talk TLS to Redis and the Sentinels.
     #[arg(long, env = "TOKENPLANE_REDIS_TLS")]
     redis_tls: bool,
+    /// PEM CA bundle to verify Redis and the Sentinels against; the
+    /// system's roots without it.
+    #[arg(long, env = "TOKENPLANE_REDIS_CA_FILE", requires = "redis_tls")]
+    redis_ca_file: Option<PathBuf>,
+    /// PEM client certificate chain to present to Redis and the Sentinels
+    /// (for `tls-auth-clients yes`).
+    #[arg(long, env = "TOKENPLANE_REDIS_CLIENT_CERT_FILE", requires_all = ["redis_tls", "redis_client_key_file"])]
+    redis_client_cert_file: Option<PathBuf>,
+    /// PEM private key of that client certificate.
+    #[arg(long, env = "TOKENPLANE_REDIS_CLIENT_KEY_FILE", requires_all = ["redis_tls", "redis_client_cert_file"])]
+    redis_client_key_file: Option<PathBuf>,
     /// Replicas that must confirm a revocation, code redemption or refresh rotation (WAIT).
     #[arg(long, env = "TOKENPLANE_REDIS_MIN_REPLICAS", default_value_t = 1)]
     redis_min_replicas: usize,
@@ -231,10 +243,21 @@ impl RedisArgs {
             password: self.redis_password_file.as_deref().map(read_secret).transpose()?,
             sentinel_username: self.redis_sentinel_username.clone(),
             sentinel_password: self.redis_sentinel_password_file.as_deref().map(read_secret).transpose()?,
-            tls: self.redis_tls,
+            tls: self.tls()?,
             min_replicas: self.redis_min_replicas,
             timeout: std::time::Duration::from_millis(self.redis_timeout_ms),
         }))
+    }
+
+    fn tls(&self) -> anyhow::Result<Option<RedisTls>> {
+        if !self.redis_tls {
+            return Ok(None);
+        }
+        let files = RedisTlsFiles {
+            ca: self.redis_ca_file.clone(),
+            client: self.redis_client_cert_file.clone().zip(self.redis_client_key_file.clone()),
+        };
+        Ok(Some(RedisTls::load(&files, |path| std::fs::read(path)).context("cannot talk TLS to Redis")?))
     }
 }
 
@@ -465,5 +488,29 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(flags: &[&str]) -> Result<Cli, clap::Error> {
+        let args =
+            ["tokenplane-sidecar", "issuer", "--manifests", "m", "--redis-sentinels", "127.0.0.1:26379"];
+        Cli::try_parse_from(args.iter().chain(flags))
+    }
+
+    #[test]
+    fn redis_tls_files_are_refused_without_redis_tls() {
+        let client = ["--redis-client-cert-file", "c.crt", "--redis-client-key-file", "c.key"];
+        for flags in [&["--redis-ca-file", "ca.crt"][..], &client] {
+            let error = parse(flags).err().expect("refused").to_string();
+            assert!(error.contains("--redis-tls"), "{error}");
+        }
+        let error = parse(&["--redis-tls", "--redis-client-cert-file", "c.crt"]).err().expect("refused");
+        assert!(error.to_string().contains("--redis-client-key-file"), "{error}");
+        let all = [&["--redis-tls", "--redis-ca-file", "ca.crt"][..], &client].concat();
+        assert!(parse(&all).is_ok());
     }
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde_json::Value;
 use tokenplane_api::signing::KeyPair;
 use tokenplane_api::tokenpolicy::SigningAlgorithm;
-use tokenplane_testkit::RedisCluster;
 use tokenplane_testkit::pki::{TestCa, Usage, window};
+use tokenplane_testkit::{ClientAuth, RedisCluster};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, Command};
 
@@ -134,6 +134,21 @@ fn redis_flags(cluster: &RedisCluster, dir: &Path) -> Vec<String> {
         ("--issuer", "http://issuer.test".to_owned()),
     ];
     flags.into_iter().flat_map(|(flag, value)| [flag.to_owned(), value]).collect()
+}
+
+/// The flags that put an issuer on a TLS `cluster`: its CA and client certificate.
+fn redis_tls_flags(cluster: &RedisCluster) -> Vec<String> {
+    let tls = cluster.tls().expect("a TLS cluster");
+    let [ca, cert, key] = [tls.ca_file, tls.client.cert, tls.client.key].map(|p| p.display().to_string());
+    strings(&[
+        "--redis-tls",
+        "--redis-ca-file",
+        &ca,
+        "--redis-client-cert-file",
+        &cert,
+        "--redis-client-key-file",
+        &key,
+    ])
 }
 
 /// The samples, plus the policy's keys Secret when `keys` is set.
@@ -302,4 +317,38 @@ async fn the_agent_refuses_to_send_its_secret_over_plain_http_off_loopback() {
         stderr.contains("refusing to send the client secret to http://issuer.example over plain HTTP"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn an_issuer_on_redis_over_tls_serves_and_a_bad_tls_file_stops_start_up() {
+    let cluster = support::redis::tls_cluster(ClientAuth::Required).await;
+    let dir = samples_dir(Some(&KeyPair::generate(SigningAlgorithm::EdDSA).unwrap()));
+    let flags = [redis_flags(&cluster, dir.path()), redis_tls_flags(&cluster)].concat();
+    let mut child = issuer_with(dir.path(), &flags);
+    let mut logs = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = ready_address(&mut logs, &mut String::new()).await;
+    let (http, secret) = (reqwest::Client::new(), sample_secret());
+    let post = async |path: &str, form: &[(&str, &str)]| {
+        let resp = http
+            .post(format!("http://{addr}{path}"))
+            .basic_auth("demo.default", Some(&secret))
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    let (status, body) = post("/oauth2/token", &[("grant_type", "client_credentials")]).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap();
+    assert_eq!(post("/oauth2/revoke", &[("token", token)]).await.0, 200, "a durable write to Redis over TLS");
+    assert_eq!(post("/oauth2/introspect", &[("token", token)]).await.1["active"], false);
+
+    // A key where the CA bundle belongs.
+    let key = cluster.tls().unwrap().client.key.display().to_string();
+    let mut bad = flags.clone();
+    let at = bad.iter().position(|f| f == "--redis-ca-file").unwrap() + 1;
+    bad[at] = key.clone();
+    let stderr = refusal(issuer_with(dir.path(), &bad)).await;
+    assert!(stderr.contains(&format!("--redis-ca-file {key}: holds no PEM certificate")), "{stderr}");
 }

@@ -60,8 +60,8 @@ impl fmt::Debug for RedisTls {
 }
 
 impl RedisTls {
-    /// Reads the files with `read` (`std::fs::read`) and checks that each
-    /// holds what its flag promises.
+    /// Reads the files with `read` (`|path| std::fs::read(path)`) and
+    /// checks that each holds what its flag promises.
     pub fn load(
         files: &RedisTlsFiles,
         read: impl Fn(&Path) -> std::io::Result<Vec<u8>>,

@@ -25,6 +25,14 @@ pub struct RedisTlsFiles {
     pub client: Option<(PathBuf, PathBuf)>,
 }
 
+impl RedisTlsFiles {
+    /// The files the flags name; a certificate without its key, or a key
+    /// without its certificate, is left out (the flags require both).
+    pub fn new(ca: Option<PathBuf>, client_cert: Option<PathBuf>, client_key: Option<PathBuf>) -> Self {
+        Self { ca, client: client_cert.zip(client_key) }
+    }
+}
+
 /// A file that cannot serve, with its flag and what to give instead.
 #[derive(Debug, thiserror::Error)]
 #[error("{flag} {}: {reason}", path.display())]

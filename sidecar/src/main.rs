@@ -250,14 +250,14 @@ impl RedisArgs {
     }
 
     fn tls(&self) -> anyhow::Result<Option<RedisTls>> {
-        if !self.redis_tls {
-            return Ok(None);
-        }
-        let files = RedisTlsFiles {
-            ca: self.redis_ca_file.clone(),
-            client: self.redis_client_cert_file.clone().zip(self.redis_client_key_file.clone()),
-        };
-        Ok(Some(RedisTls::load(&files, |path| std::fs::read(path)).context("cannot talk TLS to Redis")?))
+        let (ca, cert, key) = (
+            self.redis_ca_file.clone(),
+            self.redis_client_cert_file.clone(),
+            self.redis_client_key_file.clone(),
+        );
+        let files = self.redis_tls.then(|| RedisTlsFiles::new(ca, cert, key));
+        let tls = files.map(|files| RedisTls::load(&files, |path| std::fs::read(path))).transpose();
+        tls.context("cannot talk TLS to Redis")
     }
 }
 

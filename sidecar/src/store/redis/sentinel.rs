@@ -28,13 +28,9 @@ fn addr(spec: &str, tls: bool) -> std::result::Result<ConnectionAddr, StoreError
 
 /// What the redis crate verifies the servers with and presents to them.
 fn certificates(tls: &RedisTls) -> TlsCertificates {
-    TlsCertificates {
-        client_tls: tls
-            .client
-            .as_ref()
-            .map(|c| ClientTlsConfig { client_cert: c.cert_chain.clone(), client_key: c.key.clone() }),
-        root_cert: tls.ca_bundle.clone(),
-    }
+    let client = tls.client.clone();
+    let client_tls = client.map(|c| ClientTlsConfig { client_cert: c.cert_chain, client_key: c.key });
+    TlsCertificates { client_tls, root_cert: tls.ca_bundle.clone() }
 }
 
 /// A client that finds the master through the Sentinels and talks RESP3

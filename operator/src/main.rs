@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use tokenplane_api::redis_tls::{RedisTls, RedisTlsFiles};
 use tokenplane_operator::controller::{self, Context, generate_secret};
 use tokenplane_operator::redis::{RedisAdmin, RedisConfig};
 
@@ -57,6 +58,20 @@ struct RunArgs {
     /// File holding the Sentinel user's password.
     #[arg(long, env = "TOKENPLANE_REDIS_SENTINEL_PASSWORD_FILE")]
     redis_sentinel_password_file: Option<PathBuf>,
+    /// Connect to the Sentinels and every Redis node over TLS.
+    #[arg(long, env = "TOKENPLANE_REDIS_TLS")]
+    redis_tls: bool,
+    /// PEM CA bundle the Sentinels' and nodes' certificates are verified
+    /// against; the system's roots without it.
+    #[arg(long, env = "TOKENPLANE_REDIS_CA_FILE", requires = "redis_tls")]
+    redis_ca_file: Option<PathBuf>,
+    /// PEM client certificate chain the operator presents (for Redis
+    /// `tls-auth-clients yes`).
+    #[arg(long, env = "TOKENPLANE_REDIS_CLIENT_CERT_FILE", requires_all = ["redis_tls", "redis_client_key_file"])]
+    redis_client_cert_file: Option<PathBuf>,
+    /// PEM private key of the operator's client certificate.
+    #[arg(long, env = "TOKENPLANE_REDIS_CLIENT_KEY_FILE", requires_all = ["redis_tls", "redis_client_cert_file"])]
+    redis_client_key_file: Option<PathBuf>,
     /// Namespace of the Lease the replicas elect a leader with.
     #[arg(long, env = "TOKENPLANE_LEASE_NAMESPACE", default_value = "tokenplane-system")]
     lease_namespace: String,
@@ -82,6 +97,9 @@ fn read_secret(path: &std::path::Path) -> anyhow::Result<String> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let files =
+        RedisTlsFiles::new(args.redis_ca_file, args.redis_client_cert_file, args.redis_client_key_file);
+    let tls = args.redis_tls.then(|| RedisTls::load(&files, |path| std::fs::read(path)));
     let redis = RedisAdmin::new(RedisConfig {
         sentinels: args.redis_sentinels,
         master_name: args.redis_master,
@@ -90,6 +108,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         sentinel_username: args.redis_sentinel_username,
         sentinel_password: args.redis_sentinel_password_file.as_deref().map(read_secret).transpose()?,
         timeout: std::time::Duration::from_secs(2),
+        tls: tls.transpose().context("cannot talk TLS to Redis")?,
     });
     let kube = kube::Client::try_default()
         .await
@@ -141,5 +160,27 @@ fn main() -> anyhow::Result<()> {
             print!("{}", resources.render()?);
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(flags: &[&str]) -> Result<Cli, clap::Error> {
+        let args =
+            ["tokenplane-operator", "run", "--redis-sentinels", "127.0.0.1:26379", "--redis-username", "op"];
+        Cli::try_parse_from(args.iter().chain(&["--redis-password-file", "pw"]).chain(flags))
+    }
+
+    #[test]
+    fn the_redis_tls_files_need_redis_tls() {
+        let refusal = |flags: &[&str]| parse(flags).err().map(|e| e.to_string()).unwrap_or_default();
+        let ca_alone = refusal(&["--redis-ca-file", "ca.crt"]);
+        assert!(ca_alone.contains("--redis-tls"), "{ca_alone}");
+        let key_alone = refusal(&["--redis-tls", "--redis-client-key-file", "c.key"]);
+        assert!(key_alone.contains("--redis-client-cert-file"), "{key_alone}");
+        let pair = ["--redis-tls", "--redis-client-cert-file", "c.crt", "--redis-client-key-file", "c.key"];
+        assert!(parse(&pair).is_ok());
     }
 }

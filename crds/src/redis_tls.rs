@@ -4,6 +4,8 @@
 //! (`tls-auth-clients yes`). The PEM files are checked when the process
 //! starts, so a wrong file is a start-up error naming its flag, not a failed
 //! connection later. The caller passes the function that reads a file.
+//! With the `clap` feature, [`RedisTlsArgs`] are the flags, the same in
+//! both binaries.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,36 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 pub const CA_FILE_FLAG: &str = "--redis-ca-file";
 pub const CLIENT_CERT_FILE_FLAG: &str = "--redis-client-cert-file";
 pub const CLIENT_KEY_FILE_FLAG: &str = "--redis-client-key-file";
+
+/// The flags (each with its environment variable); the files need
+/// `--redis-tls`, and a client certificate its key.
+#[cfg(feature = "clap")]
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct RedisTlsArgs {
+    /// Talk TLS to Redis and the Sentinels (Redis `tls-port`).
+    #[arg(long, env = "TOKENPLANE_REDIS_TLS")]
+    pub redis_tls: bool,
+    /// PEM CA bundle to verify Redis and the Sentinels against; the
+    /// system's roots without it.
+    #[arg(long, env = "TOKENPLANE_REDIS_CA_FILE", requires = "redis_tls")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// PEM client certificate chain to present to Redis and the Sentinels
+    /// (for `tls-auth-clients yes`).
+    #[arg(long, env = "TOKENPLANE_REDIS_CLIENT_CERT_FILE", requires_all = ["redis_tls", "redis_client_key_file"])]
+    pub redis_client_cert_file: Option<PathBuf>,
+    /// PEM private key of that client certificate.
+    #[arg(long, env = "TOKENPLANE_REDIS_CLIENT_KEY_FILE", requires_all = ["redis_tls", "redis_client_cert_file"])]
+    pub redis_client_key_file: Option<PathBuf>,
+}
+
+#[cfg(feature = "clap")]
+impl RedisTlsArgs {
+    /// The files to load, when `--redis-tls` is on.
+    pub fn files(&self) -> Option<RedisTlsFiles> {
+        let (cert, key) = (self.redis_client_cert_file.clone(), self.redis_client_key_file.clone());
+        self.redis_tls.then(|| RedisTlsFiles::new(self.redis_ca_file.clone(), cert, key))
+    }
+}
 
 /// Where the PEM files are, as given on the command line.
 #[derive(Clone, Debug, Default)]

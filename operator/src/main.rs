@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use tokenplane_api::redis_tls::{RedisTls, RedisTlsFiles};
+use tokenplane_api::redis_tls::{RedisTls, RedisTlsArgs};
 use tokenplane_operator::controller::{self, Context, generate_secret};
 use tokenplane_operator::redis::{RedisAdmin, RedisConfig};
 
@@ -58,20 +58,8 @@ struct RunArgs {
     /// File holding the Sentinel user's password.
     #[arg(long, env = "TOKENPLANE_REDIS_SENTINEL_PASSWORD_FILE")]
     redis_sentinel_password_file: Option<PathBuf>,
-    /// Connect to the Sentinels and every Redis node over TLS.
-    #[arg(long, env = "TOKENPLANE_REDIS_TLS")]
-    redis_tls: bool,
-    /// PEM CA bundle the Sentinels' and nodes' certificates are verified
-    /// against; the system's roots without it.
-    #[arg(long, env = "TOKENPLANE_REDIS_CA_FILE", requires = "redis_tls")]
-    redis_ca_file: Option<PathBuf>,
-    /// PEM client certificate chain the operator presents (for Redis
-    /// `tls-auth-clients yes`).
-    #[arg(long, env = "TOKENPLANE_REDIS_CLIENT_CERT_FILE", requires_all = ["redis_tls", "redis_client_key_file"])]
-    redis_client_cert_file: Option<PathBuf>,
-    /// PEM private key of the operator's client certificate.
-    #[arg(long, env = "TOKENPLANE_REDIS_CLIENT_KEY_FILE", requires_all = ["redis_tls", "redis_client_cert_file"])]
-    redis_client_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    redis_tls: RedisTlsArgs,
     /// Namespace of the Lease the replicas elect a leader with.
     #[arg(long, env = "TOKENPLANE_LEASE_NAMESPACE", default_value = "tokenplane-system")]
     lease_namespace: String,
@@ -97,9 +85,7 @@ fn read_secret(path: &std::path::Path) -> anyhow::Result<String> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let files =
-        RedisTlsFiles::new(args.redis_ca_file, args.redis_client_cert_file, args.redis_client_key_file);
-    let tls = args.redis_tls.then(|| RedisTls::load(&files, |path| std::fs::read(path)));
+    let tls = args.redis_tls.files().map(|files| RedisTls::load(&files, |path| std::fs::read(path)));
     let redis = RedisAdmin::new(RedisConfig {
         sentinels: args.redis_sentinels,
         master_name: args.redis_master,

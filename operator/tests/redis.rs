@@ -23,6 +23,17 @@ fn orders() -> oauth2client::Desired {
     oauth2client::desired(&client, Some(&policy), &creds).unwrap()
 }
 
+/// `agent` reads the revocations on every node, and not a registration.
+async fn agent_has_its_rights_everywhere(cluster: &RedisCluster, agent: &Login) {
+    for node in cluster.node_addrs() {
+        let mut conn = cluster.connection(&node, agent).await.unwrap();
+        let _: (u64, Vec<String>) =
+            redis::cmd("ZSCAN").arg(storage::REVOKED).arg(0).query_async(&mut conn).await.unwrap();
+        let denied: redis::RedisResult<Option<String>> = conn.get(storage::client("orders.shop")).await;
+        assert!(denied.is_err(), "the agent reads only what it needs ({node})");
+    }
+}
+
 #[tokio::test]
 async fn a_client_gets_its_agent_user_everywhere_and_deletion_kills_its_tokens() {
     let cluster = RedisCluster::start(RedisClusterOptions::default()).await.unwrap();
@@ -34,13 +45,7 @@ async fn a_client_gets_its_agent_user_everywhere_and_deletion_kills_its_tokens()
     admin.apply_client(&nodes, &desired.registration, &desired.agent_user, &["agent-pw-0123"]).await.unwrap();
 
     let agent = Login::new(&desired.agent_user.name, "agent-pw-0123");
-    for node in cluster.node_addrs() {
-        let mut conn = cluster.connection(&node, &agent).await.unwrap();
-        let _: (u64, Vec<String>) =
-            redis::cmd("ZSCAN").arg(storage::REVOKED).arg(0).query_async(&mut conn).await.unwrap();
-        let denied: redis::RedisResult<Option<String>> = conn.get(storage::client("orders.shop")).await;
-        assert!(denied.is_err(), "the agent reads only what it needs ({node})");
-    }
+    agent_has_its_rights_everywhere(&cluster, &agent).await;
     let mut conn = cluster.admin_connection(&master).await.unwrap();
     let json: String = conn.get(storage::client("orders.shop")).await.unwrap();
     let stored: ClientRecord = serde_json::from_str(&json).unwrap();
@@ -105,12 +110,7 @@ async fn over_tls_the_agent_user_reaches_every_node_and_a_wrong_ca_says_so() {
     let nodes = admin.nodes().await.unwrap();
     assert_eq!(nodes.replicas.len(), 2, "every replica is found through the Sentinels, over TLS");
     admin.apply_client(&nodes, &desired.registration, &desired.agent_user, &["agent-pw-0123"]).await.unwrap();
-    let agent = Login::new(&desired.agent_user.name, "agent-pw-0123");
-    for node in cluster.node_addrs() {
-        let mut conn = cluster.connection(&node, &agent).await.unwrap();
-        let _: (u64, Vec<String>) =
-            redis::cmd("ZSCAN").arg(storage::REVOKED).arg(0).query_async(&mut conn).await.unwrap();
-    }
+    agent_has_its_rights_everywhere(&cluster, &Login::new(&desired.agent_user.name, "agent-pw-0123")).await;
 
     let config = support::admin_config(&cluster);
     let other = tokenplane_testkit::pki::TestCa::new("another CA");

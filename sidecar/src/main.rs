@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use tokenplane_api::redis_tls::{RedisTls, RedisTlsFiles};
+use tokenplane_api::redis_tls::{RedisTls, RedisTlsArgs};
 use tokenplane_sidecar::agent::{self, Agent};
 use tokenplane_sidecar::issuer::{Issuer, Settings, managed};
 use tokenplane_sidecar::keys::KeySet;
@@ -208,20 +208,6 @@ struct RedisArgs {
     /// File holding the Sentinel user's password.
     #[arg(long, env = "TOKENPLANE_REDIS_SENTINEL_PASSWORD_FILE")]
     redis_sentinel_password_file: Option<PathBuf>,
-    /// Talk TLS to Redis and the Sentinels.
-    #[arg(long, env = "TOKENPLANE_REDIS_TLS")]
-    redis_tls: bool,
-    /// PEM CA bundle to verify Redis and the Sentinels against; the
-    /// system's roots without it.
-    #[arg(long, env = "TOKENPLANE_REDIS_CA_FILE", requires = "redis_tls")]
-    redis_ca_file: Option<PathBuf>,
-    /// PEM client certificate chain to present to Redis and the Sentinels
-    /// (for `tls-auth-clients yes`).
-    #[arg(long, env = "TOKENPLANE_REDIS_CLIENT_CERT_FILE", requires_all = ["redis_tls", "redis_client_key_file"])]
-    redis_client_cert_file: Option<PathBuf>,
-    /// PEM private key of that client certificate.
-    #[arg(long, env = "TOKENPLANE_REDIS_CLIENT_KEY_FILE", requires_all = ["redis_tls", "redis_client_cert_file"])]
-    redis_client_key_file: Option<PathBuf>,
     /// Replicas that must confirm a revocation, code redemption or refresh rotation (WAIT).
     #[arg(long, env = "TOKENPLANE_REDIS_MIN_REPLICAS", default_value_t = 1)]
     redis_min_replicas: usize,
@@ -229,6 +215,8 @@ struct RedisArgs {
     /// durable write (WAIT) before it is refused with 503, in milliseconds.
     #[arg(long, env = "TOKENPLANE_REDIS_TIMEOUT_MS", default_value_t = 1000)]
     redis_timeout_ms: u64,
+    #[command(flatten)]
+    tls: RedisTlsArgs,
 }
 
 impl RedisArgs {
@@ -250,14 +238,8 @@ impl RedisArgs {
     }
 
     fn tls(&self) -> anyhow::Result<Option<RedisTls>> {
-        let (ca, cert, key) = (
-            self.redis_ca_file.clone(),
-            self.redis_client_cert_file.clone(),
-            self.redis_client_key_file.clone(),
-        );
-        let files = self.redis_tls.then(|| RedisTlsFiles::new(ca, cert, key));
-        let tls = files.map(|files| RedisTls::load(&files, |path| std::fs::read(path))).transpose();
-        tls.context("cannot talk TLS to Redis")
+        let tls = self.tls.files().map(|files| RedisTls::load(&files, |path| std::fs::read(path)));
+        tls.transpose().context("cannot talk TLS to Redis")
     }
 }
 

@@ -151,6 +151,24 @@ fn redis_tls_flags(cluster: &RedisCluster) -> Vec<String> {
     ])
 }
 
+/// POSTs `form` to `path` of the plain-HTTP issuer at `addr` as the sample
+/// client: the status and the JSON body (null when there is none).
+async fn as_sample_client(
+    http: &reqwest::Client,
+    addr: &str,
+    path: &str,
+    form: &[(&str, &str)],
+) -> (u16, Value) {
+    let resp = http
+        .post(format!("http://{addr}{path}"))
+        .basic_auth("demo.default", Some(sample_secret()))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
+}
+
 /// The samples, plus the policy's keys Secret when `keys` is set.
 fn samples_dir(keys: Option<&KeyPair>) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -194,18 +212,9 @@ async fn two_issuers_on_one_redis_with_the_keys_secret_honour_each_others_tokens
         running.push((child, logs));
     }
     let (a, b) = (&addrs[0], &addrs[1]);
-    let secret = sample_secret();
     let http = reqwest::Client::new();
-    let call = async |addr: &str, path: &str, form: &[(&str, &str)]| -> (u16, Value) {
-        let resp = http
-            .post(format!("http://{addr}{path}"))
-            .basic_auth("demo.default", Some(&secret))
-            .form(form)
-            .send()
-            .await
-            .unwrap();
-        (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
-    };
+    let call =
+        async |addr: &str, path: &str, form: &[(&str, &str)]| as_sample_client(&http, addr, path, form).await;
     let (status, body) = call(a, "/oauth2/token", &[("grant_type", "client_credentials")]).await;
     assert_eq!(status, 200, "{body}");
     let token = body["access_token"].as_str().unwrap();
@@ -327,17 +336,8 @@ async fn an_issuer_on_redis_over_tls_serves_and_a_bad_tls_file_stops_start_up() 
     let mut child = issuer_with(dir.path(), &flags);
     let mut logs = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = ready_address(&mut logs, &mut String::new()).await;
-    let (http, secret) = (reqwest::Client::new(), sample_secret());
-    let post = async |path: &str, form: &[(&str, &str)]| {
-        let resp = http
-            .post(format!("http://{addr}{path}"))
-            .basic_auth("demo.default", Some(&secret))
-            .form(form)
-            .send()
-            .await
-            .unwrap();
-        (resp.status().as_u16(), resp.json::<Value>().await.unwrap_or(Value::Null))
-    };
+    let http = reqwest::Client::new();
+    let post = async |path: &str, form: &[(&str, &str)]| as_sample_client(&http, &addr, path, form).await;
     let (status, body) = post("/oauth2/token", &[("grant_type", "client_credentials")]).await;
     assert_eq!(status, 200, "{body}");
     let token = body["access_token"].as_str().unwrap();

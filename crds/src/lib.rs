@@ -14,6 +14,7 @@ pub mod grant;
 pub mod oauth2client;
 pub mod redirect;
 pub mod redis;
+pub mod redis_tls;
 pub mod signing;
 pub mod storage;
 pub mod tokenpolicy;

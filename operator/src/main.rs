@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use tokenplane_api::redis_tls::{RedisTls, RedisTlsArgs};
 use tokenplane_api::tokenpolicy::CertManagerIssuerRef;
 use tokenplane_operator::controller::{self, Context, generate_secret};
 use tokenplane_operator::reconcile::ca::Settings;
@@ -59,6 +60,8 @@ struct RunArgs {
     /// File holding the Sentinel user's password.
     #[arg(long, env = "TOKENPLANE_REDIS_SENTINEL_PASSWORD_FILE")]
     redis_sentinel_password_file: Option<PathBuf>,
+    #[command(flatten)]
+    redis_tls: RedisTlsArgs,
     /// Namespace of the Lease the replicas elect a leader with.
     #[arg(long, env = "TOKENPLANE_LEASE_NAMESPACE", default_value = "tokenplane-system")]
     lease_namespace: String,
@@ -117,6 +120,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         propagation: args.ca_propagation.as_secs(),
     };
     ca_settings.check().map_err(|e| anyhow::anyhow!("invalid certificate lifetimes: {e}"))?;
+    let tls = args.redis_tls.files().map(|files| RedisTls::load(&files, |path| std::fs::read(path)));
     let redis = RedisAdmin::new(RedisConfig {
         sentinels: args.redis_sentinels,
         master_name: args.redis_master,
@@ -125,6 +129,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         sentinel_username: args.redis_sentinel_username,
         sentinel_password: args.redis_sentinel_password_file.as_deref().map(read_secret).transpose()?,
         timeout: std::time::Duration::from_secs(2),
+        tls: tls.transpose().context("cannot talk TLS to Redis")?,
     });
     let kube = kube::Client::try_default()
         .await
@@ -182,5 +187,27 @@ fn main() -> anyhow::Result<()> {
             print!("{}", resources.render()?);
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(flags: &[&str]) -> Result<Cli, clap::Error> {
+        let args =
+            ["tokenplane-operator", "run", "--redis-sentinels", "127.0.0.1:26379", "--redis-username", "op"];
+        Cli::try_parse_from(args.iter().chain(&["--redis-password-file", "pw"]).chain(flags))
+    }
+
+    #[test]
+    fn the_redis_tls_files_need_redis_tls() {
+        let refusal = |flags: &[&str]| parse(flags).err().map(|e| e.to_string()).unwrap_or_default();
+        let ca_alone = refusal(&["--redis-ca-file", "ca.crt"]);
+        assert!(ca_alone.contains("--redis-tls"), "{ca_alone}");
+        let key_alone = refusal(&["--redis-tls", "--redis-client-key-file", "c.key"]);
+        assert!(key_alone.contains("--redis-client-cert-file"), "{key_alone}");
+        let pair = ["--redis-tls", "--redis-client-cert-file", "c.crt", "--redis-client-key-file", "c.key"];
+        assert!(parse(&pair).is_ok());
     }
 }

@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{
-    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo,
+    AsyncConnectionConfig, Client, ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo,
+    RedisConnectionInfo, TlsCertificates,
 };
 use tokenplane_api::client::{ClientRecord, SecretHash};
+use tokenplane_api::redis_tls::RedisTls;
 use tokenplane_api::storage::{self, VerifierHeartbeat};
 use tokenplane_api::tokenpolicy::PolicyRecord;
 
@@ -30,12 +32,19 @@ pub struct RedisConfig {
     pub sentinel_username: Option<String>,
     pub sentinel_password: Option<String>,
     pub timeout: Duration,
+    /// TLS to the Sentinels and every node, verified against the CA bundle
+    /// (the system's roots without one); plain TCP when `None`.
+    pub tls: Option<RedisTls>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
-    #[error("no Sentinel of {0:?} answered; check the RedisSentinelCluster and the Sentinel credentials")]
-    NoSentinel(Vec<String>),
+    #[error(
+        "no Sentinel of {sentinels:?} answered (last error: {last}); check the RedisSentinelCluster, \
+         the Sentinel credentials and, with --redis-tls, that --redis-ca-file holds the CA of their \
+         certificates and a client certificate is given where they set tls-auth-clients yes"
+    )]
+    NoSentinel { sentinels: Vec<String>, last: String },
     #[error("Redis node {addr}: {source}")]
     Node { addr: String, source: redis::RedisError },
     #[error("the Sentinels report an unusable address {0:?}")]
@@ -65,8 +74,8 @@ pub struct RedisAdmin {
 
 fn connection_info(
     addr: &str,
-    username: Option<&str>,
-    password: Option<&str>,
+    (username, password): (Option<&str>, Option<&str>),
+    tls: bool,
 ) -> Result<ConnectionInfo, RedisError> {
     let (host, port) = addr
         .rsplit_once(':')
@@ -79,14 +88,32 @@ fn connection_info(
     if let Some(p) = password {
         auth = auth.set_password(p);
     }
-    let info = ConnectionAddr::Tcp(host, port)
+    let addr_of = if tls {
+        ConnectionAddr::TcpTls { host, port, insecure: false, tls_params: None }
+    } else {
+        ConnectionAddr::Tcp(host, port)
+    };
+    let info = addr_of
         .into_connection_info()
         .map_err(|source| RedisError::Node { addr: addr.to_owned(), source })?;
     Ok(info.set_redis_settings(auth))
 }
 
+/// What the redis crate verifies the servers with and presents to them.
+fn certificates(tls: &RedisTls) -> TlsCertificates {
+    let client = tls.client.clone();
+    let client_tls = client.map(|c| ClientTlsConfig { client_cert: c.cert_chain, client_key: c.key });
+    TlsCertificates { client_tls, root_cert: tls.ca_bundle.clone() }
+}
+
 impl RedisAdmin {
     pub fn new(config: RedisConfig) -> Self {
+        if config.tls.is_some() {
+            // The redis crate's TLS connections take the process's rustls
+            // provider, which rustls cannot choose by itself once both
+            // aws-lc-rs and ring are linked. One installed already stays.
+            let _ = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider().install_default();
+        }
         Self { config, open: Mutex::default() }
     }
 
@@ -107,7 +134,12 @@ impl RedisAdmin {
         let limits = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.config.timeout))
             .set_response_timeout(Some(self.config.timeout));
-        let client = Client::open(connection_info(addr, username, password)?).map_err(node)?;
+        let info = connection_info(addr, (username, password), self.config.tls.is_some())?;
+        let client = match &self.config.tls {
+            Some(tls) => Client::build_with_tls(info, certificates(tls)),
+            None => Client::open(info),
+        }
+        .map_err(node)?;
         let connection = client.get_multiplexed_async_connection_with_config(&limits).await.map_err(node)?;
         self.open.lock().expect("never poisoned").insert(addr.to_owned(), connection.clone());
         Ok(connection)
@@ -138,11 +170,17 @@ impl RedisAdmin {
     /// that answers. Resolve them once per reconcile and pass them on.
     pub async fn nodes(&self) -> Result<Nodes, RedisError> {
         let c = &self.config;
+        let mut last = "none tried".to_owned();
         for sentinel in &c.sentinels {
-            let Ok(mut conn) =
-                self.connect(sentinel, c.sentinel_username.as_deref(), c.sentinel_password.as_deref()).await
-            else {
-                continue;
+            let mut conn = match self
+                .connect(sentinel, c.sentinel_username.as_deref(), c.sentinel_password.as_deref())
+                .await
+            {
+                Ok(conn) => conn,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
             };
             let master: redis::RedisResult<(String, u16)> = redis::cmd("SENTINEL")
                 .arg("get-master-addr-by-name")
@@ -151,9 +189,13 @@ impl RedisAdmin {
                 .await;
             let replicas: redis::RedisResult<Vec<std::collections::HashMap<String, String>>> =
                 redis::cmd("SENTINEL").arg("replicas").arg(&c.master_name).query_async(&mut conn).await;
-            let (Ok((host, port)), Ok(replicas)) = (master, replicas) else {
-                self.forget(sentinel);
-                continue;
+            let (host, port, replicas) = match (master, replicas) {
+                (Ok((host, port)), Ok(replicas)) => (host, port, replicas),
+                (Err(e), _) | (_, Err(e)) => {
+                    last = format!("{sentinel}: {e}");
+                    self.forget(sentinel);
+                    continue;
+                }
             };
             let replicas = replicas
                 .iter()
@@ -164,7 +206,7 @@ impl RedisAdmin {
                 .collect();
             return Ok(Nodes { master: format!("{host}:{port}"), replicas });
         }
-        Err(RedisError::NoSentinel(c.sentinels.clone()))
+        Err(RedisError::NoSentinel { sentinels: c.sentinels.clone(), last })
     }
 
     /// Creates (or redefines) `user` with `passwords` (two while a password

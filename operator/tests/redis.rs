@@ -1,6 +1,7 @@
 //! The operator's Redis side effects on a real Sentinel cluster: an agent
 //! user on every node with exactly its rights, the registration issuers
-//! read, and a deletion that kills the client's tokens at once.
+//! read, and a deletion that kills the client's tokens at once; the same
+//! over TLS, where a wrong CA or a missing client certificate says so.
 
 mod support;
 
@@ -8,9 +9,11 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use tokenplane_api::client::ClientRecord;
+use tokenplane_api::redis_tls::RedisTls;
 use tokenplane_api::storage;
 use tokenplane_operator::reconcile::oauth2client::{self, Credentials};
-use tokenplane_testkit::{Credentials as Login, RedisCluster, RedisClusterOptions};
+use tokenplane_operator::redis::{RedisAdmin, RedisConfig};
+use tokenplane_testkit::{ClientAuth, Credentials as Login, RedisCluster, RedisClusterOptions};
 
 /// What the operator builds for the client `orders`, with known credentials.
 fn orders() -> oauth2client::Desired {
@@ -18,6 +21,17 @@ fn orders() -> oauth2client::Desired {
     let creds =
         Credentials { client_secret: Some("secret-0123".into()), redis_password: "agent-pw-0123".into() };
     oauth2client::desired(&client, Some(&policy), &creds).unwrap()
+}
+
+/// `agent` reads the revocations on every node, and not a registration.
+async fn agent_has_its_rights_everywhere(cluster: &RedisCluster, agent: &Login) {
+    for node in cluster.node_addrs() {
+        let mut conn = cluster.connection(&node, agent).await.unwrap();
+        let _: (u64, Vec<String>) =
+            redis::cmd("ZSCAN").arg(storage::REVOKED).arg(0).query_async(&mut conn).await.unwrap();
+        let denied: redis::RedisResult<Option<String>> = conn.get(storage::client("orders.shop")).await;
+        assert!(denied.is_err(), "the agent reads only what it needs ({node})");
+    }
 }
 
 #[tokio::test]
@@ -31,13 +45,7 @@ async fn a_client_gets_its_agent_user_everywhere_and_deletion_kills_its_tokens()
     admin.apply_client(&nodes, &desired.registration, &desired.agent_user, &["agent-pw-0123"]).await.unwrap();
 
     let agent = Login::new(&desired.agent_user.name, "agent-pw-0123");
-    for node in cluster.node_addrs() {
-        let mut conn = cluster.connection(&node, &agent).await.unwrap();
-        let _: (u64, Vec<String>) =
-            redis::cmd("ZSCAN").arg(storage::REVOKED).arg(0).query_async(&mut conn).await.unwrap();
-        let denied: redis::RedisResult<Option<String>> = conn.get(storage::client("orders.shop")).await;
-        assert!(denied.is_err(), "the agent reads only what it needs ({node})");
-    }
+    agent_has_its_rights_everywhere(&cluster, &agent).await;
     let mut conn = cluster.admin_connection(&master).await.unwrap();
     let json: String = conn.get(storage::client("orders.shop")).await.unwrap();
     let stored: ClientRecord = serde_json::from_str(&json).unwrap();
@@ -91,4 +99,29 @@ async fn a_restarted_node_gets_a_new_connection() {
     }
     let agent = Login::new(&desired.agent_user.name, "agent-pw-0123");
     assert!(cluster.connection(&replica, &agent).await.is_ok(), "the agent user is back on {replica}");
+}
+
+#[tokio::test]
+async fn over_tls_the_agent_user_reaches_every_node_and_a_wrong_ca_says_so() {
+    let opts = RedisClusterOptions { tls: Some(ClientAuth::Required), ..RedisClusterOptions::default() };
+    let cluster = RedisCluster::start(opts).await.unwrap();
+    let desired = orders();
+    let admin = support::admin(&cluster);
+    let nodes = admin.nodes().await.unwrap();
+    assert_eq!(nodes.replicas.len(), 2, "every replica is found through the Sentinels, over TLS");
+    admin.apply_client(&nodes, &desired.registration, &desired.agent_user, &["agent-pw-0123"]).await.unwrap();
+    agent_has_its_rights_everywhere(&cluster, &Login::new(&desired.agent_user.name, "agent-pw-0123")).await;
+
+    let config = support::admin_config(&cluster);
+    let other = tokenplane_testkit::pki::TestCa::new("another CA");
+    let wrong_ca =
+        RedisTls { ca_bundle: Some(other.pem().as_bytes().to_vec()), ..config.tls.clone().unwrap() };
+    let error =
+        RedisAdmin::new(RedisConfig { tls: Some(wrong_ca), ..config.clone() }).nodes().await.err().unwrap();
+    let error = error.to_string();
+    assert!(error.contains("UnknownIssuer") && error.contains("--redis-ca-file"), "{error}");
+    let no_client = RedisTls { client: None, ..config.tls.clone().unwrap() };
+    let error = RedisAdmin::new(RedisConfig { tls: Some(no_client), ..config }).nodes().await.err().unwrap();
+    let error = error.to_string();
+    assert!(error.contains("CertificateRequired") && error.contains("tls-auth-clients"), "{error}");
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use tokenplane_api::redis_tls::{RedisTls, RedisTlsArgs};
 use tokenplane_sidecar::agent::{self, Agent};
 use tokenplane_sidecar::issuer::{Issuer, Settings, managed};
 use tokenplane_sidecar::keys::KeySet;
@@ -207,9 +208,6 @@ struct RedisArgs {
     /// File holding the Sentinel user's password.
     #[arg(long, env = "TOKENPLANE_REDIS_SENTINEL_PASSWORD_FILE")]
     redis_sentinel_password_file: Option<PathBuf>,
-    /// Talk TLS to Redis and the Sentinels.
-    #[arg(long, env = "TOKENPLANE_REDIS_TLS")]
-    redis_tls: bool,
     /// Replicas that must confirm a revocation, code redemption or refresh rotation (WAIT).
     #[arg(long, env = "TOKENPLANE_REDIS_MIN_REPLICAS", default_value_t = 1)]
     redis_min_replicas: usize,
@@ -217,6 +215,8 @@ struct RedisArgs {
     /// durable write (WAIT) before it is refused with 503, in milliseconds.
     #[arg(long, env = "TOKENPLANE_REDIS_TIMEOUT_MS", default_value_t = 1000)]
     redis_timeout_ms: u64,
+    #[command(flatten)]
+    tls: RedisTlsArgs,
 }
 
 impl RedisArgs {
@@ -231,10 +231,15 @@ impl RedisArgs {
             password: self.redis_password_file.as_deref().map(read_secret).transpose()?,
             sentinel_username: self.redis_sentinel_username.clone(),
             sentinel_password: self.redis_sentinel_password_file.as_deref().map(read_secret).transpose()?,
-            tls: self.redis_tls,
+            tls: self.tls()?,
             min_replicas: self.redis_min_replicas,
             timeout: std::time::Duration::from_millis(self.redis_timeout_ms),
         }))
+    }
+
+    fn tls(&self) -> anyhow::Result<Option<RedisTls>> {
+        let tls = self.tls.files().map(|files| RedisTls::load(&files, |path| std::fs::read(path)));
+        tls.transpose().context("cannot talk TLS to Redis")
     }
 }
 
@@ -465,5 +470,29 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(flags: &[&str]) -> Result<Cli, clap::Error> {
+        let args =
+            ["tokenplane-sidecar", "issuer", "--manifests", "m", "--redis-sentinels", "127.0.0.1:26379"];
+        Cli::try_parse_from(args.iter().chain(flags))
+    }
+
+    #[test]
+    fn redis_tls_files_are_refused_without_redis_tls() {
+        let client = ["--redis-client-cert-file", "c.crt", "--redis-client-key-file", "c.key"];
+        for flags in [&["--redis-ca-file", "ca.crt"][..], &client] {
+            let error = parse(flags).err().expect("refused").to_string();
+            assert!(error.contains("--redis-tls"), "{error}");
+        }
+        let error = parse(&["--redis-tls", "--redis-client-cert-file", "c.crt"]).err().expect("refused");
+        assert!(error.to_string().contains("--redis-client-key-file"), "{error}");
+        let all = [&["--redis-tls", "--redis-ca-file", "ca.crt"][..], &client].concat();
+        assert!(parse(&all).is_ok());
     }
 }

@@ -487,9 +487,5 @@ async fn a_new_ca_in_the_bundle_is_trusted_without_restart_when_the_issuer_moves
     let stale = Options { issuer_ca_file: Some(old_bundle), ..Options::default() };
     let stale = launch_agent(&cluster, &issuer.base, stale).await;
     let (status, body) = vend(&stale, "read").await;
-    assert_eq!(
-        status,
-        StatusCode::BAD_GATEWAY,
-        "without the new CA the issuer is unreachable: {body}"
-    );
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "without the new CA the issuer is unreachable: {body}");
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde_json::Value;
 use tokenplane_api::signing::KeyPair;
 use tokenplane_api::tokenpolicy::SigningAlgorithm;
-use tokenplane_testkit::RedisCluster;
 use tokenplane_testkit::pki::{TestCa, Usage, window};
+use tokenplane_testkit::{ClientAuth, RedisCluster};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, Command};
 
@@ -136,6 +136,39 @@ fn redis_flags(cluster: &RedisCluster, dir: &Path) -> Vec<String> {
     flags.into_iter().flat_map(|(flag, value)| [flag.to_owned(), value]).collect()
 }
 
+/// The flags that put an issuer on a TLS `cluster`: its CA and client certificate.
+fn redis_tls_flags(cluster: &RedisCluster) -> Vec<String> {
+    let tls = cluster.tls().expect("a TLS cluster");
+    let [ca, cert, key] = [tls.ca_file, tls.client.cert, tls.client.key].map(|p| p.display().to_string());
+    strings(&[
+        "--redis-tls",
+        "--redis-ca-file",
+        &ca,
+        "--redis-client-cert-file",
+        &cert,
+        "--redis-client-key-file",
+        &key,
+    ])
+}
+
+/// POSTs `form` to `path` of the plain-HTTP issuer at `addr` as the sample
+/// client: the status and the JSON body (null when there is none).
+async fn as_sample_client(
+    http: &reqwest::Client,
+    addr: &str,
+    path: &str,
+    form: &[(&str, &str)],
+) -> (u16, Value) {
+    let resp = http
+        .post(format!("http://{addr}{path}"))
+        .basic_auth("demo.default", Some(sample_secret()))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
+}
+
 /// The samples, plus the policy's keys Secret when `keys` is set.
 fn samples_dir(keys: Option<&KeyPair>) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -179,18 +212,9 @@ async fn two_issuers_on_one_redis_with_the_keys_secret_honour_each_others_tokens
         running.push((child, logs));
     }
     let (a, b) = (&addrs[0], &addrs[1]);
-    let secret = sample_secret();
     let http = reqwest::Client::new();
-    let call = async |addr: &str, path: &str, form: &[(&str, &str)]| -> (u16, Value) {
-        let resp = http
-            .post(format!("http://{addr}{path}"))
-            .basic_auth("demo.default", Some(&secret))
-            .form(form)
-            .send()
-            .await
-            .unwrap();
-        (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
-    };
+    let call =
+        async |addr: &str, path: &str, form: &[(&str, &str)]| as_sample_client(&http, addr, path, form).await;
     let (status, body) = call(a, "/oauth2/token", &[("grant_type", "client_credentials")]).await;
     assert_eq!(status, 200, "{body}");
     let token = body["access_token"].as_str().unwrap();
@@ -302,4 +326,29 @@ async fn the_agent_refuses_to_send_its_secret_over_plain_http_off_loopback() {
         stderr.contains("refusing to send the client secret to http://issuer.example over plain HTTP"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn an_issuer_on_redis_over_tls_serves_and_a_bad_tls_file_stops_start_up() {
+    let cluster = support::redis::tls_cluster(ClientAuth::Required).await;
+    let dir = samples_dir(Some(&KeyPair::generate(SigningAlgorithm::EdDSA).unwrap()));
+    let flags = [redis_flags(&cluster, dir.path()), redis_tls_flags(&cluster)].concat();
+    let mut child = issuer_with(dir.path(), &flags);
+    let mut logs = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = ready_address(&mut logs, &mut String::new()).await;
+    let http = reqwest::Client::new();
+    let post = async |path: &str, form: &[(&str, &str)]| as_sample_client(&http, &addr, path, form).await;
+    let (status, body) = post("/oauth2/token", &[("grant_type", "client_credentials")]).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap();
+    assert_eq!(post("/oauth2/revoke", &[("token", token)]).await.0, 200, "a durable write to Redis over TLS");
+    assert_eq!(post("/oauth2/introspect", &[("token", token)]).await.1["active"], false);
+
+    // A key where the CA bundle belongs.
+    let key = cluster.tls().unwrap().client.key.display().to_string();
+    let mut bad = flags.clone();
+    let at = bad.iter().position(|f| f == "--redis-ca-file").unwrap() + 1;
+    bad[at] = key.clone();
+    let stderr = refusal(issuer_with(dir.path(), &bad)).await;
+    assert!(stderr.contains(&format!("--redis-ca-file {key}: holds no PEM certificate")), "{stderr}");
 }

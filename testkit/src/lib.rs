@@ -13,4 +13,6 @@
 pub mod pki;
 pub mod redis;
 
-pub use crate::redis::{Credentials, HarnessError, RedisCluster, RedisClusterOptions};
+pub use crate::redis::{
+    ClientAuth, ClusterTls, Credentials, HarnessError, RedisCluster, RedisClusterOptions,
+};

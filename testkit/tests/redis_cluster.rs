@@ -6,7 +6,7 @@ use std::fmt::Display;
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use tokenplane_testkit::{Credentials, HarnessError, RedisCluster, RedisClusterOptions};
+use tokenplane_testkit::{ClientAuth, Credentials, HarnessError, RedisCluster, RedisClusterOptions};
 
 async fn start() -> RedisCluster {
     let started = Instant::now();
@@ -328,4 +328,77 @@ async fn a_start_that_times_out_says_what_it_waited_for_and_shows_the_logs() {
     let opts = RedisClusterOptions { replicas: 0, ..RedisClusterOptions::default() };
     let err = RedisCluster::start(opts).await.expect_err("no replica");
     assert!(err.to_string().contains("replicas must be at least 1"), "{err}");
+}
+
+async fn start_tls(auth: ClientAuth) -> RedisCluster {
+    let opts = RedisClusterOptions { tls: Some(auth), ..RedisClusterOptions::default() };
+    let started = Instant::now();
+    let cluster = RedisCluster::start(opts).await.unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("TLS cluster ready in {:?}: {cluster:?}", started.elapsed());
+    cluster
+}
+
+/// A TLS client of `addr` verifying the cluster's CA, with `client_cert`
+/// (the cluster's client pair) or none.
+async fn tls_connection(
+    cluster: &RedisCluster,
+    addr: &str,
+    client_cert: bool,
+) -> redis::RedisResult<MultiplexedConnection> {
+    let tls = cluster.tls().expect("a TLS cluster");
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let addr = redis::ConnectionAddr::TcpTls {
+        host: host.to_owned(),
+        port: port.parse().unwrap(),
+        insecure: false,
+        tls_params: None,
+    };
+    let admin = cluster.admin_credentials();
+    let info = redis::IntoConnectionInfo::into_connection_info(addr)?.set_redis_settings(
+        redis::RedisConnectionInfo::default().set_username(&admin.username).set_password(&admin.password),
+    );
+    let client_tls = client_cert.then(|| redis::ClientTlsConfig {
+        client_cert: std::fs::read(&tls.client.cert).unwrap(),
+        client_key: std::fs::read(&tls.client.key).unwrap(),
+    });
+    let certs = redis::TlsCertificates { client_tls, root_cert: Some(std::fs::read(&tls.ca_file).unwrap()) };
+    let config = redis::AsyncConnectionConfig::new().set_connection_timeout(Some(Duration::from_secs(1)));
+    redis::Client::build_with_tls(info, certs)?.get_multiplexed_async_connection_with_config(&config).await
+}
+
+#[tokio::test]
+async fn a_tls_cluster_serves_only_tls_requires_client_certificates_and_fails_over() {
+    let cluster = start_tls(ClientAuth::Required).await;
+    let old = cluster.master_addr().await.or_logs(&cluster, "master_addr over TLS");
+    let plain = redis::Client::open(cluster.admin_credentials().connection_info(&old).unwrap()).unwrap();
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(1)));
+    assert!(plain.get_multiplexed_async_connection_with_config(&config).await.is_err(), "no plain TCP");
+    assert!(tls_connection(&cluster, &old, false).await.is_err(), "no TLS without a client certificate");
+    let mut con =
+        tls_connection(&cluster, &old, true).await.or_logs(&cluster, "TLS with a client certificate");
+    query::<()>(&mut con, redis::cmd("SET").arg("tp:before").arg("1")).await.or_logs(&cluster, "SET");
+    let acked: i64 = query(&mut con, redis::cmd("WAIT").arg(2).arg(1000)).await.or_logs(&cluster, "WAIT");
+    assert_eq!(acked, 2, "both replicas replicate over TLS");
+
+    cluster.kill_master().await.or_logs(&cluster, "kill_master");
+    let new = cluster.wait_for_failover(&old, Duration::from_secs(10)).await.or_logs(&cluster, "failover");
+    let mut con = admin(&cluster, &new).await;
+    let value: String = query(&mut con, redis::cmd("GET").arg("tp:before")).await.or_logs(&cluster, "GET");
+    assert_eq!(value, "1", "the acknowledged write survives a failover over TLS");
+    query::<()>(&mut con, redis::cmd("SET").arg("tp:after").arg("2")).await.or_logs(&cluster, "SET on new");
+    cluster.restart_node(&old).await.or_logs(&cluster, "restart_node: the old master rejoins over TLS");
+    let acked: i64 = query(&mut con, redis::cmd("WAIT").arg(2).arg(1000)).await.or_logs(&cluster, "WAIT");
+    assert_eq!(acked, 2, "the new master's replicas, the old master among them, follow over TLS");
+}
+
+#[tokio::test]
+async fn an_optional_client_certificate_may_be_left_out() {
+    let cluster = start_tls(ClientAuth::Optional).await;
+    let master = cluster.master_addr().await.or_logs(&cluster, "master_addr");
+    let mut con =
+        tls_connection(&cluster, &master, false).await.or_logs(&cluster, "TLS without a certificate");
+    let pong: String = query(&mut con, &mut redis::cmd("PING")).await.or_logs(&cluster, "PING");
+    assert_eq!(pong, "PONG");
 }

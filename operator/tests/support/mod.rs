@@ -5,14 +5,25 @@ pub mod api;
 
 use std::time::Duration;
 
+use tokenplane_api::redis_tls::{RedisTls, RedisTlsFiles};
 use tokenplane_api::{OAuth2Client, TokenPolicy};
 use tokenplane_operator::redis::{RedisAdmin, RedisConfig};
 use tokenplane_testkit::RedisCluster;
 
 /// The operator's Redis side on `cluster`, as its admin user.
 pub fn admin(cluster: &RedisCluster) -> RedisAdmin {
+    RedisAdmin::new(admin_config(cluster))
+}
+
+/// How the operator reaches `cluster` as its admin user; over TLS with the
+/// cluster's CA and client certificate when it serves TLS.
+pub fn admin_config(cluster: &RedisCluster) -> RedisConfig {
     let (admin, sentinel) = (cluster.admin_credentials(), cluster.sentinel_credentials());
-    RedisAdmin::new(RedisConfig {
+    let tls = cluster.tls().map(|t| {
+        let files = RedisTlsFiles::new(Some(t.ca_file), Some(t.client.cert), Some(t.client.key));
+        RedisTls::load(&files, |path| std::fs::read(path)).unwrap()
+    });
+    RedisConfig {
         sentinels: cluster.sentinel_addrs(),
         master_name: cluster.master_name().to_owned(),
         username: admin.username,
@@ -20,7 +31,8 @@ pub fn admin(cluster: &RedisCluster) -> RedisAdmin {
         sentinel_username: Some(sentinel.username),
         sentinel_password: Some(sentinel.password),
         timeout: Duration::from_secs(2),
-    })
+        tls,
+    }
 }
 
 /// The TokenPolicy `default` in namespace `auth`.

@@ -32,6 +32,14 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(aws_lc_rs::default_provider())
 }
 
+/// Makes [`provider`] the process's default, which the redis crate's TLS
+/// connections take: rustls cannot choose one itself when, as here, both
+/// aws-lc-rs and ring are linked (reqwest brings ring), and would panic.
+/// Idempotent: a provider installed already stays.
+pub fn install_default_provider() {
+    let _ = aws_lc_rs::default_provider().install_default();
+}
+
 /// The serving side of TLS: the acceptor, the pair it serves, and the task
 /// that keeps the pair current.
 pub struct ServingTls {

@@ -1,8 +1,10 @@
 //! The configuration files of the data nodes and the Sentinels, and the ACL
 //! rules of the harness's users.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use crate::pki::LeafFiles;
 
 /// The user of the harness and of tests that need everything.
 pub(crate) const ADMIN_USER: &str = "admin";
@@ -76,9 +78,53 @@ pub(crate) fn node_acl_file(pw: &Passwords) -> String {
     )
 }
 
+/// The TLS files every process of a TLS cluster uses, and whether it
+/// requires clients to present a certificate.
+pub(crate) struct TlsFiles {
+    pub ca: PathBuf,
+    pub server: LeafFiles,
+    /// What the process presents when it connects out (replication, Sentinel
+    /// links): the server leaf is for serving only (its EKU is serverAuth).
+    pub client: LeafFiles,
+    /// `tls-auth-clients`: `yes` or `optional`.
+    pub auth_clients: &'static str,
+}
+
+/// Where a process listens: the port, plain TCP or TLS.
+pub(crate) struct Listen<'a> {
+    pub port: u16,
+    pub tls: Option<&'a TlsFiles>,
+}
+
+impl Listen<'_> {
+    /// `port` for plain TCP, or `port 0` and `tls-port` with TLS on every
+    /// link, replication and Sentinel links included (`tls-replication yes`).
+    fn directives(&self) -> String {
+        let Some(tls) = self.tls else { return format!("port {}\n", self.port) };
+        format!(
+            "port 0\n\
+             tls-port {}\n\
+             tls-cert-file {}\n\
+             tls-key-file {}\n\
+             tls-client-cert-file {}\n\
+             tls-client-key-file {}\n\
+             tls-ca-cert-file {}\n\
+             tls-auth-clients {}\n\
+             tls-replication yes\n",
+            self.port,
+            quote(&tls.server.cert),
+            quote(&tls.server.key),
+            quote(&tls.client.cert),
+            quote(&tls.client.key),
+            quote(&tls.ca),
+            tls.auth_clients,
+        )
+    }
+}
+
 /// The configuration of a data node; `replica_of` is the master's port.
 pub(crate) fn node_config(
-    port: u16,
+    listen: &Listen<'_>,
     dir: &Path,
     log: &Path,
     acl_file: &Path,
@@ -88,7 +134,7 @@ pub(crate) fn node_config(
     let mut conf = format!(
         "# written by tokenplane-testkit; Sentinel rewrites it on failover\n\
          bind 127.0.0.1\n\
-         port {port}\n\
+         {}\
          daemonize no\n\
          dir {}\n\
          logfile {}\n\
@@ -99,6 +145,7 @@ pub(crate) fn node_config(
          aclfile {}\n\
          masteruser {REPLICATION_USER}\n\
          masterauth {}\n",
+        listen.directives(),
         quote(dir),
         quote(log),
         quote(acl_file),
@@ -112,7 +159,7 @@ pub(crate) fn node_config(
 
 /// The configuration of a Sentinel monitoring the master on `master_port`.
 pub(crate) fn sentinel_config(
-    port: u16,
+    listen: &Listen<'_>,
     dir: &Path,
     log: &Path,
     master_name: &str,
@@ -124,7 +171,7 @@ pub(crate) fn sentinel_config(
     format!(
         "# written by tokenplane-testkit; Sentinel rewrites it as it learns the cluster\n\
          bind 127.0.0.1\n\
-         port {port}\n\
+         {}\
          daemonize no\n\
          dir {}\n\
          logfile {}\n\
@@ -140,6 +187,7 @@ pub(crate) fn sentinel_config(
          sentinel down-after-milliseconds {name} {}\n\
          sentinel failover-timeout {name} {}\n\
          sentinel parallel-syncs {name} 1\n",
+        listen.directives(),
         quote(dir),
         quote(log),
         pw.admin,
@@ -204,6 +252,31 @@ mod tests {
             ["~tp:*", "+get", "(+set ~w:*)", "+ping"]
         );
         assert!(split_rules(" ").is_empty());
+    }
+
+    #[test]
+    fn a_tls_listener_turns_the_plain_port_off() {
+        let leaf = |name: &str| LeafFiles {
+            cert: format!("/t/{name}.crt").into(),
+            key: format!("/t/{name}.key").into(),
+        };
+        let tls = TlsFiles {
+            ca: "/t/ca.crt".into(),
+            server: leaf("server"),
+            client: leaf("client"),
+            auth_clients: "yes",
+        };
+        assert_eq!(Listen { port: 7000, tls: None }.directives(), "port 7000\n");
+        let conf = Listen { port: 7000, tls: Some(&tls) }.directives();
+        for line in [
+            "port 0",
+            "tls-port 7000",
+            "tls-auth-clients yes",
+            "tls-replication yes",
+            "tls-ca-cert-file \"/t/ca.crt\"",
+        ] {
+            assert!(conf.lines().any(|l| l == line), "{line:?} in {conf}");
+        }
     }
 
     #[test]

@@ -16,6 +16,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! With [`RedisClusterOptions::tls`] every process serves TLS only (`port 0`,
+//! `tls-port`), replicas and Sentinels talk TLS to each other, and the
+//! certificates come from a throwaway CA; [`RedisCluster::tls`] gives the CA
+//! and a client certificate the cluster accepts.
+//!
 //! Every process stops and every temp dir is removed when the
 //! [`RedisCluster`] drops. When a test fails, print [`RedisCluster::logs`].
 
@@ -31,16 +36,18 @@ use std::time::{Duration, Instant};
 
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{
-    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo,
-    RedisError, Value,
+    AsyncConnectionConfig, Client, ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo,
+    RedisConnectionInfo, RedisError, TlsCertificates, Value,
 };
+use tempfile::TempDir;
 
 use self::config::{
-    ADMIN_USER, Passwords, QUORUM, SENTINEL_CLIENT_USER, SENTINELS, Timings, node_acl_file, node_config,
-    sentinel_config, split_rules,
+    ADMIN_USER, Listen, Passwords, QUORUM, SENTINEL_CLIENT_USER, SENTINELS, Timings, TlsFiles, node_acl_file,
+    node_config, sentinel_config, split_rules,
 };
 pub use self::error::HarnessError;
 use self::process::{Kind, Proc, find_binary, free_port};
+use crate::pki::{LeafFiles, TestCa, Usage};
 
 /// How long one connection attempt of the harness may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -54,8 +61,8 @@ const PORT_ATTEMPTS: usize = 10;
 const TAIL_LINES: usize = 25;
 
 /// What to start. [`Default`] gives 2 replicas, master name `tokenplane`,
-/// `down-after-milliseconds` 1000, `failover-timeout` 3000 and a readiness
-/// deadline of 20 s; there are always 3 Sentinels with quorum 2.
+/// `down-after-milliseconds` 1000, `failover-timeout` 3000, a readiness
+/// deadline of 20 s and plain TCP; there are always 3 Sentinels with quorum 2.
 #[derive(Clone, Debug)]
 pub struct RedisClusterOptions {
     /// Replicas of the master (at least 1, so a failover has a candidate).
@@ -70,6 +77,70 @@ pub struct RedisClusterOptions {
     /// How long [`RedisCluster::start`] and [`RedisCluster::restart_node`]
     /// wait for processes to come up and sync.
     pub ready_timeout: Duration,
+    /// TLS on every port and link, clients authenticated as given; plain
+    /// TCP when `None`.
+    pub tls: Option<ClientAuth>,
+}
+
+/// Whether a TLS cluster requires clients to present a certificate
+/// (`tls-auth-clients`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `tls-auth-clients yes`: a client without a certificate the CA signed
+    /// fails the handshake.
+    Required,
+    /// `tls-auth-clients optional`: a certificate is checked when presented.
+    Optional,
+}
+
+/// The TLS files of a cluster started with [`RedisClusterOptions::tls`],
+/// PEM, removed with the cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterTls {
+    /// The CA that signed every certificate of the cluster: what clients
+    /// verify the nodes and Sentinels against.
+    pub ca_file: PathBuf,
+    /// A client certificate and key the cluster accepts.
+    pub client: LeafFiles,
+}
+
+/// The TLS side of a running cluster.
+struct Tls {
+    /// What the processes' configurations name.
+    files: TlsFiles,
+    /// What the harness connects with: the CA and the client certificate.
+    certificates: TlsCertificates,
+    /// Holds the files.
+    _dir: TempDir,
+}
+
+impl Tls {
+    fn new(auth: ClientAuth) -> Result<Self, HarnessError> {
+        let dir = tempfile::Builder::new().prefix("tokenplane-redis-tls-").tempdir().map_err(|source| {
+            HarnessError::Io { what: "creating a temp dir", path: std::env::temp_dir(), source }
+        })?;
+        let io = |path: PathBuf| {
+            move |source| HarnessError::Io { what: "writing a certificate", path: path.clone(), source }
+        };
+        let ca = TestCa::new("tokenplane-testkit Redis CA");
+        let ca_file = dir.path().join("ca.crt");
+        std::fs::write(&ca_file, ca.pem()).map_err(io(ca_file.clone()))?;
+        let client_leaf = ca.loopback(Usage::Client);
+        let server = ca.loopback(Usage::Server).write(dir.path(), "server").map_err(io(dir.path().into()))?;
+        let client = client_leaf.write(dir.path(), "client").map_err(io(dir.path().into()))?;
+        let certificates = TlsCertificates {
+            client_tls: Some(ClientTlsConfig {
+                client_cert: client_leaf.cert_pem.into_bytes(),
+                client_key: client_leaf.key_pem.into_bytes(),
+            }),
+            root_cert: Some(ca.pem().as_bytes().to_vec()),
+        };
+        let auth_clients = match auth {
+            ClientAuth::Required => "yes",
+            ClientAuth::Optional => "optional",
+        };
+        Ok(Tls { files: TlsFiles { ca: ca_file, server, client, auth_clients }, certificates, _dir: dir })
+    }
 }
 
 impl Default for RedisClusterOptions {
@@ -80,6 +151,7 @@ impl Default for RedisClusterOptions {
             down_after: Duration::from_millis(1000),
             failover_timeout: Duration::from_millis(3000),
             ready_timeout: Duration::from_secs(20),
+            tls: None,
         }
     }
 }
@@ -142,6 +214,7 @@ pub struct RedisCluster {
     nodes: Vec<Proc>,
     sentinels: Vec<Proc>,
     users: Mutex<Vec<ExtraUser>>,
+    tls: Option<Tls>,
 }
 
 impl fmt::Debug for RedisCluster {
@@ -150,6 +223,7 @@ impl fmt::Debug for RedisCluster {
             .field("master_name", &self.opts.master_name)
             .field("nodes", &self.node_addrs())
             .field("sentinels", &self.sentinel_addrs())
+            .field("tls", &self.opts.tls)
             .finish_non_exhaustive()
     }
 }
@@ -173,7 +247,15 @@ impl RedisCluster {
                 opts.master_name
             )));
         }
+        // The redis crate builds its rustls configurations with the
+        // process-wide provider, which rustls cannot pick by itself when a
+        // test binary links both aws-lc-rs and ring. An error means one is
+        // installed already, which is as good.
+        if opts.tls.is_some() {
+            let _ = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider().install_default();
+        }
         let mut cluster = RedisCluster {
+            tls: opts.tls.map(Tls::new).transpose()?,
             server_bin: find_binary("redis-server")?,
             sentinel_bin: find_binary("redis-sentinel")?,
             passwords: Passwords {
@@ -209,6 +291,12 @@ impl RedisCluster {
         }
         cluster.wait_sentinels_ready(deadline, started).await?;
         Ok(cluster)
+    }
+
+    /// The CA and a client certificate, when the cluster serves TLS.
+    pub fn tls(&self) -> Option<ClusterTls> {
+        let files = &self.tls.as_ref()?.files;
+        Some(ClusterTls { ca_file: files.ca.clone(), client: files.client.clone() })
     }
 
     /// The name the Sentinels monitor the master under.
@@ -275,13 +363,14 @@ impl RedisCluster {
     }
 
     /// A connection to `addr` as `credentials`, with the harness's timeouts
-    /// (1 s to connect, 2 s per command).
+    /// (1 s to connect, 2 s per command), over TLS with the client
+    /// certificate when the cluster serves TLS.
     pub async fn connection(
         &self,
         addr: &str,
         credentials: &Credentials,
     ) -> Result<MultiplexedConnection, HarnessError> {
-        connect(addr, Some(credentials)).await.map_err(|source| HarnessError::Redis {
+        self.connect(addr, credentials).await.map_err(|source| HarnessError::Redis {
             what: format!("connecting as {}", credentials.username),
             addr: addr.to_owned(),
             source,
@@ -440,7 +529,7 @@ impl RedisCluster {
             let addr = proc.addr();
             let redis_err =
                 |source| HarnessError::Redis { what: "ACL LOG".to_owned(), addr: addr.clone(), source };
-            let mut con = connect(&addr, Some(&self.admin_credentials())).await.map_err(redis_err)?;
+            let mut con = self.connect(&addr, &self.admin_credentials()).await.map_err(redis_err)?;
             let entries: Vec<Vec<Value>> =
                 ::redis::cmd("ACL").arg("LOG").query_async(&mut con).await.map_err(redis_err)?;
             for entry in entries {
@@ -496,12 +585,13 @@ impl RedisCluster {
     ) -> Result<Proc, HarnessError> {
         for _ in 0..PORT_ATTEMPTS {
             let proc = Proc::new(kind, free_port()?)?;
+            let listen = Listen { port: proc.port, tls: self.tls.as_ref().map(|t| &t.files) };
             match kind {
                 Kind::Node => {
                     let acl_file = proc.path("users.acl");
                     write(&acl_file, &node_acl_file(&self.passwords))?;
                     let conf = node_config(
-                        proc.port,
+                        &listen,
                         proc.dir.path(),
                         &proc.log,
                         &acl_file,
@@ -517,7 +607,7 @@ impl RedisCluster {
                         failover_timeout: self.opts.failover_timeout,
                     };
                     let conf = sentinel_config(
-                        proc.port,
+                        &listen,
                         proc.dir.path(),
                         &proc.log,
                         &self.opts.master_name,
@@ -549,7 +639,7 @@ impl RedisCluster {
                     log_tail: proc.log_tail(TAIL_LINES),
                 });
             }
-            let last = match connect(&proc.addr(), Some(&admin)).await {
+            let last = match self.connect(&proc.addr(), &admin).await {
                 Ok(mut con) => match ::redis::cmd("PING").query_async::<String>(&mut con).await {
                     Ok(_) => return Ok(()),
                     Err(e) => e.to_string(),
@@ -576,7 +666,7 @@ impl RedisCluster {
     ) -> Result<(), HarnessError> {
         let admin = self.admin_credentials();
         loop {
-            let last = match connect(&node.addr(), Some(&admin)).await {
+            let last = match self.connect(&node.addr(), &admin).await {
                 Ok(mut con) => {
                     match ::redis::cmd("INFO").arg("replication").query_async::<String>(&mut con).await {
                         Ok(info) if info.lines().any(|l| l.trim() == "master_link_status:up") => {
@@ -654,7 +744,7 @@ impl RedisCluster {
     /// `None` when the Sentinel at `addr` is ready, else what it sees.
     async fn sentinel_view(&self, addr: &str) -> Result<Option<String>, RedisError> {
         let name = &self.opts.master_name;
-        let mut con = connect(addr, Some(&self.sentinel_credentials())).await?;
+        let mut con = self.connect(addr, &self.sentinel_credentials()).await?;
         let master: Vec<String> =
             ::redis::cmd("SENTINEL").arg("MASTER").arg(name).query_async(&mut con).await?;
         let master = pairs(master);
@@ -678,7 +768,7 @@ impl RedisCluster {
 
     /// `SENTINEL get-master-addr-by-name` on one Sentinel.
     async fn ask_master(&self, sentinel: &str) -> Result<Option<String>, RedisError> {
-        let mut con = connect(sentinel, Some(&self.sentinel_credentials())).await?;
+        let mut con = self.connect(sentinel, &self.sentinel_credentials()).await?;
         let reply: Option<(String, u16)> = ::redis::cmd("SENTINEL")
             .arg("get-master-addr-by-name")
             .arg(&self.opts.master_name)
@@ -689,16 +779,45 @@ impl RedisCluster {
 
     /// The first element of `ROLE`: `master`, `slave` or `sentinel`.
     async fn role(&self, addr: &str) -> Result<String, RedisError> {
-        let mut con = connect(addr, Some(&self.admin_credentials())).await?;
+        let mut con = self.connect(addr, &self.admin_credentials()).await?;
         let role: Vec<Value> = ::redis::cmd("ROLE").query_async(&mut con).await?;
         Ok(role.first().map(value_text).unwrap_or_default())
+    }
+
+    /// Connects to `addr` as `credentials` with the harness's timeouts, over
+    /// TLS when the cluster serves TLS.
+    async fn connect(
+        &self,
+        addr: &str,
+        credentials: &Credentials,
+    ) -> Result<MultiplexedConnection, RedisError> {
+        let redis = RedisConnectionInfo::default()
+            .set_skip_set_lib_name()
+            .set_username(&credentials.username)
+            .set_password(&credentials.password);
+        let bad_addr = |e: HarnessError| {
+            RedisError::from((::redis::ErrorKind::InvalidClientConfig, "bad address", e.to_string()))
+        };
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let client = match &self.tls {
+            None => Client::open(tcp_info(addr).map_err(bad_addr)?.set_redis_settings(redis))?,
+            Some(tls) => {
+                let (host, port) = split_addr(addr).map_err(bad_addr)?;
+                let addr = ConnectionAddr::TcpTls { host, port, insecure: false, tls_params: None };
+                let info = addr.into_connection_info()?.set_redis_settings(redis);
+                Client::build_with_tls(info, tls.certificates.clone())?
+            }
+        };
+        client.get_multiplexed_async_connection_with_config(&config).await
     }
 
     async fn apply_user(&self, node: &Proc, user: &ExtraUser) -> Result<(), HarnessError> {
         let addr = node.addr();
         let what = format!("ACL SETUSER {}", user.name);
         let redis_err = |source| HarnessError::Redis { what: what.clone(), addr: addr.clone(), source };
-        let mut con = connect(&addr, Some(&self.admin_credentials())).await.map_err(redis_err)?;
+        let mut con = self.connect(&addr, &self.admin_credentials()).await.map_err(redis_err)?;
         ::redis::cmd("ACL").arg(&user.args).query_async::<()>(&mut con).await.map_err(redis_err)?;
         // Persist to the node's ACL file, so a restart keeps the user.
         ::redis::cmd("ACL")
@@ -717,24 +836,6 @@ impl Drop for RedisCluster {
         procs().for_each(|p| p.reap(deadline));
         // The temp dirs go when `nodes` and `sentinels` drop.
     }
-}
-
-/// Connects to `addr` with the harness's timeouts, authenticating as
-/// `credentials` (no `AUTH` at all when `None`).
-async fn connect(addr: &str, credentials: Option<&Credentials>) -> Result<MultiplexedConnection, RedisError> {
-    let mut redis = RedisConnectionInfo::default().set_skip_set_lib_name();
-    if let Some(c) = credentials {
-        redis = redis.set_username(&c.username).set_password(&c.password);
-    }
-    let info = tcp_info(addr)
-        .map_err(|e| {
-            RedisError::from((::redis::ErrorKind::InvalidClientConfig, "bad address", e.to_string()))
-        })?
-        .set_redis_settings(redis);
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(RESPONSE_TIMEOUT));
-    Client::open(info)?.get_multiplexed_async_connection_with_config(&config).await
 }
 
 fn tcp_info(addr: &str) -> Result<ConnectionInfo, HarnessError> {

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use tokenplane_api::redis_tls::RedisTls;
+
 #[derive(Clone)]
 pub struct RedisConfig {
     /// Sentinel addresses, `host:port`.
@@ -12,7 +14,9 @@ pub struct RedisConfig {
     pub password: Option<String>,
     pub sentinel_username: Option<String>,
     pub sentinel_password: Option<String>,
-    pub tls: bool,
+    /// TLS to the Sentinels and the data nodes, verified against the CA
+    /// bundle (the system's roots without one); plain TCP when `None`.
+    pub tls: Option<RedisTls>,
     /// Replicas that must confirm a revocation, redemption or rotation.
     pub min_replicas: usize,
     /// How long to wait for any reply, and for the replicas (`WAIT`).
@@ -30,7 +34,7 @@ impl RedisConfig {
             password: None,
             sentinel_username: None,
             sentinel_password: None,
-            tls: false,
+            tls: None,
             min_replicas: 1,
             timeout: Duration::from_secs(1),
         }

@@ -111,6 +111,11 @@ fn stale_master(e: &RedisError) -> bool {
         )
 }
 
+/// What to check when a TLS connection fails: the handshake errors of rustls
+/// name the symptom (`UnknownIssuer`, `CertificateRequired`), not the flag.
+const TLS_HINT: &str = " (over TLS: --redis-ca-file must hold the CA that signed the Sentinels' and \
+     the nodes' certificates, and --redis-client-cert-file is needed where they set tls-auth-clients yes)";
+
 impl RedisStore {
     /// A connection to the master, resolved through the Sentinels if none is open.
     pub(super) async fn connection(&self, link: Link) -> Result<MultiplexedConnection> {
@@ -123,8 +128,9 @@ impl RedisStore {
             return Ok(conn.clone());
         }
         let client = self.sentinel.lock().await.async_get_client().await.map_err(|e| {
+            let hint = if self.config.tls.is_some() { TLS_HINT } else { "" };
             StoreError(format!(
-                "no Redis master {:?} found through the Sentinels: {e}",
+                "no Redis master {:?} found through the Sentinels: {e}{hint}",
                 self.config.master_name
             ))
         })?;

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{ConnectionAddr, ErrorKind, ProtocolVersion, RedisError};
+use redis::{ClientTlsConfig, ConnectionAddr, ErrorKind, ProtocolVersion, RedisError, TlsCertificates};
+use tokenplane_api::redis_tls::RedisTls;
 use tokenplane_api::storage;
 
 use super::link::Links;
@@ -25,11 +26,19 @@ fn addr(spec: &str, tls: bool) -> std::result::Result<ConnectionAddr, StoreError
     })
 }
 
+/// What the redis crate verifies the servers with and presents to them.
+fn certificates(tls: &RedisTls) -> TlsCertificates {
+    let client = tls.client.clone();
+    let client_tls = client.map(|c| ClientTlsConfig { client_cert: c.cert_chain, client_key: c.key });
+    TlsCertificates { client_tls, root_cert: tls.ca_bundle.clone() }
+}
+
 /// A client that finds the master through the Sentinels and talks RESP3
 /// to it (for the tracking cache and pushed pub/sub messages), with the
 /// credentials and TLS of `config`.
 pub(crate) fn sentinel_client(config: &RedisConfig) -> Result<SentinelClient> {
-    let sentinels = config.sentinels.iter().map(|s| addr(s, config.tls)).collect::<Result<Vec<_>>>()?;
+    let sentinels =
+        config.sentinels.iter().map(|s| addr(s, config.tls.is_some())).collect::<Result<Vec<_>>>()?;
     let mut builder = SentinelClientBuilder::new(sentinels, &config.master_name, SentinelServerType::Master)
         .map_err(unavailable)?
         .set_client_to_redis_db(storage::AUTH_DB)
@@ -46,10 +55,15 @@ pub(crate) fn sentinel_client(config: &RedisConfig) -> Result<SentinelClient> {
     if let Some(p) = &config.sentinel_password {
         builder = builder.set_client_to_sentinel_password(p);
     }
-    if config.tls {
+    if let Some(tls) = &config.tls {
+        crate::tls::install_default_provider();
+        // The crate keeps the two sides apart: without certificates for the
+        // data nodes it would verify them against the system's roots only.
         builder = builder
             .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
-            .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+            .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure)
+            .set_client_to_redis_certificates(certificates(tls))
+            .set_client_to_sentinel_certificates(certificates(tls));
     }
     builder.build().map_err(unavailable)
 }
@@ -78,10 +92,14 @@ async fn watch_sentinel(config: &RedisConfig, sentinel: &str, links: &Weak<Links
     if let Some(p) = &config.sentinel_password {
         auth = auth.set_password(p);
     }
-    let addr = addr(sentinel, config.tls)
+    let addr = addr(sentinel, config.tls.is_some())
         .map_err(|e| RedisError::from((ErrorKind::InvalidClientConfig, "bad address", e.0)))?;
     let info = redis::IntoConnectionInfo::into_connection_info(addr)?.set_redis_settings(auth);
-    let mut pubsub = redis::Client::open(info)?.get_async_pubsub().await?;
+    let client = match &config.tls {
+        Some(tls) => redis::Client::build_with_tls(info, certificates(tls))?,
+        None => redis::Client::open(info)?,
+    };
+    let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe("+switch-master").await?;
     let mut events = pubsub.on_message();
     while let Some(event) = events.next().await {

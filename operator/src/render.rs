@@ -169,6 +169,7 @@ impl Resources {
             sentinel_login: None,
             operator_namespace: "tokenplane-system".into(),
             cert_manager_issuer: None,
+            redis_tls: None,
         };
         let cas = ca::plan(Authorities::default(), &Settings::default(), 0, Authority::generate).authorities;
         let inputs = Inputs {

@@ -50,6 +50,7 @@ impl Context {
             sentinel_login: sentinel_login(redis.config()),
             operator_namespace: "tokenplane-system".into(),
             cert_manager_issuer: None,
+            redis_tls: redis.config().tls.as_ref().map(|tls| tls.ca_bundle.clone().unwrap_or_default()),
         };
         let metrics = Arc::default();
         Self {

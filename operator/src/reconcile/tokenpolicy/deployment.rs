@@ -27,6 +27,8 @@ const ISSUER_UID: i64 = 65532;
 /// Secret entries of the Sentinel login in the issuer's Redis Secret.
 const SENTINEL_USERNAME: &str = "sentinel_username";
 const SENTINEL_PASSWORD: &str = "sentinel_password";
+/// The CA bundle issuers verify Redis and the Sentinels with.
+const REDIS_CA: &str = "redis_ca.crt";
 
 pub(super) fn issuer_secret(
     policy: &TokenPolicy,
@@ -42,6 +44,9 @@ pub(super) fn issuer_secret(
     if let Some(login) = &env.sentinel_login {
         data.insert(SENTINEL_USERNAME.into(), ByteString(login.username.as_bytes().to_vec()));
         data.insert(SENTINEL_PASSWORD.into(), ByteString(login.password.as_bytes().to_vec()));
+    }
+    if let Some(ca) = env.redis_tls.as_ref().filter(|ca| !ca.is_empty()) {
+        data.insert(REDIS_CA.into(), ByteString(ca.clone()));
     }
     Secret {
         metadata: managed_meta(policy, format!("{name}-issuer-redis"), [("tokenplane.io/policy", name)]),
@@ -105,6 +110,12 @@ pub(super) fn deployment(
             "--redis-sentinel-password-file".to_owned(),
             format!("{REDIS_MOUNT}/{SENTINEL_PASSWORD}"),
         ]);
+    }
+    if let Some(ca) = &env.redis_tls {
+        args.push("--redis-tls".to_owned());
+        if !ca.is_empty() {
+            args.extend(["--redis-ca-file".to_owned(), format!("{REDIS_MOUNT}/{REDIS_CA}")]);
+        }
     }
     let probe = |path: &str| Probe {
         http_get: Some(HTTPGetAction {
@@ -217,6 +228,26 @@ fn default_resources() -> ResourceRequirements {
 mod tests {
     use super::*;
     use crate::reconcile::tokenpolicy::fixtures::{DEFAULT, policy, reconcile};
+
+    #[test]
+    fn with_redis_over_tls_issuers_get_the_flag_and_the_ca_in_their_redis_secret() {
+        let user = AclUser { name: "issuer:default.auth".into(), rules: String::new() };
+        let labels = BTreeMap::new();
+        let mut env = crate::reconcile::tokenpolicy::fixtures::env();
+        env.redis_tls = Some(b"-----BEGIN CERTIFICATE-----".to_vec());
+        let p = policy(DEFAULT);
+        let args = |env: &Environment| {
+            let d = deployment(&p, env, &user, &labels);
+            d.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap().join(" ")
+        };
+        assert!(args(&env).ends_with("--redis-tls --redis-ca-file /var/run/tokenplane/redis/redis_ca.crt"));
+        let secret = issuer_secret(&p, &user, "pw", &env);
+        assert_eq!(secret.data.unwrap()[REDIS_CA].0, b"-----BEGIN CERTIFICATE-----");
+        env.redis_tls = Some(Vec::new());
+        assert!(args(&env).ends_with("--redis-tls"), "the system's roots");
+        env.redis_tls = None;
+        assert!(!args(&env).contains("--redis-tls"));
+    }
 
     #[test]
     fn the_issuer_runs_restricted_with_its_keys_and_own_redis_user() {

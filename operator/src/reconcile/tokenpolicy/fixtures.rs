@@ -48,6 +48,7 @@ pub(super) fn env() -> Environment {
         }),
         operator_namespace: "tokenplane-system".into(),
         cert_manager_issuer: None,
+        redis_tls: None,
     }
 }
 

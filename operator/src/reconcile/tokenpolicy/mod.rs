@@ -50,6 +50,10 @@ pub struct Environment {
     pub sentinel_login: Option<SentinelLogin>,
     /// Where the operator runs: its pods may reach Redis.
     pub operator_namespace: String,
+    /// Issuers reach Redis over TLS: `Some`, with the CA bundle to verify
+    /// it against (the system's roots when empty). Issuers present no
+    /// client certificate: the operator's own is not theirs to share.
+    pub redis_tls: Option<Vec<u8>>,
     /// The cert-manager issuer of serving certificates, for policies that
     /// name none; the operator's own CA when unset.
     pub cert_manager_issuer: Option<tokenplane_api::tokenpolicy::CertManagerIssuerRef>,

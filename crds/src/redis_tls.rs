@@ -129,20 +129,23 @@ fn certificates(pem: &[u8]) -> Result<usize, String> {
     certs.map(|c| c.len()).map_err(|e| format!("not PEM: {e}"))
 }
 
-fn ca_certificates(pem: &[u8]) -> Result<(), String> {
+/// Whether `pem` holds at least one certificate; `missing` says what to give.
+fn holds_certificates(pem: &[u8], missing: &str) -> Result<(), String> {
     match certificates(pem)? {
-        0 => Err("holds no PEM certificate: give the CA certificates that signed the Redis and \
-                  Sentinel server certificates (BEGIN CERTIFICATE blocks)"
-            .into()),
+        0 => Err(format!("holds no PEM certificate: {missing}")),
         _ => Ok(()),
     }
 }
 
+fn ca_certificates(pem: &[u8]) -> Result<(), String> {
+    holds_certificates(
+        pem,
+        "give the CA certificates that signed the Redis and Sentinel server certificates (BEGIN CERTIFICATE blocks)",
+    )
+}
+
 fn client_chain(pem: &[u8]) -> Result<(), String> {
-    match certificates(pem)? {
-        0 => Err("holds no PEM certificate: give the client certificate chain, leaf first".into()),
-        _ => Ok(()),
-    }
+    holds_certificates(pem, "give the client certificate chain, leaf first")
 }
 
 fn private_key(pem: &[u8]) -> Result<(), String> {

@@ -161,8 +161,7 @@ async fn policy_of(
 /// ACME's among them, write none).
 async fn issuer_bundle(policy: Option<&TokenPolicy>, ctx: &Context) -> Result<Option<String>, Error> {
     let Some(policy) = policy else { return Ok(None) };
-    let cert_manager = policy.spec.tls.as_ref().and_then(|t| t.cert_manager_issuer.as_ref());
-    if cert_manager.or(ctx.issuers.cert_manager_issuer.as_ref()).is_none() {
+    if tokenpolicy::cert_manager_issuer(policy, ctx.issuers.cert_manager_issuer.as_ref()).is_none() {
         return Ok(Some(ctx.ca.borrow().bundle()));
     }
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &policy.namespace().unwrap_or_default());

@@ -29,7 +29,7 @@ use tokenplane_api::{OAuth2Client, TokenPolicy};
 
 pub(crate) use keys::{Keys, Rotation};
 pub(crate) use tls::ServingInputs;
-pub use tls::{Serving, TLS_CRT, TLS_KEY, certificate_resource, serving_secret_name};
+pub use tls::{Serving, TLS_CRT, TLS_KEY, cert_manager_issuer, certificate_resource, serving_secret_name};
 
 use super::{AclUser, Invalid, managed_meta};
 

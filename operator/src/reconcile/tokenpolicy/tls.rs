@@ -60,6 +60,15 @@ pub(super) fn dns_names(policy: &TokenPolicy) -> Vec<String> {
     ]
 }
 
+/// The cert-manager issuer of the policy's serving certificate: its own,
+/// else the operator's; `None` when the operator's CA signs it.
+pub fn cert_manager_issuer<'a>(
+    policy: &'a TokenPolicy,
+    operator_issuer: Option<&'a CertManagerIssuerRef>,
+) -> Option<&'a CertManagerIssuerRef> {
+    policy.spec.tls.as_ref().and_then(|t| t.cert_manager_issuer.as_ref()).or(operator_issuer)
+}
+
 /// The policy's serving certificate, from cert-manager when the policy or
 /// the operator names an issuer, else from the operator's CA; and when the
 /// operator must renew it (never, for cert-manager).
@@ -69,8 +78,7 @@ pub(super) fn serving(
     operator_issuer: Option<&CertManagerIssuerRef>,
     now: u64,
 ) -> Result<(Serving, u64), Invalid> {
-    let chosen = policy.spec.tls.as_ref().and_then(|t| t.cert_manager_issuer.as_ref()).or(operator_issuer);
-    match chosen {
+    match cert_manager_issuer(policy, operator_issuer) {
         Some(issuer) => Ok((Serving::Certificate(certificate(policy, issuer, inputs.lifetime)), u64::MAX)),
         None => serving_secret(policy, inputs, now).map(|(secret, at)| (Serving::Secret(secret), at)),
     }

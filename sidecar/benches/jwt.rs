@@ -25,6 +25,7 @@ fn claims() -> AccessTokenClaims {
         aud: Audience::One("https://orders.example.com".into()),
         exp: now + 900,
         iat: now,
+        nbf: None,
         jti: "q2lV3Jm0o9cY1yHn8kT4xA".into(),
         client_id: "demo.default".into(),
         scope: Some("orders.read".into()),

@@ -8,15 +8,12 @@
 use std::sync::Arc;
 
 use aws_lc_rs::digest;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::errors::ErrorKind;
 use tokenplane_api::claims::AccessTokenClaims;
 
 use super::feed::{Revocations, Revoked};
 use super::jwks::Jwks;
 use crate::clock::unix_now;
-use crate::keys::InvalidToken;
+use crate::keys::{InvalidToken, decode_payload};
 
 /// Longest token accepted; ours are well under 1 KiB.
 pub const MAX_TOKEN: usize = 8 * 1024;
@@ -37,17 +34,15 @@ impl Rejection {
         match self {
             Self::TooLong => "too_long",
             Self::Invalid(InvalidToken::Malformed) => "malformed",
-            Self::Invalid(InvalidToken::UnknownKey) => "unknown_key",
+            Self::Invalid(InvalidToken::UnknownKey { .. }) => "unknown_key",
             Self::Invalid(InvalidToken::WrongType) => "wrong_type",
-            Self::Invalid(InvalidToken::Rejected(e)) => match e.kind() {
-                ErrorKind::ExpiredSignature => "expired",
-                ErrorKind::ImmatureSignature => "not_yet_valid",
-                ErrorKind::InvalidAudience => "audience",
-                ErrorKind::InvalidIssuer => "issuer",
-                ErrorKind::InvalidSignature => "signature",
-                ErrorKind::InvalidAlgorithm => "algorithm",
-                _ => "invalid",
-            },
+            Self::Invalid(InvalidToken::Critical) => "critical",
+            Self::Invalid(InvalidToken::Algorithm) => "algorithm",
+            Self::Invalid(InvalidToken::Signature) => "signature",
+            Self::Invalid(InvalidToken::Expired) => "expired",
+            Self::Invalid(InvalidToken::NotYetValid) => "not_yet_valid",
+            Self::Invalid(InvalidToken::Issuer) => "issuer",
+            Self::Invalid(InvalidToken::Audience) => "audience",
             Self::Revoked(Revoked::Token) => "revoked",
             Self::Revoked(Revoked::Client(_)) => "client_revoked",
             Self::Revoked(Revoked::NotSynced | Revoked::Stale(..)) => "feed_stale",
@@ -119,12 +114,8 @@ impl Validator {
 
     async fn verify(&self, token: &str) -> Result<AccessTokenClaims, InvalidToken> {
         match self.jwks.keys().verify(token) {
-            Err(InvalidToken::UnknownKey) => {
-                let kid = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid);
-                match kid {
-                    Some(kid) if self.jwks.refresh_for(&kid).await => self.jwks.keys().verify(token),
-                    _ => Err(InvalidToken::UnknownKey),
-                }
+            Err(InvalidToken::UnknownKey { kid: Some(kid) }) if self.jwks.refresh_for(&kid).await => {
+                self.jwks.keys().verify(token)
             }
             verified => verified,
         }
@@ -145,9 +136,7 @@ fn digest_of(token: &str) -> Digest {
 /// The claims of a token, unverified: one verified before, or one the
 /// issuer just handed us.
 pub(super) fn decode_claims(token: &str) -> Result<AccessTokenClaims, InvalidToken> {
-    let payload = token.split('.').nth(1).ok_or(InvalidToken::Malformed)?;
-    let json = URL_SAFE_NO_PAD.decode(payload).map_err(|_| InvalidToken::Malformed)?;
-    serde_json::from_slice(&json).map_err(|_| InvalidToken::Malformed)
+    decode_payload(token.split('.').nth(1).ok_or(InvalidToken::Malformed)?)
 }
 
 #[cfg(test)]

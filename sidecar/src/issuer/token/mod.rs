@@ -103,6 +103,7 @@ pub(super) fn reply<S: Store>(
         aud: grant.audience,
         exp: now + ttl,
         iat: now,
+        nbf: None,
         jti,
         client_id: client_id.to_owned(),
         scope: grant.scope,

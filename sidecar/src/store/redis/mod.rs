@@ -56,7 +56,20 @@ pub struct RedisStore {
     batch: Batcher,
     scripts: Scripts,
     used: Throttle,
+    decoded: quick_cache::sync::Cache<String, Arc<Decoded>>,
 }
+
+/// A client record with the JSON it was decoded from. The tracking cache
+/// hands back the JSON on every lookup, and decoding it again was most of a
+/// cached lookup's cost: the record is reused while the JSON is the same.
+struct Decoded {
+    json: String,
+    record: Arc<ClientRecord>,
+}
+
+/// Client records kept decoded; more clients than this are decoded again
+/// when looked up.
+const DECODED_CLIENTS: usize = 4096;
 
 /// How often at most each issuer writes the last use of one secret: the
 /// operator's view of a rotated-out secret is that much behind.
@@ -85,6 +98,7 @@ impl RedisStore {
             batch: Batcher::default(),
             scripts: Scripts::new(),
             used: Throttle::new(SECRET_USE_WINDOW_SECS),
+            decoded: quick_cache::sync::Cache::new(DECODED_CLIENTS),
             config,
         })
     }
@@ -172,8 +186,15 @@ impl Store for RedisStore {
         } else {
             self.query(true, get).await?
         };
-        raw.map(|v| serde_json::from_str(&v).map(Arc::new).map_err(|e| corrupt("client record", e)))
-            .transpose()
+        let Some(json) = raw else { return Ok(None) };
+        if let Some(seen) = self.decoded.get(client_id)
+            && seen.json == json
+        {
+            return Ok(Some(seen.record.clone()));
+        }
+        let record = Arc::new(serde_json::from_str(&json).map_err(|e| corrupt("client record", e))?);
+        self.decoded.insert(client_id.to_owned(), Arc::new(Decoded { json, record: Arc::clone(&record) }));
+        Ok(Some(record))
     }
 
     async fn put_client(&self, record: ClientRecord) -> Result<()> {

@@ -74,12 +74,34 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# PERF_DIR=DIR: `perf record -g` of the measured server during each
+# measured run, to DIR/<name>.data (perf pinned to CPU 1; it perturbs the
+# numbers of that run, so profile and measure in separate runs).
+profile_start() {
+  [[ -n ${PERF_DIR:-} ]] || return 0
+  mkdir -p "$PERF_DIR"
+  taskset -c 1 perf record -q -F 2999 -g -p "$2" -o "$PERF_DIR/$1.data" 2>/dev/null &
+  perf_pid=$!
+}
+profile_stop() {
+  [[ -n ${PERF_DIR:-} ]] || return 0
+  kill -INT "$perf_pid" && wait "$perf_pid" || true
+}
+
 # CPU time (user + system, all threads) the process has used so far, in ticks.
 proc_ticks() {
   local stat fields
   stat=$(<"/proc/$1/stat")
   read -ra fields <<<"${stat##*) }" # fields from 3 (state) on; utime is 14, stime 15
   echo $(( fields[11] + fields[12] ))
+}
+
+# User-space CPU time only (utime), in ticks.
+proc_user_ticks() {
+  local stat fields
+  stat=$(<"/proc/$1/stat")
+  read -ra fields <<<"${stat##*) }"
+  echo "${fields[11]}"
 }
 
 # "idle steal total" ticks of CPU 0 so far. Steal is time the hypervisor gave
@@ -92,16 +114,19 @@ cpu0_ticks() {
 # field NAME LINE: the value of NAME=value in LINE.
 field() { sed -E "s/.* $1=([0-9.]+).*/\\1/" <<<"$2"; }
 
-# row NAME OK SECONDS P99_US PROC0 PROC1 CPU0 CPU1: prints
-# "NAME per_second p99_ms cpu_us_per_request cpu0_server% cpu0_other% cpu0_steal%".
+# row NAME OK SECONDS P99_US PROC0 PROC1 CPU0 CPU1 USER0 USER1: prints
+# "NAME per_second p99_ms cpu_us_per_request cpu0_server% cpu0_other%
+# cpu0_steal% user_us_per_request" (user space only: the kernel's share
+# includes waking the load generator, which grows when it idles).
 row() {
   awk -v n="$1" -v ok="$2" -v s="$3" -v p99="$4" -v p0="$5" -v p1="$6" -v c0="$7" -v c1="$8" \
-    -v hz="$(getconf CLK_TCK)" 'BEGIN {
+    -v u0="$9" -v u1="${10}" -v hz="$(getconf CLK_TCK)" 'BEGIN {
       split(c0, a, " "); split(c1, b, " ")
       idle = b[1] - a[1]; steal = b[2] - a[2]; total = b[3] - a[3]; server = p1 - p0
       other = total - idle - steal - server
-      printf "%s %.0f %.2f %.1f %.0f %.0f %.1f", n, ok / s, p99 / 1000, server / hz * 1e6 / ok,
-        server * 100 / total, (other > 0 ? other : 0) * 100 / total, steal * 100 / total
+      printf "%s %.0f %.2f %.1f %.0f %.0f %.1f %.1f", n, ok / s, p99 / 1000, server / hz * 1e6 / ok,
+        server * 100 / total, (other > 0 ? other : 0) * 100 / total, steal * 100 / total,
+        (u1 - u0) / hz * 1e6 / ok
     }'
 }
 
@@ -166,13 +191,17 @@ load() {
   local name=$1 url=$2 script=$3 extra=${4:-}
   local wrk=(taskset -c 1 wrk -t1 -c"$CONNECTIONS" --latency -s "$script")
   run /dev/null "${wrk[@]}" -d"${WARMUP}s" "$url" || die "$name: warm-up failed"
-  local proc0 proc1 cpu0 cpu1 out extra0 extra1
+  local proc0 proc1 user0 user1 cpu0 cpu1 out extra0 extra1
   [[ -z $extra ]] || extra0=$(proc_ticks "$extra")
   proc0=$(proc_ticks "$server_pid")
+  user0=$(proc_user_ticks "$server_pid")
   cpu0=$(cpu0_ticks)
+  profile_start "$name" "$server_pid"
   run "$tmp/$name.wrk" "${wrk[@]}" -d"${DURATION}s" "$url" || die "$name: run failed: $(cat "$tmp/$name.wrk")"
+  profile_stop
   cpu1=$(cpu0_ticks)
   proc1=$(proc_ticks "$server_pid")
+  user1=$(proc_user_ticks "$server_pid")
   [[ -z $extra ]] || extra1=$(proc_ticks "$extra")
 
   local line ok
@@ -181,7 +210,8 @@ load() {
   ok=$(field ok "$line")
   (( ok > 0 )) || die "$name: no successful requests"
   (( $(field socket_errors "$line") == 0 )) || echo "bench.sh: $name: $(field socket_errors "$line") socket errors" >&2
-  rows+=("$(row "$name" "$ok" "$(field seconds "$line")" "$(field p99_us "$line")" "$proc0" "$proc1" "$cpu0" "$cpu1")")
+  rows+=("$(row "$name" "$ok" "$(field seconds "$line")" "$(field p99_us "$line")" "$proc0" "$proc1" "$cpu0" "$cpu1" \
+    "$user0" "$user1")")
   [[ -z $extra ]] || notes+=("$(awk -v ok="$ok" -v t=$((extra1 - extra0)) -v hz="$(getconf CLK_TCK)" \
     'BEGIN { printf "%.1f", t / hz * 1e6 / ok }')")
 }
@@ -206,17 +236,20 @@ start_cluster() {
 # RESULT line) and prints the row of PID's CPU per successful request.
 measure() {
   local name=$1 pid=$2 out=$3; shift 3
-  local proc0 proc1 cpu0 cpu1 line
+  local proc0 proc1 user0 user1 cpu0 cpu1 line
   proc0=$(proc_ticks "$pid")
+  user0=$(proc_user_ticks "$pid")
   cpu0=$(cpu0_ticks)
   run "$out" "$@" || die "$name failed: $(cat "$out")"
   cpu1=$(cpu0_ticks)
   proc1=$(proc_ticks "$pid")
+  user1=$(proc_user_ticks "$pid")
   line=$(grep '^RESULT ' "$out") || die "$name: no result line: $(cat "$out")"
-  row "$name" "$(field ok "$line")" "$(field seconds "$line")" "$(field p99_us "$line")" "$proc0" "$proc1" "$cpu0" "$cpu1"
+  row "$name" "$(field ok "$line")" "$(field seconds "$line")" "$(field p99_us "$line")" "$proc0" "$proc1" "$cpu0" "$cpu1" \
+    "$user0" "$user1"
 }
 
-print_row() { printf '%-22s %13s %8s %17s %14s %13s %13s\n' "$@"; }
+print_row() { printf '%-22s %13s %8s %17s %14s %13s %13s %17s\n' "$@"; }
 
 # warn_noisy ROW...: a warning for each row whose CPU 0 was shared or idle.
 warn_noisy() {

@@ -57,7 +57,7 @@ stop "$server_pid" || true
 
 echo
 echo "POST /oauth2/token (client_credentials, Basic auth, EdDSA tokens, ECDSA P-256 certificate), ${CONNECTIONS} connections, ${DURATION}s"
-print_row server requests/s p99_ms cpu_us/request cpu0_server% cpu0_other% cpu0_steal%
+print_row server requests/s p99_ms cpu_us/request cpu0_server% cpu0_other% cpu0_steal% user_us/request
 for r in "${rows[@]}"; do read -ra f <<<"$r"; print_row "${f[@]}"; done
 awk -v p="${rows[0]}" -v t="${rows[1]}" -v n="${rows[2]}" 'BEGIN {
   split(p, a, " "); split(t, b, " "); split(n, c, " ")

@@ -124,7 +124,7 @@ fi
 
 echo
 echo "POST /oauth2/token (client_credentials, Basic auth), ${CONNECTIONS} connections, ${DURATION}s"
-print_row server requests/s p99_ms cpu_us/request cpu0_server% cpu0_other% cpu0_steal%
+print_row server requests/s p99_ms cpu_us/request cpu0_server% cpu0_other% cpu0_steal% user_us/request
 for r in "${rows[@]}"; do read -ra f <<<"$r"; print_row "${f[@]}"; done
 awk -v m="${rows[0]}" -v r="${rows[1]}" -v h="${rows[2]}" -v redis="${notes[0]}" 'BEGIN {
   split(m, i, " "); split(r, d, " "); split(h, b, " ")
@@ -137,6 +137,8 @@ awk -v m="${rows[0]}" -v h="${rows[2]}" -v sign="$sign_us" 'BEGIN {
   split(m, i, " "); split(h, b, " ")
   printf "issuer/(bare + raw sign): %.2fx CPU per token (target: at most 1.3x; %.1f / (%.1f + %.2f))\n",
     i[4] / (b[4] + sign), i[4], b[4], sign
+  printf "issuer/(bare + raw sign), user space only: %.2fx (%.1f / (%.1f + %.2f))\n",
+    i[8] / (b[8] + sign), i[8], b[8], sign
 }'
 if [[ -n ${OTHER_URL:-} ]]; then
   awk -v m="${rows[0]}" -v o="${rows[3]}" 'BEGIN {
@@ -146,7 +148,7 @@ if [[ -n ${OTHER_URL:-} ]]; then
 fi
 echo
 echo "POST /oauth2/revoke (fresh access tokens, WAIT for 1 replica), ${CONNECTIONS} connections, ${ok} tokens"
-print_row server revocations/s p99_ms cpu_us/revocation cpu0_server% cpu0_other% cpu0_steal%
+print_row server revocations/s p99_ms cpu_us/revocation cpu0_server% cpu0_other% cpu0_steal% user_us/request
 read -ra f <<<"$revoke_row"
 print_row "${f[@]}"
 echo "Redis master (CPU 1): ${notes[1]} us CPU per revocation"

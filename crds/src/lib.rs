@@ -6,6 +6,7 @@
 // kube's `printcolumn(name = .., type_ = ..)` repeats keys across columns by design.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod acl;
 pub mod claims;
 pub mod client;
 pub mod credentials;

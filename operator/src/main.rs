@@ -184,6 +184,11 @@ fn main() -> anyhow::Result<()> {
             for skipped in &resources.skipped {
                 eprintln!("tokenplane-operator render: {skipped}");
             }
+            for cluster in &resources.clusters {
+                let name = cluster.metadata.name.as_deref().unwrap_or_default();
+                let preview = tokenplane_operator::render::CLUSTER_PREVIEW;
+                eprintln!("tokenplane-operator render: RedisSentinelCluster {name}: {preview}");
+            }
             print!("{}", resources.render()?);
             Ok(())
         }

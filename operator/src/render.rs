@@ -12,11 +12,12 @@ use kube::Resource;
 use serde::Deserialize;
 use tokenplane_api::oauth2client::AuthMethod;
 use tokenplane_api::signing::KeyPair;
-use tokenplane_api::{OAuth2Client, TokenPolicy, storage};
+use tokenplane_api::{OAuth2Client, RedisSentinelCluster, TokenPolicy, storage};
 
 use crate::reconcile::Invalid;
 use crate::reconcile::ca::{self, Authorities, Authority, BUNDLE_KEY, Settings};
 use crate::reconcile::oauth2client::{self, Credentials};
+use crate::reconcile::redissentinelcluster::{self, Passwords};
 use crate::reconcile::tokenpolicy::{
     self, Environment, Inputs, Keys, Serving, ServingInputs, TLS_CRT, TLS_KEY,
 };
@@ -45,9 +46,16 @@ pub enum RenderError {
 pub struct Resources {
     pub clients: Vec<OAuth2Client>,
     pub policies: Vec<TokenPolicy>,
+    pub clusters: Vec<RedisSentinelCluster>,
     /// Documents of kinds that are not rendered, for the caller to report.
     pub skipped: Vec<Skipped>,
 }
+
+/// What `render` says on stderr about a RedisSentinelCluster while its
+/// controller is being built.
+pub const CLUSTER_PREVIEW: &str = "rendered as a preview: the operator does not run RedisSentinelClusters \
+     yet, the pods' start-up step (tokenplane-sidecar redis-node start) is not built yet, and \
+     spec.tls, spec.acl, spec.cleanup and spec.backup are not acted on";
 
 /// A document `render` does not turn into objects.
 #[derive(Debug, PartialEq, Eq)]
@@ -60,11 +68,13 @@ pub struct Skipped {
 impl std::fmt::Display for Skipped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = if self.kind.is_empty() { "(no kind)" } else { &self.kind };
-        let why = match kind {
-            "RedisSentinelCluster" => "the operator does not reconcile RedisSentinelClusters yet",
-            _ => "only OAuth2Client and TokenPolicy documents are rendered",
-        };
-        write!(f, "{} (document {}): skipped {kind}: {why}", self.file.display(), self.document)
+        write!(
+            f,
+            "{} (document {}): skipped {kind}: only OAuth2Client, TokenPolicy and RedisSentinelCluster \
+             documents are rendered",
+            self.file.display(),
+            self.document
+        )
     }
 }
 
@@ -101,6 +111,12 @@ impl Resources {
                     policy.metadata.namespace.get_or_insert_with(|| "default".into());
                     self.policies.push(policy);
                 }
+                "RedisSentinelCluster" => {
+                    let mut cluster: RedisSentinelCluster =
+                        serde_norway::from_value(value).map_err(|e| unreadable(e.to_string()))?;
+                    cluster.metadata.namespace.get_or_insert_with(|| "default".into());
+                    self.clusters.push(cluster);
+                }
                 _ => self.skipped.push(Skipped { file: file.clone(), document: i + 1, kind: kind.kind }),
             }
         }
@@ -118,6 +134,9 @@ impl Resources {
     /// The YAML of every object, or the first resource that is invalid.
     pub fn render(&self) -> Result<String, RenderError> {
         let mut out = String::new();
+        for cluster in &self.clusters {
+            render_cluster(cluster, &mut out)?;
+        }
         for policy in &self.policies {
             self.render_policy(policy, &mut out)?;
         }
@@ -234,6 +253,36 @@ impl Resources {
     }
 }
 
+/// A cluster's objects, its passwords as placeholders.
+fn render_cluster(cluster: &RedisSentinelCluster, out: &mut String) -> Result<(), RenderError> {
+    let env = redissentinelcluster::Environment {
+        tokenplane_image: crate::controller::ISSUER_IMAGE.into(),
+        exporter_image: crate::controller::EXPORTER_IMAGE.into(),
+        cluster_domain: "cluster.local".into(),
+    };
+    let d = redissentinelcluster::desired(cluster, &env, &Passwords::default(), || GENERATED_PASSWORD.into())
+        .map_err(|invalid| RenderError::Invalid {
+            kind: "RedisSentinelCluster",
+            namespace: cluster.metadata.namespace.clone().unwrap_or_default(),
+            name: cluster.metadata.name.clone().unwrap_or_default(),
+            invalid,
+        })?;
+    out.push_str(&format!(
+        "# RedisSentinelCluster {}: clients find the Sentinels at {}:{}\n",
+        d.names.cluster,
+        d.names.service_host(&d.names.sentinel()),
+        redissentinelcluster::SENTINEL_PORT,
+    ));
+    let texts =
+        d.role_secrets.into_iter().map(readable).chain([yaml(d.config), yaml(d.redis), yaml(d.sentinel)]);
+    let texts = texts.chain(d.services.into_iter().map(yaml)).chain(d.budgets.into_iter().map(yaml));
+    for text in texts {
+        out.push_str("---\n");
+        out.push_str(&text);
+    }
+    Ok(())
+}
+
 /// An object as YAML with its apiVersion and kind, without owner
 /// references: they need the uid of an object that does not exist yet.
 fn yaml<K: Resource<DynamicType = ()> + serde::Serialize>(mut object: K) -> String {
@@ -272,18 +321,19 @@ mod tests {
     #[test]
     fn documents_of_other_kinds_are_listed_as_skipped() {
         let yaml = format!(
-            "{POLICY}---\napiVersion: tokenplane.io/v1alpha1\nkind: RedisSentinelCluster\nmetadata: {{name: r}}\n\
+            "{POLICY}---\napiVersion: tokenplane.io/v1alpha1\nkind: RedisSentinelCluster\nmetadata: {{name: r}}\nspec: {{}}\n\
              ---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\n---\nmetadata: {{name: x}}\n"
         );
         let r = resources(&yaml);
         let skipped: Vec<(usize, &str)> = r.skipped.iter().map(|s| (s.document, s.kind.as_str())).collect();
-        assert_eq!(skipped, [(2, "RedisSentinelCluster"), (3, "ConfigMap"), (4, "")]);
+        assert_eq!(skipped, [(3, "ConfigMap"), (4, "")]);
         assert_eq!(
             r.skipped[0].to_string(),
-            "test.yaml (document 2): skipped RedisSentinelCluster: the operator does not reconcile \
-             RedisSentinelClusters yet"
+            "test.yaml (document 3): skipped ConfigMap: only OAuth2Client, TokenPolicy and \
+             RedisSentinelCluster documents are rendered"
         );
-        assert!(r.skipped[2].to_string().contains("skipped (no kind)"));
+        assert!(r.skipped[1].to_string().contains("skipped (no kind)"));
+        assert_eq!(r.clusters.len(), 1);
         assert_eq!(r.policies.len(), 1);
     }
 

@@ -9,15 +9,30 @@ fn render(file: &str) -> std::process::Output {
 }
 
 #[test]
-fn a_kind_it_does_not_render_is_reported_on_stderr() {
+fn a_cluster_renders_as_a_preview_and_says_what_is_not_acted_on() {
     let out = render("redissentinelcluster.yaml");
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(out.status.success(), "{stderr}");
-    assert!(out.stdout.is_empty(), "nothing is rendered for a RedisSentinelCluster");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.matches("kind: StatefulSet").count(), 2, "{stdout}");
+    assert!(stderr.contains("RedisSentinelCluster tokenplane: rendered as a preview"), "{stderr}");
+    assert!(stderr.contains("spec.tls, spec.acl, spec.cleanup and spec.backup are not acted on"), "{stderr}");
+}
+
+#[test]
+fn a_kind_it_does_not_render_is_reported_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cm.yaml");
+    std::fs::write(&path, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenplane-operator"))
+        .args(["render", "-f"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success() && out.stdout.is_empty(), "{stderr}");
     assert!(
-        stderr.contains(
-            "skipped RedisSentinelCluster: the operator does not reconcile RedisSentinelClusters yet"
-        ),
+        stderr.contains("skipped ConfigMap: only OAuth2Client, TokenPolicy and RedisSentinelCluster"),
         "{stderr}"
     );
 }

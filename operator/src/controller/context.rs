@@ -36,6 +36,8 @@ fn sentinel_login(config: &crate::redis::RedisConfig) -> Option<SentinelLogin> {
 
 /// The issuer image of this operator's version.
 pub const ISSUER_IMAGE: &str = concat!("ghcr.io/tokenplane/tokenplane-sidecar:", env!("CARGO_PKG_VERSION"));
+/// The Prometheus exporter beside each Redis node, logging in as the monitor user.
+pub const EXPORTER_IMAGE: &str = "docker.io/oliver006/redis_exporter:v1.67.0";
 
 impl Context {
     /// Issuers reach Redis where the operator does (Sentinel login

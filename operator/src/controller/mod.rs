@@ -10,7 +10,7 @@ mod leader;
 pub mod oauth2client;
 pub mod tokenpolicy;
 
-pub use context::{Context, ISSUER_IMAGE, generate_secret};
+pub use context::{Context, EXPORTER_IMAGE, ISSUER_IMAGE, generate_secret};
 pub use leader::{LEASE, lead};
 
 use std::sync::Arc;

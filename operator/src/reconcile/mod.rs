@@ -4,6 +4,8 @@
 
 pub mod ca;
 pub mod oauth2client;
+pub mod pod;
+pub mod redissentinelcluster;
 pub mod secret_rotation;
 pub mod signing;
 pub mod tokenpolicy;

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tokenplane_api::acl::{REPLICATION, SENTINEL_CLIENT, SENTINEL_ON_NODE, SENTINEL_ON_SENTINEL};
+
 use crate::pki::LeafFiles;
 
 /// The user of the harness and of tests that need everything.
@@ -19,37 +21,8 @@ pub(crate) const SENTINEL_CLIENT_USER: &str = "sentinel-client";
 pub(crate) const SENTINELS: usize = 3;
 pub(crate) const QUORUM: usize = 2;
 
-/// Nobody authenticates as `default`: a connection that does not `AUTH`
-/// can run no command (`NOAUTH`), and `AUTH default ...` fails (`WRONGPASS`).
-const DEFAULT_OFF: &str = "user default off resetkeys resetchannels -@all";
-
-/// What a replica needs on its master (Redis docs, "ACL rules for Sentinel
-/// and Replicas").
-pub(crate) const REPLICATION_RULES: &str = "resetkeys resetchannels -@all +psync +replconf +ping";
-
-/// What Sentinel 7.0 sends to data nodes: PING and INFO to monitor them,
-/// CLIENT SETNAME on its links, SUBSCRIBE and PUBLISH on its hello channel,
-/// and the failover transaction `MULTI; SLAVEOF; CONFIG REWRITE; CLIENT KILL;
-/// EXEC`; SCRIPT KILL when a node answers BUSY. The hello channel must be
-/// granted explicitly: Redis 7.0 denies all channels by default
-/// (`acl-pubsub-default resetchannels`), and without it Sentinels silently
-/// never discover each other.
-pub(crate) const SENTINEL_ON_NODE_RULES: &str = "resetkeys resetchannels &__sentinel__:hello -@all \
-     +ping +info +client|setname +client|kill +subscribe +publish +multi +exec +slaveof \
-     +config|rewrite +script|kill";
-
-/// What a Sentinel sends to its peers: PING, `SENTINEL is-master-down-by-addr`
-/// (votes), PUBLISH of its hello message, CLIENT SETNAME.
-const SENTINEL_ON_SENTINEL_RULES: &str = "resetkeys resetchannels &__sentinel__:hello -@all \
-     +ping +publish +client|setname +sentinel|is-master-down-by-addr";
-
-/// What a client of the Sentinels needs: discovery (what the `redis` crate's
-/// sentinel client and others send) and the Sentinel event channels
-/// (`+switch-master`, ...).
-const SENTINEL_CLIENT_RULES: &str = "resetkeys resetchannels &* -@all +ping +hello +command \
-     +role +client|setname +client|getname +client|id +sentinel|get-master-addr-by-name \
-     +sentinel|master +sentinel|masters +sentinel|replicas +sentinel|slaves +sentinel|sentinels \
-     +sentinel|myid +subscribe +psubscribe +unsubscribe +punsubscribe";
+/// Nobody authenticates as `default`.
+const DEFAULT_OFF_LINE: &str = "user default off resetkeys resetchannels -@all";
 
 const ADMIN_RULES: &str = "~* &* +@all";
 
@@ -70,10 +43,10 @@ pub(crate) struct Timings {
 /// The ACL file of a data node.
 pub(crate) fn node_acl_file(pw: &Passwords) -> String {
     format!(
-        "{DEFAULT_OFF}\n\
+        "{DEFAULT_OFF_LINE}\n\
          user {ADMIN_USER} on >{} {ADMIN_RULES}\n\
-         user {REPLICATION_USER} on >{} {REPLICATION_RULES}\n\
-         user {SENTINEL_USER} on >{} {SENTINEL_ON_NODE_RULES}\n",
+         user {REPLICATION_USER} on >{} {REPLICATION}\n\
+         user {SENTINEL_USER} on >{} {SENTINEL_ON_NODE}\n",
         pw.admin, pw.replication, pw.sentinel
     )
 }
@@ -175,10 +148,10 @@ pub(crate) fn sentinel_config(
          daemonize no\n\
          dir {}\n\
          logfile {}\n\
-         {DEFAULT_OFF}\n\
+         {DEFAULT_OFF_LINE}\n\
          user {ADMIN_USER} on >{} {ADMIN_RULES}\n\
-         user {SENTINEL_USER} on >{} {SENTINEL_ON_SENTINEL_RULES}\n\
-         user {SENTINEL_CLIENT_USER} on >{} {SENTINEL_CLIENT_RULES}\n\
+         user {SENTINEL_USER} on >{} {SENTINEL_ON_SENTINEL}\n\
+         user {SENTINEL_CLIENT_USER} on >{} {SENTINEL_CLIENT}\n\
          sentinel sentinel-user {SENTINEL_USER}\n\
          sentinel sentinel-pass {}\n\
          sentinel monitor {name} 127.0.0.1 {master_port} {QUORUM}\n\
@@ -216,43 +189,9 @@ fn quote(path: &Path) -> String {
     out
 }
 
-/// Splits ACL rules on whitespace, keeping a selector `(...)` in one piece.
-pub(crate) fn split_rules(rules: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    let mut depth = 0usize;
-    for c in rules.chars() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        if c.is_whitespace() && depth == 0 {
-            if !current.is_empty() {
-                out.push(std::mem::take(&mut current));
-            }
-        } else {
-            current.push(c);
-        }
-    }
-    if !current.is_empty() {
-        out.push(current);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rules_split_on_whitespace_but_not_inside_selectors() {
-        assert_eq!(
-            split_rules("  ~tp:* +get\t(+set ~w:*)  +ping "),
-            ["~tp:*", "+get", "(+set ~w:*)", "+ping"]
-        );
-        assert!(split_rules(" ").is_empty());
-    }
 
     #[test]
     fn a_tls_listener_turns_the_plain_port_off() {

@@ -43,7 +43,7 @@ use tempfile::TempDir;
 
 use self::config::{
     ADMIN_USER, Listen, Passwords, QUORUM, SENTINEL_CLIENT_USER, SENTINELS, Timings, TlsFiles, node_acl_file,
-    node_config, sentinel_config, split_rules,
+    node_config, sentinel_config,
 };
 pub use self::error::HarnessError;
 use self::process::{Kind, Proc, find_binary, free_port};
@@ -392,7 +392,7 @@ impl RedisCluster {
         }
         let mut args = vec!["SETUSER".to_owned(), name.to_owned(), "reset".to_owned(), "on".to_owned()];
         args.push(format!(">{password}"));
-        args.extend(split_rules(acl_rules));
+        args.extend(tokenplane_api::acl::split_rules(acl_rules));
         let user = ExtraUser { name: name.to_owned(), args };
         if let Some(paused) = self.nodes.iter().find(|n| n.is_paused()) {
             return Err(HarnessError::WrongState {

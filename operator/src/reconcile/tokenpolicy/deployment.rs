@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Container, ContainerPort, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -16,6 +15,7 @@ use tokenplane_api::credentials::{REDIS_PASSWORD, REDIS_USERNAME};
 
 use super::tls::{TLS_CRT, TLS_KEY, serving_secret_name};
 use super::{Environment, ISSUER_PORT, SENTINEL_PORT, issuer_meta, selector};
+use crate::reconcile::pod::{pod_security, read_only_mount, restricted, secret_volume};
 use crate::reconcile::{AclUser, managed_meta};
 
 const KEYS_MOUNT: &str = "/var/run/tokenplane/keys";
@@ -127,21 +127,6 @@ pub(super) fn deployment(
         period_seconds: Some(5),
         ..Probe::default()
     };
-    let secret_volume = |volume: &str, secret: String| Volume {
-        name: volume.into(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(secret),
-            default_mode: Some(0o440),
-            ..SecretVolumeSource::default()
-        }),
-        ..Volume::default()
-    };
-    let mount = |volume: &str, path: &str| VolumeMount {
-        name: volume.into(),
-        mount_path: path.into(),
-        read_only: Some(true),
-        ..VolumeMount::default()
-    };
     let container = Container {
         name: "issuer".into(),
         image: Some(shape.image.clone().unwrap_or_else(|| env.image.clone())),
@@ -154,11 +139,11 @@ pub(super) fn deployment(
         readiness_probe: Some(probe("/readyz")),
         liveness_probe: Some(Probe { failure_threshold: Some(6), ..probe("/healthz") }),
         resources: Some(shape.resources.clone().unwrap_or_else(default_resources)),
-        security_context: Some(restricted()),
+        security_context: Some(restricted(ISSUER_UID)),
         volume_mounts: Some(vec![
-            mount("keys", KEYS_MOUNT),
-            mount("redis", REDIS_MOUNT),
-            mount("tls", TLS_MOUNT),
+            read_only_mount("keys", KEYS_MOUNT),
+            read_only_mount("redis", REDIS_MOUNT),
+            read_only_mount("tls", TLS_MOUNT),
         ]),
         ..Container::default()
     };
@@ -172,13 +157,7 @@ pub(super) fn deployment(
                 spec: Some(PodSpec {
                     containers: vec![container],
                     automount_service_account_token: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        // The mounted Secrets are readable by this group only.
-                        fs_group: Some(ISSUER_UID),
-                        run_as_non_root: Some(true),
-                        seccomp_profile: Some(runtime_default()),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(pod_security(ISSUER_UID)),
                     volumes: Some(vec![
                         secret_volume("keys", policy.keys_secret_name()),
                         secret_volume("redis", format!("{name}-issuer-redis")),
@@ -190,26 +169,6 @@ pub(super) fn deployment(
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
-    }
-}
-
-fn runtime_default() -> SeccompProfile {
-    SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }
-}
-
-/// The `restricted` Pod Security Standard, and a read-only root.
-fn restricted() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        capabilities: Some(k8s_openapi::api::core::v1::Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            ..Default::default()
-        }),
-        read_only_root_filesystem: Some(true),
-        run_as_non_root: Some(true),
-        run_as_user: Some(ISSUER_UID),
-        seccomp_profile: Some(runtime_default()),
-        ..SecurityContext::default()
     }
 }
 

@@ -1,0 +1,201 @@
+//! What a RedisSentinelCluster needs, as pure functions of the resource and
+//! the passwords its role Secrets already hold: those Secrets (a password
+//! is generated only for a role that has none), the ConfigMap with
+//! redis.conf and sentinel.conf, the StatefulSets of the data nodes and of
+//! the Sentinels, their Services and PodDisruptionBudgets.
+//!
+//! Pods reach each other by stable DNS names (`<pod>.<headless service>`),
+//! never by pod IP: Sentinels resolve and announce hostnames, and each node
+//! announces its own name to the master. Passwords never enter a ConfigMap:
+//! the start-up step of each pod reads them from the mounted Secrets.
+
+mod config;
+mod service;
+mod users;
+mod workloads;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use tokenplane_api::RedisSentinelCluster;
+use tokenplane_api::redis::AclRole;
+
+pub use users::{CLUSTER_ROLES, Passwords};
+
+use super::{Invalid, managed_meta};
+
+pub const REDIS_PORT: i32 = 6379;
+pub const SENTINEL_PORT: i32 = 26379;
+pub const EXPORTER_PORT: i32 = 9121;
+
+/// What the pods need that the resource does not say.
+#[derive(Clone, Debug)]
+pub struct Environment {
+    /// The tokenplane-sidecar image, whose `redis-node` subcommand starts
+    /// each pod.
+    pub tokenplane_image: String,
+    pub exporter_image: String,
+    /// The cluster's DNS domain (`cluster.local` unless the kubelet says otherwise).
+    pub cluster_domain: String,
+}
+
+/// The names of a cluster's objects and how its pods reach each other.
+#[derive(Clone, Debug)]
+pub struct Names {
+    pub cluster: String,
+    pub namespace: String,
+    domain: String,
+}
+
+impl Names {
+    fn of(rsc: &RedisSentinelCluster, domain: &str) -> Result<Self, Invalid> {
+        match (rsc.metadata.name.clone(), rsc.metadata.namespace.clone()) {
+            (Some(cluster), Some(namespace)) => Ok(Self { cluster, namespace, domain: domain.to_owned() }),
+            _ => Err(Invalid::spec("a RedisSentinelCluster needs a name and a namespace".into())),
+        }
+    }
+
+    /// The data nodes' StatefulSet and headless Service.
+    pub fn redis(&self) -> String {
+        format!("{}-redis", self.cluster)
+    }
+
+    /// The Sentinels' StatefulSet and headless Service.
+    pub fn sentinel_peers(&self) -> String {
+        format!("{}-sentinel-peers", self.cluster)
+    }
+
+    /// The Service clients find the Sentinels at (a TokenPolicy's `redisRef`).
+    pub fn sentinel(&self) -> String {
+        format!("{}-sentinel", self.cluster)
+    }
+
+    pub fn config(&self) -> String {
+        format!("{}-redis-config", self.cluster)
+    }
+
+    /// The Secret of one role's user.
+    pub fn role_secret(&self, role: AclRole) -> String {
+        format!("{}-redis-{}", self.cluster, users::username(role))
+    }
+
+    /// The stable DNS name of pod `ordinal` of a StatefulSet behind `service`.
+    pub fn pod_host(&self, service: &str, ordinal: i32) -> String {
+        format!("{service}-{ordinal}.{}", self.service_host(service))
+    }
+
+    /// `<service>.<namespace>.svc.<domain>`.
+    pub fn service_host(&self, service: &str) -> String {
+        format!("{service}.{}.svc.{}", self.namespace, self.domain)
+    }
+}
+
+/// Everything a RedisSentinelCluster should have.
+pub struct Desired {
+    pub names: Names,
+    pub role_secrets: Vec<Secret>,
+    pub config: ConfigMap,
+    pub redis: StatefulSet,
+    pub sentinel: StatefulSet,
+    pub services: Vec<Service>,
+    pub budgets: Vec<PodDisruptionBudget>,
+}
+
+/// The Sentinels that must agree the master is down: a majority.
+pub fn quorum(sentinels: i32) -> i32 {
+    sentinels / 2 + 1
+}
+
+/// Checks `rsc` and builds what it should have. `existing` holds the
+/// passwords the role Secrets have now; `new_password` makes one for a
+/// role that has none.
+pub fn desired(
+    rsc: &RedisSentinelCluster,
+    env: &Environment,
+    existing: &Passwords,
+    new_password: impl FnMut() -> String,
+) -> Result<Desired, Invalid> {
+    check(rsc)?;
+    let names = Names::of(rsc, &env.cluster_domain)?;
+    let passwords = existing.completed(new_password);
+    let redis_labels = labels(&names.cluster, "redis");
+    let sentinel_labels = labels(&names.cluster, "sentinel");
+    Ok(Desired {
+        role_secrets: users::role_secrets(rsc, &names, &passwords),
+        config: config::config_map(rsc, &names),
+        redis: workloads::redis(rsc, env, &names, &redis_labels),
+        sentinel: workloads::sentinel(rsc, env, &names, &sentinel_labels),
+        services: service::services(rsc, &names, &redis_labels, &sentinel_labels),
+        budgets: service::budgets(rsc, &names, &redis_labels, &sentinel_labels),
+        names,
+    })
+}
+
+/// What the CRD's rules say, again (a resource written before a rule
+/// existed, or by `render`), and what they cannot say: the strings that
+/// reach redis.conf and sentinel.conf must not carry a directive.
+fn check(rsc: &RedisSentinelCluster) -> Result<(), Invalid> {
+    let spec = &rsc.spec;
+    let bad = |message: String| Err(Invalid::spec(message));
+    if spec.sentinels < 3 || spec.sentinels % 2 == 0 {
+        return bad(format!(
+            "sentinels is {}: use an odd number, 3 or more, so a majority can elect",
+            spec.sentinels
+        ));
+    }
+    if spec.replicas < 1 {
+        return bad(format!("replicas is {}: at least the master is needed", spec.replicas));
+    }
+    if spec.min_replicas_to_acknowledge < 0 || spec.min_replicas_to_acknowledge >= spec.replicas {
+        return bad(format!(
+            "minReplicasToAcknowledge is {} with {} nodes: it must be below replicas (the master does not count)",
+            spec.min_replicas_to_acknowledge, spec.replicas
+        ));
+    }
+    let name_ok = |s: &str| {
+        !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    if !name_ok(&spec.master_name) {
+        return bad(format!(
+            "masterName {:?}: use 1 to 64 letters, digits, '-', '_' or '.'",
+            spec.master_name
+        ));
+    }
+    if !["always", "everysec"].contains(&spec.persistence.append_fsync.as_str()) {
+        return bad(format!(
+            "persistence.appendFsync {:?}: use always or everysec",
+            spec.persistence.append_fsync
+        ));
+    }
+    if spec.image.trim().is_empty() {
+        return bad("image is empty: name a Redis 7 image".into());
+    }
+    Ok(())
+}
+
+fn labels(cluster: &str, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "tokenplane-redis".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), cluster.to_owned()),
+        ("app.kubernetes.io/component".to_owned(), component.to_owned()),
+    ])
+}
+
+fn meta(rsc: &RedisSentinelCluster, name: String, labels: &BTreeMap<String, String>) -> ObjectMeta {
+    let cluster = rsc.metadata.name.clone().unwrap_or_default();
+    let mut meta = managed_meta(rsc, name, [("tokenplane.io/redis-cluster", cluster)]);
+    meta.labels.get_or_insert_default().extend(labels.clone());
+    meta
+}
+
+fn selector(labels: &BTreeMap<String, String>) -> LabelSelector {
+    LabelSelector { match_labels: Some(labels.clone()), ..LabelSelector::default() }
+}
+
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,377 @@
+//! The StatefulSets of the data nodes and of the Sentinels. Each pod starts
+//! with `tokenplane-sidecar redis-node start` (an init container): it asks
+//! the Sentinels who the master is before Redis serves, so a returning old
+//! master comes back as a replica, and it writes the final configuration
+//! with the passwords from the mounted role Secrets.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
+    PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SecretKeySelector,
+    SecretProjection, TCPSocketAction, TopologySpreadConstraint, Volume, VolumeProjection,
+    VolumeResourceRequirements, WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::core::v1::{ConfigMapVolumeSource, KeyToPath};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use tokenplane_api::RedisSentinelCluster;
+use tokenplane_api::redis::AclRole;
+
+use super::config::{REDIS_CONF, SENTINEL_CONF};
+use super::users::{PASSWORD, username};
+use super::{EXPORTER_PORT, Environment, Names, REDIS_PORT, SENTINEL_PORT, meta, quorum, selector};
+use crate::reconcile::pod::{mount, pod_security, read_only_mount, restricted};
+
+/// The official Redis image's `redis` user.
+const REDIS_UID: i64 = 999;
+/// oliver006/redis_exporter's user.
+const EXPORTER_UID: i64 = 59000;
+const CONFIG_MOUNT: &str = "/etc/tokenplane/redis";
+const USERS_MOUNT: &str = "/var/run/tokenplane/users";
+const RUNTIME_MOUNT: &str = "/run/tokenplane";
+const DATA_MOUNT: &str = "/data";
+
+/// Which kind of pod a StatefulSet runs.
+#[derive(Clone, Copy)]
+enum Kind {
+    Node,
+    Sentinel,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Node => "node",
+            Self::Sentinel => "sentinel",
+        }
+    }
+
+    /// The role passwords a pod of this kind writes into its configuration.
+    fn roles(self) -> &'static [AclRole] {
+        match self {
+            Self::Node => &[AclRole::Replication, AclRole::Sentinel, AclRole::Operator, AclRole::Monitor],
+            Self::Sentinel => &[AclRole::Sentinel, AclRole::Operator],
+        }
+    }
+}
+
+pub(super) fn redis(
+    rsc: &RedisSentinelCluster,
+    env: &Environment,
+    names: &Names,
+    labels: &BTreeMap<String, String>,
+) -> StatefulSet {
+    let spec = &rsc.spec;
+    let server = Container {
+        name: "redis".into(),
+        image: Some(spec.image.clone()),
+        command: Some(vec!["redis-server".into(), format!("{RUNTIME_MOUNT}/{REDIS_CONF}")]),
+        ports: Some(vec![port("redis", REDIS_PORT)]),
+        env: Some(vec![secret_env("REDISCLI_AUTH", names.role_secret(AclRole::Monitor))]),
+        // LOADING, a master link down or a wrong password all answer
+        // something other than PONG.
+        readiness_probe: Some(exec_probe(&format!(
+            "[ \"$(redis-cli --no-auth-warning --user {} -p {REDIS_PORT} ping)\" = PONG ]",
+            username(AclRole::Monitor)
+        ))),
+        liveness_probe: Some(tcp_probe(REDIS_PORT)),
+        resources: Some(spec.resources.clone().unwrap_or_else(|| resources("100m", "128Mi", "512Mi"))),
+        security_context: Some(restricted(REDIS_UID)),
+        volume_mounts: Some(vec![mount("runtime", RUNTIME_MOUNT), mount("data", DATA_MOUNT)]),
+        ..Container::default()
+    };
+    let exporter = Container {
+        name: "exporter".into(),
+        image: Some(env.exporter_image.clone()),
+        env: Some(vec![
+            plain_env("REDIS_ADDR", format!("redis://localhost:{REDIS_PORT}")),
+            plain_env("REDIS_USER", username(AclRole::Monitor).into()),
+            secret_env("REDIS_PASSWORD", names.role_secret(AclRole::Monitor)),
+        ]),
+        ports: Some(vec![port("metrics", EXPORTER_PORT)]),
+        resources: Some(resources("10m", "16Mi", "64Mi")),
+        security_context: Some(restricted(EXPORTER_UID)),
+        ..Container::default()
+    };
+    let first_master = names.pod_host(&names.redis(), 0);
+    let start = start_container(rsc, env, names, Kind::Node, &names.redis(), &first_master);
+    let persistent = spec.persistence.enabled;
+    let mut volumes = common_volumes(names, Kind::Node);
+    if !persistent {
+        volumes.push(empty_dir("data"));
+    }
+    let mut set =
+        stateful_set(rsc, names.redis(), labels, spec.replicas, vec![start], vec![server, exporter], volumes);
+    if persistent {
+        let claim = data_claim(rsc);
+        set.spec.get_or_insert_default().volume_claim_templates = Some(vec![claim]);
+    }
+    set
+}
+
+pub(super) fn sentinel(
+    rsc: &RedisSentinelCluster,
+    env: &Environment,
+    names: &Names,
+    labels: &BTreeMap<String, String>,
+) -> StatefulSet {
+    let spec = &rsc.spec;
+    let server = Container {
+        name: "sentinel".into(),
+        image: Some(spec.image.clone()),
+        // Sentinel rewrites its file as it learns the cluster: it lives on
+        // the writable data volume.
+        command: Some(vec!["redis-sentinel".into(), format!("{DATA_MOUNT}/{SENTINEL_CONF}")]),
+        ports: Some(vec![port("sentinel", SENTINEL_PORT)]),
+        readiness_probe: Some(tcp_probe(SENTINEL_PORT)),
+        liveness_probe: Some(tcp_probe(SENTINEL_PORT)),
+        resources: Some(spec.sentinel_resources.clone().unwrap_or_else(|| resources("50m", "32Mi", "64Mi"))),
+        security_context: Some(restricted(REDIS_UID)),
+        volume_mounts: Some(vec![mount("data", DATA_MOUNT)]),
+        ..Container::default()
+    };
+    let first_master = names.pod_host(&names.redis(), 0);
+    let start = start_container(rsc, env, names, Kind::Sentinel, &names.sentinel_peers(), &first_master);
+    let mut volumes = common_volumes(names, Kind::Sentinel);
+    volumes.push(empty_dir("data"));
+    stateful_set(rsc, names.sentinel_peers(), labels, spec.sentinels, vec![start], vec![server], volumes)
+}
+
+/// `tokenplane-sidecar redis-node start`, as pod `$(POD_NAME)` of `service`.
+fn start_container(
+    rsc: &RedisSentinelCluster,
+    env: &Environment,
+    names: &Names,
+    kind: Kind,
+    service: &str,
+    first_master: &str,
+) -> Container {
+    let (template, out) = match kind {
+        Kind::Node => (REDIS_CONF, format!("{RUNTIME_MOUNT}/{REDIS_CONF}")),
+        Kind::Sentinel => (SENTINEL_CONF, format!("{DATA_MOUNT}/{SENTINEL_CONF}")),
+    };
+    let args = [
+        "redis-node",
+        "start",
+        "--kind",
+        kind.name(),
+        "--template",
+        &format!("{CONFIG_MOUNT}/{template}"),
+        "--out",
+        &out,
+        "--users-dir",
+        USERS_MOUNT,
+        "--announce-host",
+        &format!("$(POD_NAME).{}", names.service_host(service)),
+        "--sentinels",
+        &format!("{}:{SENTINEL_PORT}", names.service_host(&names.sentinel_peers())),
+        "--master-name",
+        &rsc.spec.master_name,
+        "--first-master",
+        &format!("{first_master}:{REDIS_PORT}"),
+        "--quorum",
+        &quorum(rsc.spec.sentinels).to_string(),
+    ];
+    let mut mounts = vec![read_only_mount("config", CONFIG_MOUNT), read_only_mount("users", USERS_MOUNT)];
+    mounts.push(match kind {
+        Kind::Node => mount("runtime", RUNTIME_MOUNT),
+        Kind::Sentinel => mount("data", DATA_MOUNT),
+    });
+    Container {
+        name: "start".into(),
+        image: Some(env.tokenplane_image.clone()),
+        args: Some(args.into_iter().map(str::to_owned).collect()),
+        env: Some(vec![EnvVar {
+            name: "POD_NAME".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..Default::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        }]),
+        resources: Some(resources("10m", "16Mi", "64Mi")),
+        security_context: Some(restricted(REDIS_UID)),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    }
+}
+
+/// The ConfigMap, the passwords of `kind`'s roles (one file per role), and
+/// for data nodes the runtime directory of the final configuration.
+fn common_volumes(names: &Names, kind: Kind) -> Vec<Volume> {
+    let sources = kind
+        .roles()
+        .iter()
+        .map(|role| VolumeProjection {
+            secret: Some(SecretProjection {
+                name: names.role_secret(*role),
+                items: Some(vec![KeyToPath {
+                    key: PASSWORD.into(),
+                    path: username(*role).into(),
+                    mode: None,
+                }]),
+                ..SecretProjection::default()
+            }),
+            ..VolumeProjection::default()
+        })
+        .collect();
+    let mut volumes = vec![
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names.config(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "users".into(),
+            projected: Some(ProjectedVolumeSource { sources: Some(sources), default_mode: Some(0o440) }),
+            ..Volume::default()
+        },
+    ];
+    if matches!(kind, Kind::Node) {
+        volumes.push(empty_dir("runtime"));
+    }
+    volumes
+}
+
+fn stateful_set(
+    rsc: &RedisSentinelCluster,
+    name: String,
+    labels: &BTreeMap<String, String>,
+    replicas: i32,
+    init: Vec<Container>,
+    containers: Vec<Container>,
+    volumes: Vec<Volume>,
+) -> StatefulSet {
+    StatefulSet {
+        metadata: meta(rsc, name.clone(), labels),
+        spec: Some(StatefulSetSpec {
+            service_name: Some(name),
+            replicas: Some(replicas),
+            // Each pod finds its place through the Sentinels, not its ordinal.
+            pod_management_policy: Some("Parallel".into()),
+            selector: selector(labels),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels.clone()), ..ObjectMeta::default() }),
+                spec: Some(PodSpec {
+                    init_containers: Some(init),
+                    containers,
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(pod_security(REDIS_UID)),
+                    affinity: Some(spread_over_nodes(labels)),
+                    topology_spread_constraints: Some(vec![TopologySpreadConstraint {
+                        max_skew: 1,
+                        topology_key: "topology.kubernetes.io/zone".into(),
+                        when_unsatisfiable: "ScheduleAnyway".into(),
+                        label_selector: Some(selector(labels)),
+                        ..TopologySpreadConstraint::default()
+                    }]),
+                    volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    }
+}
+
+/// Two pods of one StatefulSet on one machine are avoided, not forbidden: a
+/// small cluster must still schedule.
+fn spread_over_nodes(labels: &BTreeMap<String, String>) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![WeightedPodAffinityTerm {
+                weight: 100,
+                pod_affinity_term: PodAffinityTerm {
+                    label_selector: Some(selector(labels)),
+                    topology_key: "kubernetes.io/hostname".into(),
+                    ..PodAffinityTerm::default()
+                },
+            }]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    }
+}
+
+fn data_claim(rsc: &RedisSentinelCluster) -> PersistentVolumeClaim {
+    let persistence = &rsc.spec.persistence;
+    PersistentVolumeClaim {
+        metadata: ObjectMeta { name: Some("data".into()), ..ObjectMeta::default() },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: persistence.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".into(), persistence.size.clone())])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume { name: name.into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() }
+}
+
+fn port(name: &str, number: i32) -> ContainerPort {
+    ContainerPort { name: Some(name.into()), container_port: number, ..ContainerPort::default() }
+}
+
+fn plain_env(name: &str, value: String) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value), ..EnvVar::default() }
+}
+
+fn secret_env(name: &str, secret: String) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret,
+                key: PASSWORD.into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn exec_probe(script: &str) -> Probe {
+    Probe {
+        exec: Some(ExecAction { command: Some(vec!["sh".into(), "-c".into(), script.into()]) }),
+        period_seconds: Some(5),
+        timeout_seconds: Some(3),
+        ..Probe::default()
+    }
+}
+
+fn tcp_probe(port: i32) -> Probe {
+    Probe {
+        tcp_socket: Some(TCPSocketAction { port: IntOrString::Int(port), ..TCPSocketAction::default() }),
+        period_seconds: Some(10),
+        failure_threshold: Some(6),
+        ..Probe::default()
+    }
+}
+
+fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
+    let q = |s: &str| Quantity(s.into());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([("cpu".into(), q(cpu)), ("memory".into(), q(memory))])),
+        limits: Some(BTreeMap::from([("memory".into(), q(memory_limit))])),
+        ..ResourceRequirements::default()
+    }
+}

@@ -57,9 +57,10 @@ pub const OPERATOR_ON_SENTINEL: &str = "resetkeys resetchannels &* -@all +ping +
      +sentinel|replicas +sentinel|slaves +sentinel|sentinels +sentinel|myid +sentinel|failover \
      +acl|setuser +acl|deluser +acl|getuser +acl|list +subscribe +unsubscribe";
 
-/// The Prometheus exporter (oliver006/redis_exporter): server statistics
-/// only, no key and no channel.
-pub const MONITOR: &str = "resetkeys resetchannels -@all +ping +info +config|get +client|list \
+/// The Prometheus exporter (oliver006/redis_exporter), the readiness probe
+/// and the pods' start-up step (`ROLE`): server statistics only, no key and
+/// no channel.
+pub const MONITOR: &str = "resetkeys resetchannels -@all +ping +info +role +config|get +client|list \
      +slowlog|get +slowlog|len +latency|latest +latency|histogram +dbsize +select +cluster|info \
      +hello +client|setname +memory|stats";
 
@@ -72,6 +73,32 @@ pub const CLEANUP: &str = "resetkeys resetchannels ~auth:* -@all +ping +hello +r
 /// (`redis-cli --rdb`), which needs no key permission.
 pub const BACKUP: &str = "resetkeys resetchannels -@all +ping +hello +sync +psync +replconf \
      +client|setname";
+
+/// A role's Redis username.
+pub fn username(role: AclRole) -> &'static str {
+    match role {
+        AclRole::Operator => "operator",
+        AclRole::Issuer => "issuer",
+        AclRole::Monitor => "monitor",
+        AclRole::Cleanup => "cleanup",
+        AclRole::Backup => "backup",
+        AclRole::Replication => "replication",
+        AclRole::Sentinel => "sentinel",
+    }
+}
+
+/// The role whose user is `name`.
+pub fn role_named(name: &str) -> Option<AclRole> {
+    use AclRole::*;
+    [Operator, Issuer, Monitor, Cleanup, Backup, Replication, Sentinel].into_iter().find(|r| username(*r) == name)
+}
+
+/// A password as `ACL GETUSER` shows it and `#<hash>` sets it: SHA-256 in
+/// lowercase hex. A pod that only creates a user gets this, never the password.
+pub fn password_hash(password: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, password.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// A role's rules on the data nodes.
 pub fn node_rules(role: AclRole) -> &'static str {
@@ -87,14 +114,15 @@ pub fn node_rules(role: AclRole) -> &'static str {
 }
 
 /// A role's rules on the Sentinels; `None` for those that never talk to
-/// one (replicas reach their master through `replicaof`, the exporter and
-/// the backup job are given a node).
+/// one (replicas reach their master through `replicaof`, the backup job is
+/// given a node). The monitor user also starts the pods: it asks the
+/// Sentinels who the master is.
 pub fn sentinel_rules(role: AclRole) -> Option<&'static str> {
     match role {
         AclRole::Operator => Some(OPERATOR_ON_SENTINEL),
-        AclRole::Issuer | AclRole::Cleanup => Some(SENTINEL_CLIENT),
+        AclRole::Issuer | AclRole::Cleanup | AclRole::Monitor => Some(SENTINEL_CLIENT),
         AclRole::Sentinel => Some(SENTINEL_ON_SENTINEL),
-        AclRole::Monitor | AclRole::Backup | AclRole::Replication => None,
+        AclRole::Backup | AclRole::Replication => None,
     }
 }
 
@@ -135,6 +163,14 @@ mod tests {
             ["~tp:*", "+get", "(+set ~w:*)", "+ping"]
         );
         assert!(split_rules(" ").is_empty());
+    }
+
+    #[test]
+    fn password_hashes_are_what_redis_shows() {
+        // `ACL SETUSER u on >pw` then `ACL GETUSER u` shows this for "pw".
+        assert_eq!(password_hash("pw"), "30c952fab122c3f9759f02a6d95c3758b246b4fee239957b2d4fee46e26170c4");
+        assert_eq!(role_named("replication"), Some(AclRole::Replication));
+        assert_eq!(role_named("root"), None);
     }
 
     #[test]

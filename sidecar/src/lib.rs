@@ -10,6 +10,7 @@ pub mod keys;
 pub mod manifests;
 pub mod oauth_error;
 pub mod opaque;
+pub mod redis_node;
 pub mod reply;
 pub mod server;
 pub mod store;

@@ -13,7 +13,7 @@ use tokenplane_sidecar::issuer::{Issuer, Settings, managed};
 use tokenplane_sidecar::keys::KeySet;
 use tokenplane_sidecar::store::{MemoryStore, RedisConfig, RedisStore, Store};
 use tokenplane_sidecar::tls::{PairFiles, ServingTls};
-use tokenplane_sidecar::{manifests, server};
+use tokenplane_sidecar::{manifests, redis_node, server};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -39,6 +39,67 @@ enum Role {
     /// Run next to a workload: validate tokens from memory, vend the
     /// workload's own tokens.
     Agent(AgentArgs),
+    /// Steps of a RedisSentinelCluster's pods.
+    RedisNode {
+        #[command(subcommand)]
+        step: RedisNodeStep,
+    },
+}
+
+#[derive(Subcommand)]
+enum RedisNodeStep {
+    /// Before Redis or Sentinel serves: ask the Sentinels who the master
+    /// is, then write the final configuration file.
+    Start(StartArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum NodeKind {
+    Node,
+    Sentinel,
+}
+
+#[derive(clap::Args)]
+struct StartArgs {
+    /// What this pod runs: a data node or a Sentinel.
+    #[arg(long, env = "TOKENPLANE_REDIS_KIND", value_enum)]
+    kind: NodeKind,
+    /// The operator's configuration file (no secrets).
+    #[arg(long, env = "TOKENPLANE_REDIS_TEMPLATE")]
+    template: PathBuf,
+    /// Where to write the file Redis or Sentinel runs with (mode 0600).
+    #[arg(long, env = "TOKENPLANE_REDIS_OUT")]
+    out: PathBuf,
+    /// The mounted role Secrets: `<user>` holds a password, `<user>.sha256` a hash.
+    #[arg(long, env = "TOKENPLANE_REDIS_USERS_DIR")]
+    users_dir: PathBuf,
+    /// This pod's stable DNS name, announced to its peers.
+    #[arg(long, env = "TOKENPLANE_REDIS_ANNOUNCE_HOST")]
+    announce_host: String,
+    /// The port announced with it.
+    #[arg(long, env = "TOKENPLANE_REDIS_ANNOUNCE_PORT")]
+    announce_port: u16,
+    /// The Sentinels, `host:port`, comma-separated; a name may resolve to several.
+    #[arg(long, env = "TOKENPLANE_REDIS_SENTINELS", value_delimiter = ',', required = true)]
+    sentinels: Vec<String>,
+    /// Every data node, `host:port`, comma-separated.
+    #[arg(long, env = "TOKENPLANE_REDIS_NODES", value_delimiter = ',', required = true)]
+    nodes: Vec<String>,
+    /// The name the Sentinels monitor the master under.
+    #[arg(long, env = "TOKENPLANE_REDIS_MASTER_NAME", default_value = "tokenplane")]
+    master_name: String,
+    /// The master of a new cluster, `host:port`.
+    #[arg(long, env = "TOKENPLANE_REDIS_FIRST_MASTER")]
+    first_master: String,
+    /// Sentinels that must agree the master is down.
+    #[arg(long, env = "TOKENPLANE_REDIS_QUORUM")]
+    quorum: u32,
+    /// How long a data node waits for the Sentinels before it decides from the nodes alone.
+    #[arg(long, env = "TOKENPLANE_REDIS_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    wait: Duration,
+    /// Timeout of each question to a Sentinel or a node.
+    #[arg(long, env = "TOKENPLANE_REDIS_QUERY_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    query_timeout: Duration,
 }
 
 #[derive(clap::Args)]
@@ -266,7 +327,7 @@ fn main() -> anyhow::Result<()> {
     // The agent is a sidecar on a small CPU budget: one thread is all it
     // needs, and fewer threads hold less memory. The issuer uses every core.
     let mut runtime = match cli.role {
-        Role::Agent(_) => tokio::runtime::Builder::new_current_thread(),
+        Role::Agent(_) | Role::RedisNode { .. } => tokio::runtime::Builder::new_current_thread(),
         Role::Issuer(_) => tokio::runtime::Builder::new_multi_thread(),
     };
     let runtime = runtime.enable_all().build().context("cannot start the async runtime")?;
@@ -274,8 +335,35 @@ fn main() -> anyhow::Result<()> {
         match cli.role {
             Role::Issuer(args) => run_issuer(args).await,
             Role::Agent(args) => run_agent(args).await,
+            Role::RedisNode { step: RedisNodeStep::Start(args) } => start_redis_node(args).await,
         }
     })
+}
+
+async fn start_redis_node(args: StartArgs) -> anyhow::Result<()> {
+    let addr = |flag: &str, text: &str| {
+        redis_node::Addr::parse(text).with_context(|| format!("{flag} {text:?}: give host:port"))
+    };
+    let all = |flag: &str, list: &[String]| list.iter().map(|t| addr(flag, t)).collect::<anyhow::Result<Vec<_>>>();
+    let start = redis_node::Start {
+        kind: match args.kind {
+            NodeKind::Node => redis_node::Kind::Node,
+            NodeKind::Sentinel => redis_node::Kind::Sentinel,
+        },
+        me: addr("--announce-host", &format!("{}:{}", args.announce_host, args.announce_port))?,
+        sentinels: all("--sentinels", &args.sentinels)?,
+        nodes: all("--nodes", &args.nodes)?,
+        first_master: addr("--first-master", &args.first_master)?,
+        template: args.template,
+        out: args.out,
+        users_dir: args.users_dir,
+        master_name: args.master_name,
+        quorum: args.quorum,
+        wait: args.wait,
+        query_timeout: args.query_timeout,
+    };
+    start.run().await?;
+    Ok(())
 }
 
 async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {

@@ -14,5 +14,5 @@ pub mod pki;
 pub mod redis;
 
 pub use crate::redis::{
-    ClientAuth, ClusterTls, Credentials, HarnessError, RedisCluster, RedisClusterOptions,
+    ClientAuth, ClusterTls, Credentials, HarnessError, RedisCluster, RedisClusterOptions, free_port,
 };

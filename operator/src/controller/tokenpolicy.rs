@@ -20,7 +20,7 @@ use tokenplane_api::{OAuth2Client, TokenPolicy};
 use super::{Context, unix_now};
 use crate::error::Error;
 use crate::reconcile::tokenpolicy::{self, Desired, Inputs, Keys, Rotation, Serving, ServingInputs};
-use crate::reconcile::{Invalid, MANAGED_BY, sha256_hex};
+use crate::reconcile::{Invalid, MANAGED_BY, password_hash};
 use crate::redis::Nodes;
 
 /// Finalizer that holds a deleted policy until Redis forgot it.
@@ -156,7 +156,7 @@ async fn issuer_password(
         .filter(|p| !p.is_empty());
     let hashes = ctx.redis.password_hashes(nodes, user).await?;
     Ok(match existing {
-        Some(p) if hashes.as_ref().is_none_or(|h| h.contains(&sha256_hex(&p))) => p,
+        Some(p) if hashes.as_ref().is_none_or(|h| h.contains(&password_hash(&p))) => p,
         _ => (ctx.generate)(),
     })
 }

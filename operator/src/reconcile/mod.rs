@@ -50,11 +50,7 @@ pub struct AclUser {
     pub rules: String,
 }
 
-/// SHA-256 in lowercase hex, as `ACL GETUSER` shows passwords.
-pub fn sha256_hex(text: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use tokenplane_api::acl::password_hash;
 
 /// Metadata of an object `owner` owns (as its controller), in its
 /// namespace, labelled as ours plus `labels`; the owner's deletion takes it.

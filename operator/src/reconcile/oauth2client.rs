@@ -15,7 +15,7 @@ use tokenplane_api::credentials::{
 use tokenplane_api::oauth2client::AuthMethod;
 use tokenplane_api::{OAuth2Client, TokenPolicy, storage};
 
-use super::{AclUser, Invalid, managed_meta, sha256_hex};
+use super::{AclUser, Invalid, managed_meta, password_hash};
 
 /// Secrets the operator generated for a client (256-bit random each), kept
 /// in its credentials Secret between reconciles.
@@ -180,7 +180,7 @@ pub fn credentials_to_use(
     };
     let password_ok = registered
         .password_hashes
-        .is_none_or(|hashes| hashes.contains(&sha256_hex(&existing.redis_password)));
+        .is_none_or(|hashes| hashes.contains(&password_hash(&existing.redis_password)));
     if secret_ok && password_ok { (existing, false) } else { (fresh(), true) }
 }
 
@@ -263,8 +263,8 @@ mod tests {
                 Registered { registration: Some(&d.registration), password_hashes: Some(hashes) };
             credentials_to_use(Some(credentials()), &registered, 0, fresh)
         };
-        assert_eq!(held(&[sha256_hex("pw")]), (credentials(), false), "matching: kept");
-        assert_eq!(held(&[sha256_hex("other")]), (fresh(), true), "Redis password edited by hand: replaced");
+        assert_eq!(held(&[password_hash("pw")]), (credentials(), false), "matching: kept");
+        assert_eq!(held(&[password_hash("other")]), (fresh(), true), "Redis password edited by hand: replaced");
         let edited = Credentials { client_secret: Some("chosen-by-hand".into()), ..credentials() };
         let registered = Registered { registration: Some(&d.registration), password_hashes: None };
         assert_eq!(credentials_to_use(Some(edited), &registered, 0, fresh), (fresh(), true));

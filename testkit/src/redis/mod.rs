@@ -46,7 +46,8 @@ use self::config::{
     node_config, sentinel_config,
 };
 pub use self::error::HarnessError;
-use self::process::{Kind, Proc, find_binary, free_port};
+pub use self::process::free_port;
+use self::process::{Kind, Proc, find_binary};
 use crate::pki::{LeafFiles, TestCa, Usage};
 
 /// How long one connection attempt of the harness may take.

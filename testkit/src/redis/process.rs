@@ -231,7 +231,7 @@ impl Proc {
 /// A loopback port that was free a moment ago: bind port 0, read the port
 /// the kernel chose, release it. Another process may take it before Redis
 /// binds it; callers retry with a new port when that happens.
-pub(crate) fn free_port() -> Result<u16, HarnessError> {
+pub fn free_port() -> Result<u16, HarnessError> {
     let probe = "a probe socket on 127.0.0.1:0 (to find a free port)";
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| HarnessError::Process {
         what: "bind",

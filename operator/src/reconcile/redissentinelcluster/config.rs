@@ -39,14 +39,13 @@ pub(super) fn redis_conf(rsc: &RedisSentinelCluster, names: &Names) -> String {
     let persistence = &spec.persistence;
     let mut conf = format!(
         "# RedisSentinelCluster {}/{}, written by tokenplane. The start-up step adds\n\
-         # replicaof, replica-announce-ip, masterauth and the users.\n\
+         # replicaof, replica-announce-ip/port, masterauth and the users.\n\
          port {REDIS_PORT}\n\
          bind * -::*\n\
          # Every connection authenticates: the default user is off.\n\
          protected-mode no\n\
          dir /data\n\
          masteruser replication\n\
-         replica-announce-port {REDIS_PORT}\n\
          replica-read-only yes\n\
          # Revocations and spent codes must never be evicted to make room.\n\
          maxmemory-policy noeviction\n\
@@ -73,13 +72,12 @@ pub(super) fn sentinel_conf(rsc: &RedisSentinelCluster, names: &Names) -> String
     let name = &rsc.spec.master_name;
     format!(
         "# RedisSentinelCluster {}/{}, written by tokenplane. The start-up step adds\n\
-         # sentinel monitor, announce-ip, the passwords and the users.\n\
+         # sentinel monitor, announce-ip/port, the passwords and the users.\n\
          port {SENTINEL_PORT}\n\
          dir /data\n\
          protected-mode no\n\
          sentinel resolve-hostnames yes\n\
          sentinel announce-hostnames yes\n\
-         sentinel announce-port {SENTINEL_PORT}\n\
          sentinel deny-scripts-reconfig yes\n\
          sentinel sentinel-user sentinel\n\
          sentinel down-after-milliseconds {name} {DOWN_AFTER_MS}\n\

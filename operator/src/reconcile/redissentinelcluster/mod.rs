@@ -79,7 +79,7 @@ impl Names {
 
     /// The Secret of one role's user.
     pub fn role_secret(&self, role: AclRole) -> String {
-        format!("{}-redis-{}", self.cluster, users::username(role))
+        format!("{}-redis-{}", self.cluster, tokenplane_api::acl::username(role))
     }
 
     /// The stable DNS name of pod `ordinal` of a StatefulSet behind `service`.

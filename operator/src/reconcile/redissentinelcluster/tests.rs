@@ -40,7 +40,7 @@ fn the_sample_gets_a_user_per_role_and_keeps_the_passwords_it_has() {
     for (secret, role) in d.role_secrets.iter().zip(CLUSTER_ROLES) {
         let data = secret.data.as_ref().unwrap();
         assert_eq!(secret.metadata.name.as_deref(), Some(d.names.role_secret(role).as_str()));
-        assert_eq!(String::from_utf8_lossy(&data[USERNAME].0), users::username(role));
+        assert_eq!(String::from_utf8_lossy(&data[USERNAME].0), tokenplane_api::acl::username(role));
         passwords.push(String::from_utf8(data[PASSWORD].0.clone()).unwrap());
     }
     assert!(passwords.contains(&"kept".to_owned()), "the existing password stays");

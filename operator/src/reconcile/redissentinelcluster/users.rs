@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use tokenplane_api::RedisSentinelCluster;
+use tokenplane_api::acl::{password_hash, username};
 use tokenplane_api::redis::AclRole;
 
 use super::{Names, labels, meta};
@@ -23,19 +24,8 @@ pub const CLUSTER_ROLES: [AclRole; 6] = [
 
 pub const USERNAME: &str = "username";
 pub const PASSWORD: &str = "password";
-
-/// A role's Redis username.
-pub fn username(role: AclRole) -> &'static str {
-    match role {
-        AclRole::Operator => "operator",
-        AclRole::Issuer => "issuer",
-        AclRole::Monitor => "monitor",
-        AclRole::Cleanup => "cleanup",
-        AclRole::Backup => "backup",
-        AclRole::Replication => "replication",
-        AclRole::Sentinel => "sentinel",
-    }
-}
+/// The password's hash: what a pod that only creates the user mounts.
+pub const HASH: &str = "sha256";
 
 /// The current password of each role.
 #[derive(Clone, Default)]
@@ -75,6 +65,7 @@ pub(super) fn role_secrets(rsc: &RedisSentinelCluster, names: &Names, passwords:
                 data: Some(BTreeMap::from([
                     (USERNAME.to_owned(), ByteString(username(role).as_bytes().to_vec())),
                     (PASSWORD.to_owned(), ByteString(password.as_bytes().to_vec())),
+                    (HASH.to_owned(), ByteString(password_hash(password).into_bytes())),
                 ])),
                 ..Secret::default()
             }

@@ -22,7 +22,9 @@ use tokenplane_api::RedisSentinelCluster;
 use tokenplane_api::redis::AclRole;
 
 use super::config::{REDIS_CONF, SENTINEL_CONF};
-use super::users::{PASSWORD, username};
+use tokenplane_api::acl::username;
+
+use super::users::{HASH, PASSWORD};
 use super::{EXPORTER_PORT, Environment, Names, REDIS_PORT, SENTINEL_PORT, meta, quorum, selector};
 use crate::reconcile::pod::{mount, pod_security, read_only_mount, restricted};
 
@@ -34,6 +36,14 @@ const CONFIG_MOUNT: &str = "/etc/tokenplane/redis";
 const USERS_MOUNT: &str = "/var/run/tokenplane/users";
 const RUNTIME_MOUNT: &str = "/run/tokenplane";
 const DATA_MOUNT: &str = "/data";
+
+/// What of a role's Secret a pod mounts: `<users-dir>/<user>` holds the
+/// password, `<users-dir>/<user>.sha256` its hash.
+#[derive(Clone, Copy)]
+enum Secret {
+    Password,
+    Hash,
+}
 
 /// Which kind of pod a StatefulSet runs.
 #[derive(Clone, Copy)]
@@ -50,11 +60,14 @@ impl Kind {
         }
     }
 
-    /// The role passwords a pod of this kind writes into its configuration.
-    fn roles(self) -> &'static [AclRole] {
+    /// The users a pod of this kind creates, and whether it needs the
+    /// password itself (to log in: replication, Sentinel links, the
+    /// start-up step and probes as monitor) or only its hash.
+    fn users(self) -> &'static [(AclRole, Secret)] {
+        use AclRole::*;
         match self {
-            Self::Node => &[AclRole::Replication, AclRole::Sentinel, AclRole::Operator, AclRole::Monitor],
-            Self::Sentinel => &[AclRole::Sentinel, AclRole::Operator],
+            Self::Node => &[(Replication, Secret::Password), (Monitor, Secret::Password), (Sentinel, Secret::Hash), (Operator, Secret::Hash)],
+            Self::Sentinel => &[(Sentinel, Secret::Password), (Monitor, Secret::Password), (Operator, Secret::Hash)],
         }
     }
 }
@@ -167,6 +180,17 @@ fn start_container(
         USERS_MOUNT,
         "--announce-host",
         &format!("$(POD_NAME).{}", names.service_host(service)),
+        "--announce-port",
+        &match kind {
+            Kind::Node => REDIS_PORT,
+            Kind::Sentinel => SENTINEL_PORT,
+        }
+        .to_string(),
+        "--nodes",
+        &(0..rsc.spec.replicas)
+            .map(|i| format!("{}:{REDIS_PORT}", names.pod_host(&names.redis(), i)))
+            .collect::<Vec<_>>()
+            .join(","),
         "--sentinels",
         &format!("{}:{SENTINEL_PORT}", names.service_host(&names.sentinel_peers())),
         "--master-name",
@@ -203,23 +227,25 @@ fn start_container(
     }
 }
 
-/// The ConfigMap, the passwords of `kind`'s roles (one file per role), and
+/// The ConfigMap, the passwords or hashes of `kind`'s users, and
 /// for data nodes the runtime directory of the final configuration.
 fn common_volumes(names: &Names, kind: Kind) -> Vec<Volume> {
     let sources = kind
-        .roles()
+        .users()
         .iter()
-        .map(|role| VolumeProjection {
-            secret: Some(SecretProjection {
-                name: names.role_secret(*role),
-                items: Some(vec![KeyToPath {
-                    key: PASSWORD.into(),
-                    path: username(*role).into(),
-                    mode: None,
-                }]),
-                ..SecretProjection::default()
-            }),
-            ..VolumeProjection::default()
+        .map(|(role, secret)| {
+            let (key, path) = match secret {
+                Secret::Password => (PASSWORD, username(*role).to_owned()),
+                Secret::Hash => (HASH, format!("{}.{HASH}", username(*role))),
+            };
+            VolumeProjection {
+                secret: Some(SecretProjection {
+                    name: names.role_secret(*role),
+                    items: Some(vec![KeyToPath { key: key.into(), path, mode: None }]),
+                    ..SecretProjection::default()
+                }),
+                ..VolumeProjection::default()
+            }
         })
         .collect();
     let mut volumes = vec![

@@ -1,0 +1,146 @@
+//! What the running cluster says: the master each Sentinel names, and the
+//! role each data node reports. Every question has a short timeout; a peer
+//! that does not answer is left out, never waited for.
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, Value};
+
+use super::Addr;
+
+/// How to log in: the monitor user, on nodes and Sentinels alike.
+pub struct Login<'a> {
+    pub username: &'a str,
+    pub password: &'a str,
+    pub timeout: Duration,
+}
+
+async fn connect(addr: &Addr, login: &Login<'_>) -> redis::RedisResult<MultiplexedConnection> {
+    let info = ConnectionAddr::Tcp(addr.host.clone(), addr.port).into_connection_info()?;
+    let info: ConnectionInfo = info.set_redis_settings(
+        RedisConnectionInfo::default().set_username(login.username).set_password(login.password),
+    );
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(login.timeout))
+        .set_response_timeout(Some(login.timeout));
+    redis::Client::open(info)?.get_multiplexed_async_connection_with_config(&config).await
+}
+
+/// Every address `entry` (`host:port`) resolves to: a headless Service
+/// names all its pods.
+async fn resolve(entry: &Addr) -> Vec<Addr> {
+    match tokio::net::lookup_host((entry.host.as_str(), entry.port)).await {
+        Ok(all) => all.map(|a| Addr { host: a.ip().to_string(), port: a.port() }).collect(),
+        Err(e) => {
+            tracing::debug!(addr = %entry, error = %e, "does not resolve (yet)");
+            Vec::new()
+        }
+    }
+}
+
+/// The master each reachable Sentinel of `sentinels` names for `master_name`.
+pub async fn sentinel_answers(sentinels: &[Addr], master_name: &str, login: &Login<'_>) -> Vec<Addr> {
+    let mut answers = Vec::new();
+    for entry in sentinels {
+        for addr in resolve(entry).await {
+            let asked = async {
+                let mut conn = connect(&addr, login).await?;
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(master_name)
+                    .query_async::<Option<(String, u16)>>(&mut conn)
+                    .await
+            };
+            match asked.await {
+                Ok(Some((host, port))) => answers.push(Addr { host, port }),
+                Ok(None) => tracing::info!(sentinel = %addr, "the Sentinel knows no master of that name"),
+                Err(e) => tracing::debug!(sentinel = %addr, error = %e, "no answer"),
+            }
+        }
+    }
+    answers
+}
+
+/// What a node says it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    Master,
+    /// A replica of that master, at this replication offset (-1 when it
+    /// never synced).
+    ReplicaOf(Addr, i64),
+    /// Sentinel, or an answer we do not understand.
+    Other,
+}
+
+/// `ROLE` of `node`, or `None` if it does not answer.
+pub async fn role(node: &Addr, login: &Login<'_>) -> Option<Role> {
+    let asked = async {
+        let mut conn = connect(node, login).await?;
+        redis::cmd("ROLE").query_async::<Value>(&mut conn).await
+    };
+    match asked.await {
+        Ok(Value::Array(items)) => Some(role_of(&items)),
+        Ok(_) => Some(Role::Other),
+        Err(e) => {
+            tracing::debug!(node = %node, error = %e, "no answer to ROLE");
+            None
+        }
+    }
+}
+
+fn role_of(items: &[Value]) -> Role {
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    match (items.first().and_then(text).as_deref(), items.get(1), items.get(2)) {
+        (Some("master"), ..) => Role::Master,
+        (Some("slave"), Some(host), Some(Value::Int(port))) => {
+            let offset = match items.get(4) {
+                Some(Value::Int(offset)) => *offset,
+                _ => -1,
+            };
+            match (text(host), u16::try_from(*port)) {
+                (Some(host), Ok(port)) => Role::ReplicaOf(Addr { host, port }, offset),
+                _ => Role::Other,
+            }
+        }
+        _ => Role::Other,
+    }
+}
+
+/// The answer most Sentinels gave (the first of equals).
+pub fn majority(answers: &[Addr]) -> Option<&Addr> {
+    let count = |a: &Addr| answers.iter().filter(|b| a.same(b)).count();
+    answers.iter().fold(None, |best: Option<&Addr>, a| match best {
+        Some(b) if count(b) >= count(a) => Some(b),
+        _ => Some(a),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_most_named_master_wins() {
+        let a = Addr::parse("a:1").unwrap();
+        let b = Addr::parse("b:1").unwrap();
+        assert_eq!(majority(&[a.clone(), b.clone(), b.clone()]), Some(&b));
+        assert_eq!(majority(&[a.clone(), b.clone()]), Some(&a));
+        assert_eq!(majority(&[]), None);
+    }
+
+    #[test]
+    fn role_replies_are_read() {
+        let s = |t: &str| Value::BulkString(t.as_bytes().to_vec());
+        assert_eq!(role_of(&[s("master"), Value::Int(0), Value::Array(vec![])]), Role::Master);
+        assert_eq!(
+            role_of(&[s("slave"), s("r-0"), Value::Int(6379), s("connected"), Value::Int(1)]),
+            Role::ReplicaOf(Addr::parse("r-0:6379").unwrap(), 1)
+        );
+        assert_eq!(role_of(&[s("sentinel"), Value::Array(vec![])]), Role::Other);
+    }
+}

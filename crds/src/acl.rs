@@ -90,7 +90,9 @@ pub fn username(role: AclRole) -> &'static str {
 /// The role whose user is `name`.
 pub fn role_named(name: &str) -> Option<AclRole> {
     use AclRole::*;
-    [Operator, Issuer, Monitor, Cleanup, Backup, Replication, Sentinel].into_iter().find(|r| username(*r) == name)
+    [Operator, Issuer, Monitor, Cleanup, Backup, Replication, Sentinel]
+        .into_iter()
+        .find(|r| username(*r) == name)
 }
 
 /// A password as `ACL GETUSER` shows it and `#<hash>` sets it: SHA-256 in

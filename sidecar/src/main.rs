@@ -344,7 +344,8 @@ async fn start_redis_node(args: StartArgs) -> anyhow::Result<()> {
     let addr = |flag: &str, text: &str| {
         redis_node::Addr::parse(text).with_context(|| format!("{flag} {text:?}: give host:port"))
     };
-    let all = |flag: &str, list: &[String]| list.iter().map(|t| addr(flag, t)).collect::<anyhow::Result<Vec<_>>>();
+    let all =
+        |flag: &str, list: &[String]| list.iter().map(|t| addr(flag, t)).collect::<anyhow::Result<Vec<_>>>();
     let start = redis_node::Start {
         kind: match args.kind {
             NodeKind::Node => redis_node::Kind::Node,

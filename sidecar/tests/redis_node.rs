@@ -21,10 +21,13 @@ use tokio::process::{Child, Command};
 
 const SAMPLE: &str = include_str!("../../config/samples/redissentinelcluster.yaml");
 const MASTER_NAME: &str = "tokenplane";
+/// The issuer's user comes from a TokenPolicy: the tests set it by hand.
+const ISSUER_PASSWORD: &str = "issuer-test-password";
 
-fn render() -> (Desired, BTreeMap<String, String>) {
+fn render(edit: impl FnOnce(&mut serde_json::Value)) -> (Desired, BTreeMap<String, String>) {
     let mut value: serde_json::Value = serde_norway::from_str(SAMPLE).unwrap();
     value["metadata"]["namespace"] = "test".into();
+    edit(&mut value);
     let rsc = serde_json::from_value(value).unwrap();
     let env = Environment {
         tokenplane_image: "unused".into(),
@@ -117,7 +120,12 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Self {
-        let (desired, config) = render();
+        Self::with(|_| {})
+    }
+
+    /// The sample cluster, edited.
+    fn with(edit: impl FnOnce(&mut serde_json::Value)) -> Self {
+        let (desired, config) = render(edit);
         let nodes = (0..3).map(|_| Pod::new()).collect();
         let sentinels = (0..3).map(|_| Pod::new()).collect();
         Self { desired, config, nodes, sentinels }
@@ -125,7 +133,8 @@ impl Cluster {
 
     fn password(&self, user: &str) -> String {
         let name = self.desired.names.role_secret(tokenplane_api::acl::role_named(user).unwrap());
-        let secret = self.desired.role_secrets.iter().find(|s| s.metadata.name.as_ref() == Some(&name)).unwrap();
+        let secret =
+            self.desired.role_secrets.iter().find(|s| s.metadata.name.as_ref() == Some(&name)).unwrap();
         String::from_utf8(secret.data.as_ref().unwrap()["password"].0.clone()).unwrap()
     }
 
@@ -170,6 +179,20 @@ impl Cluster {
         stderr
     }
 
+    /// Stops (SIGSTOP) or resumes (SIGCONT) a data node.
+    async fn signal_node(&self, i: usize, signal: &str) {
+        let pid = self.nodes[i].child.as_ref().and_then(Child::id).unwrap();
+        let status = Command::new("kill").args([signal, &pid.to_string()]).status().await.unwrap();
+        assert!(status.success());
+    }
+
+    /// The master most Sentinels name, other than `not`.
+    async fn promoted(&self, not: &str) -> Option<String> {
+        let masters = self.master_by_sentinels().await;
+        let named: Vec<_> = masters.iter().flatten().filter(|m| *m != not).collect();
+        (named.len() >= 2).then(|| named[0].clone())
+    }
+
     fn serve(&mut self, sentinel: bool, i: usize) {
         let pod = if sentinel { &mut self.sentinels[i] } else { &mut self.nodes[i] };
         let binary = if sentinel { "redis-sentinel" } else { "redis-server" };
@@ -212,7 +235,11 @@ impl Cluster {
     fn logs(&self) -> String {
         let mut out = String::new();
         for pod in self.nodes.iter().chain(&self.sentinels) {
-            out.push_str(&format!("--- {}\n{}\n", pod.addr(), std::fs::read_to_string(pod.path("stdio.log")).unwrap_or_default()));
+            out.push_str(&format!(
+                "--- {}\n{}\n",
+                pod.addr(),
+                std::fs::read_to_string(pod.path("stdio.log")).unwrap_or_default()
+            ));
         }
         out
     }
@@ -221,14 +248,20 @@ impl Cluster {
 async fn connect_as(addr: &str, user: &str, password: &str) -> redis::RedisResult<MultiplexedConnection> {
     let (host, port) = addr.rsplit_once(':').unwrap();
     let info = ConnectionAddr::Tcp(host.into(), port.parse().unwrap()).into_connection_info()?;
-    let info = info.set_redis_settings(RedisConnectionInfo::default().set_username(user).set_password(password));
+    let info =
+        info.set_redis_settings(RedisConnectionInfo::default().set_username(user).set_password(password));
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(Duration::from_secs(2)));
     redis::Client::open(info)?.get_multiplexed_async_connection_with_config(&config).await
 }
 
-async fn until<F: AsyncFnMut() -> bool>(what: &str, timeout: Duration, cluster: &Cluster, mut check: F) -> Duration {
+async fn until<F: AsyncFnMut() -> bool>(
+    what: &str,
+    timeout: Duration,
+    cluster: &Cluster,
+    mut check: F,
+) -> Duration {
     let started = Instant::now();
     while !check().await {
         assert!(started.elapsed() < timeout, "{what}: not within {timeout:?}\n{}", cluster.logs());
@@ -247,11 +280,15 @@ fn role_name(role: &[Value]) -> String {
 /// The master a replica's `ROLE` names, as `host:port`.
 fn replica_of(role: &[Value]) -> Option<String> {
     match (role.get(1), role.get(2)) {
-        (Some(Value::BulkString(h)), Some(Value::Int(p))) => Some(format!("{}:{p}", String::from_utf8_lossy(h))),
+        (Some(Value::BulkString(h)), Some(Value::Int(p))) => {
+            Some(format!("{}:{p}", String::from_utf8_lossy(h)))
+        }
         _ => None,
     }
 }
 
+/// Starts every pod, then waits until the first master has both replicas
+/// and every Sentinel names it.
 async fn start_all(cluster: &mut Cluster) {
     for i in 0..3 {
         cluster.start_step(true, i).await;
@@ -261,6 +298,32 @@ async fn start_all(cluster: &mut Cluster) {
         cluster.start_step(false, i).await;
         cluster.serve(false, i);
     }
+    let first = cluster.nodes[0].addr();
+    until("two replicas attached to the first master", Duration::from_secs(20), cluster, async || {
+        let role = cluster.role(&first).await;
+        role.as_ref().is_some_and(|r| {
+            role_name(r) == "master" && matches!(r.get(2), Some(Value::Array(a)) if a.len() == 2)
+        })
+    })
+    .await;
+    until("every Sentinel names the first master", Duration::from_secs(20), cluster, async || {
+        cluster.master_by_sentinels().await.iter().all(|m| m.as_deref() == Some(first.as_str()))
+    })
+    .await;
+}
+
+/// The error code of a command that must fail.
+async fn refused(conn: &mut MultiplexedConnection, cmd: &mut redis::Cmd) -> String {
+    match cmd.query_async::<Value>(conn).await {
+        Ok(v) => panic!("{cmd:?} was allowed: {v:?}"),
+        Err(e) => e.code().unwrap_or("(none)").to_owned(),
+    }
+}
+
+async fn allowed(conn: &mut MultiplexedConnection, cmd: &mut redis::Cmd) {
+    if let Err(e) = cmd.query_async::<Value>(conn).await {
+        panic!("{cmd:?} was refused: {e}");
+    }
 }
 
 #[tokio::test]
@@ -269,14 +332,8 @@ async fn the_rendered_cluster_replicates_elects_and_brings_an_old_master_back_as
     start_all(&mut cluster).await;
     let first = cluster.nodes[0].addr();
 
-    // Replication forms and every Sentinel agrees on the master, and knows its peers.
-    until("two replicas attached to the first master", Duration::from_secs(20), &cluster, async || {
-        let role = cluster.role(&first).await;
-        role.as_ref().is_some_and(|r| role_name(r) == "master" && matches!(r.get(2), Some(Value::Array(a)) if a.len() == 2))
-    })
-    .await;
-    until("every Sentinel names the first master and sees two peers", Duration::from_secs(20), &cluster, async || {
-        let agreed = cluster.master_by_sentinels().await.iter().all(|m| m.as_deref() == Some(first.as_str()));
+    // Every Sentinel knows its two peers.
+    until("every Sentinel sees two peers", Duration::from_secs(20), &cluster, async || {
         let mut peers = true;
         for s in &cluster.sentinels {
             let Ok(mut c) = cluster.connect(&s.addr(), "monitor").await else { return false };
@@ -284,7 +341,7 @@ async fn the_rendered_cluster_replicates_elects_and_brings_an_old_master_back_as
                 redis::cmd("SENTINEL").arg("sentinels").arg(MASTER_NAME).query_async(&mut c).await;
             peers &= known.is_ok_and(|k| k.len() == 2);
         }
-        agreed && peers
+        peers
     })
     .await;
 
@@ -299,24 +356,209 @@ async fn the_rendered_cluster_replicates_elects_and_brings_an_old_master_back_as
     // starts again through the start-up step and comes back as a replica
     // of the new one, never as a second master.
     cluster.nodes[0].kill();
-    let mut promoted = None;
     let took = until("a failover to a replica", Duration::from_secs(30), &cluster, async || {
-        let masters = cluster.master_by_sentinels().await;
-        let named: Vec<_> = masters.iter().flatten().filter(|m| **m != first).collect();
-        if named.len() >= 2 {
-            promoted = named.first().map(|m| (*m).clone());
-        }
-        promoted.is_some()
+        cluster.promoted(&first).await.is_some()
     })
     .await;
-    let promoted = promoted.unwrap();
+    let promoted = cluster.promoted(&first).await.unwrap();
     eprintln!("failover with the generated settings took {took:?}");
     let stderr = cluster.start_step(false, 0).await;
     assert!(stderr.contains("ReplicaOf"), "the returning master is placed as a replica: {stderr}");
     cluster.serve(false, 0);
     until("the old master replicates from the new one", Duration::from_secs(20), &cluster, async || {
         let role = cluster.role(&first).await;
-        role.as_ref().is_some_and(|r| role_name(r) == "slave" && replica_of(r).as_deref() == Some(promoted.as_str()))
+        role.as_ref()
+            .is_some_and(|r| role_name(r) == "slave" && replica_of(r).as_deref() == Some(promoted.as_str()))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn each_user_a_pod_creates_can_do_its_job_and_nothing_more() {
+    let mut cluster = Cluster::new();
+    start_all(&mut cluster).await;
+    let master = cluster.nodes[0].addr();
+    let cmd = redis::cmd;
+
+    let mut monitor = cluster.connect(&master, "monitor").await.unwrap();
+    allowed(&mut monitor, &mut cmd("INFO")).await;
+    allowed(&mut monitor, &mut cmd("ROLE")).await;
+    allowed(&mut monitor, cmd("CONFIG").arg("GET").arg("maxmemory")).await;
+    assert_eq!(refused(&mut monitor, cmd("GET").arg("auth:client:x")).await, "NOPERM");
+    assert_eq!(refused(&mut monitor, cmd("CONFIG").arg("SET").arg("maxmemory").arg("1")).await, "NOPERM");
+
+    let mut operator = cluster.connect(&master, "operator").await.unwrap();
+    allowed(&mut operator, cmd("SET").arg("auth:client:x").arg("{}")).await;
+    allowed(&mut operator, cmd("HSET").arg("auth:notbefore").arg("x").arg(1)).await;
+    allowed(&mut operator, cmd("ACL").arg("SETUSER").arg("probe").arg("on").arg(">pw").arg("+ping")).await;
+    assert_eq!(refused(&mut operator, cmd("SET").arg("other:x").arg("1")).await, "NOPERM");
+    assert_eq!(refused(&mut operator, &mut cmd("FLUSHALL")).await, "NOPERM");
+    assert_eq!(refused(&mut operator, cmd("CONFIG").arg("SET").arg("appendonly").arg("no")).await, "NOPERM");
+    assert_eq!(refused(&mut operator, cmd("KEYS").arg("*")).await, "NOPERM");
+
+    for user in ["replication", "sentinel"] {
+        let mut c = cluster.connect(&master, user).await.unwrap();
+        assert_eq!(refused(&mut c, cmd("GET").arg("auth:client:x")).await, "NOPERM", "{user}");
+        assert_eq!(refused(&mut c, cmd("SET").arg("auth:client:x").arg("1")).await, "NOPERM", "{user}");
+    }
+    let replica = cluster.nodes[1].addr();
+    let mut on_replica = cluster.connect(&replica, "operator").await.unwrap();
+    let written = refused(&mut on_replica, cmd("SET").arg("auth:client:y").arg("1")).await;
+    assert_eq!(written, "READONLY", "replicas take no writes");
+
+    let sentinel = cluster.sentinels[0].addr();
+    let mut monitor = cluster.connect(&sentinel, "monitor").await.unwrap();
+    allowed(&mut monitor, cmd("SENTINEL").arg("get-master-addr-by-name").arg(MASTER_NAME)).await;
+    assert_eq!(refused(&mut monitor, cmd("SENTINEL").arg("failover").arg(MASTER_NAME)).await, "NOPERM");
+    assert_eq!(
+        refused(&mut monitor, cmd("SENTINEL").arg("set").arg(MASTER_NAME).arg("quorum").arg("1")).await,
+        "NOPERM"
+    );
+    let mut operator = cluster.connect(&sentinel, "operator").await.unwrap();
+    allowed(&mut operator, cmd("ACL").arg("SETUSER").arg("probe").arg("on").arg(">pw").arg("+ping")).await;
+    assert_eq!(
+        refused(&mut operator, cmd("SENTINEL").arg("set").arg(MASTER_NAME).arg("quorum").arg("1")).await,
+        "NOPERM"
+    );
+}
+
+/// Writes `auth:ack:<i>` with `WAIT 1` as an issuer would, and returns
+/// the ids the master acknowledged (a replica confirmed them); rediscovers
+/// the master through the Sentinels after an error.
+async fn acknowledged_stream(
+    cluster: &Cluster,
+    range: std::ops::Range<u32>,
+    master: &mut String,
+) -> Vec<u32> {
+    let mut acked = Vec::new();
+    let mut conn = None;
+    for i in range {
+        if conn.is_none() {
+            conn = connect_as(master, "issuer", ISSUER_PASSWORD).await.ok();
+        }
+        let Some(c) = conn.as_mut() else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Some(m) = cluster.master_by_sentinels().await.into_iter().flatten().next() {
+                *master = m;
+            }
+            continue;
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(format!("auth:ack:{i}")).arg(i).ignore().cmd("WAIT").arg(1).arg(500);
+        match pipe.query_async::<(i64,)>(c).await {
+            Ok((replicas,)) if replicas >= 1 => acked.push(i),
+            Ok(_) => {}
+            Err(_) => conn = None,
+        }
+    }
+    acked
+}
+
+#[tokio::test]
+async fn no_acknowledged_write_is_lost_when_the_master_is_killed() {
+    let mut cluster = Cluster::new();
+    start_all(&mut cluster).await;
+    // The issuer's user, set on every node as the operator's ACL sync does.
+    for node in &cluster.nodes {
+        let mut operator = cluster.connect(&node.addr(), "operator").await.unwrap();
+        let mut setuser = redis::cmd("ACL");
+        setuser.arg("SETUSER").arg("issuer").arg("reset").arg("on").arg(format!(">{ISSUER_PASSWORD}"));
+        setuser.arg(tokenplane_api::acl::split_rules(tokenplane_api::storage::ISSUER_ACL));
+        allowed(&mut operator, &mut setuser).await;
+    }
+    let mut master = cluster.nodes[0].addr();
+    let before = acknowledged_stream(&cluster, 0..300, &mut master).await;
+    assert_eq!(before.len(), 300, "every write is acknowledged while all is well");
+    cluster.nodes[0].kill();
+    let first = cluster.nodes[0].addr();
+    let mut after = Vec::new();
+    let mut next = 300;
+    let started = Instant::now();
+    while after.len() < 300 {
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "no writes after the failover\n{}",
+            cluster.logs()
+        );
+        after.extend(acknowledged_stream(&cluster, next..next + 100, &mut master).await);
+        next += 100;
+    }
+    assert_ne!(master, first, "the writes went to the promoted replica");
+    let mut check = cluster.connect(&master, "operator").await.unwrap();
+    let mut lost = Vec::new();
+    for i in before.iter().chain(&after) {
+        let value: Option<u32> =
+            redis::cmd("GET").arg(format!("auth:ack:{i}")).query_async(&mut check).await.unwrap();
+        if value != Some(*i) {
+            lost.push(*i);
+        }
+    }
+    eprintln!("{} acknowledged writes checked after the failover", before.len() + after.len());
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+}
+
+#[tokio::test]
+async fn a_master_without_persistence_waits_for_the_failover_instead_of_wiping_its_replicas() {
+    let mut cluster = Cluster::with(|c| c["spec"]["persistence"] = serde_json::json!({"enabled": false}));
+    start_all(&mut cluster).await;
+    let first = cluster.nodes[0].addr();
+    let mut operator = cluster.connect(&first, "operator").await.unwrap();
+    allowed(&mut operator, redis::cmd("SET").arg("auth:client:kept").arg("1")).await;
+    until("both replicas hold the key", Duration::from_secs(10), &cluster, async || {
+        let mut both = true;
+        for node in &cluster.nodes[1..] {
+            let Ok(mut c) = cluster.connect(&node.addr(), "operator").await else { return false };
+            let v: Option<String> =
+                redis::cmd("GET").arg("auth:client:kept").query_async(&mut c).await.ok().flatten();
+            both &= v.as_deref() == Some("1");
+        }
+        both
+    })
+    .await;
+    cluster.nodes[0].kill();
+    // At once, before the Sentinels notice: they still name it master.
+    assert_eq!(cluster.master_by_sentinels().await[0].as_deref(), Some(first.as_str()));
+    let started = Instant::now();
+    let stderr = cluster.start_step(false, 0).await;
+    assert!(stderr.contains("waiting for their failover"), "{stderr}");
+    assert!(stderr.contains("ReplicaOf"), "{stderr}");
+    eprintln!("the empty node waited {:?} for the failover", started.elapsed());
+    cluster.serve(false, 0);
+    let promoted = cluster.promoted(&first).await.expect("a failover happened");
+    until("the empty node syncs from the new master", Duration::from_secs(20), &cluster, async || {
+        let Ok(mut c) = cluster.connect(&first, "operator").await else { return false };
+        let role = cluster.role(&first).await;
+        let follows = role.as_ref().is_some_and(|r| replica_of(r).as_deref() == Some(promoted.as_str()));
+        let kept: Option<String> =
+            redis::cmd("GET").arg("auth:client:kept").query_async(&mut c).await.ok().flatten();
+        follows && kept.as_deref() == Some("1")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_master_that_was_stopped_takes_no_write_when_it_wakes() {
+    let mut cluster = Cluster::new();
+    start_all(&mut cluster).await;
+    let first = cluster.nodes[0].addr();
+    cluster.signal_node(0, "-STOP").await;
+    until("a failover away from the stopped master", Duration::from_secs(30), &cluster, async || {
+        cluster.promoted(&first).await.is_some()
+    })
+    .await;
+    cluster.signal_node(0, "-CONT").await;
+    // Its replicas left it: min-replicas-to-write refuses writes at once,
+    // and the Sentinels then turn it into a replica.
+    let mut operator = cluster.connect(&first, "operator").await.unwrap();
+    let code = refused(&mut operator, redis::cmd("SET").arg("auth:client:zombie").arg("1")).await;
+    assert!(["NOREPLICAS", "READONLY"].contains(&code.as_str()), "{code}");
+    let promoted = cluster.promoted(&first).await.unwrap();
+    until("the old master follows the new one", Duration::from_secs(20), &cluster, async || {
+        cluster
+            .role(&first)
+            .await
+            .as_ref()
+            .is_some_and(|r| replica_of(r).as_deref() == Some(promoted.as_str()))
     })
     .await;
 }

@@ -264,7 +264,11 @@ mod tests {
             credentials_to_use(Some(credentials()), &registered, 0, fresh)
         };
         assert_eq!(held(&[password_hash("pw")]), (credentials(), false), "matching: kept");
-        assert_eq!(held(&[password_hash("other")]), (fresh(), true), "Redis password edited by hand: replaced");
+        assert_eq!(
+            held(&[password_hash("other")]),
+            (fresh(), true),
+            "Redis password edited by hand: replaced"
+        );
         let edited = Credentials { client_secret: Some("chosen-by-hand".into()), ..credentials() };
         let registered = Registered { registration: Some(&d.registration), password_hashes: None };
         assert_eq!(credentials_to_use(Some(edited), &registered, 0, fresh), (fresh(), true));

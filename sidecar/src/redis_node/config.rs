@@ -59,11 +59,13 @@ impl Users {
                 continue;
             }
             let file = entry.path();
-            let text = std::fs::read_to_string(&file).map_err(|source| UsersError::File { file: file.clone(), source })?;
+            let text = std::fs::read_to_string(&file)
+                .map_err(|source| UsersError::File { file: file.clone(), source })?;
             let text = text.strip_suffix('\n').unwrap_or(&text).to_owned();
             let (user, credential) = match name.strip_suffix(".sha256") {
                 Some(user) => {
-                    let ok = text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+                    let ok = text.len() == 64
+                        && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
                     ok.then_some(()).ok_or_else(|| UsersError::BadHash { file: file.clone() })?;
                     (user.to_owned(), Credential::Hash(text))
                 }
@@ -73,7 +75,8 @@ impl Users {
                     (name, Credential::Password(text))
                 }
             };
-            let role = acl::role_named(&user).ok_or_else(|| UsersError::UnknownUser { file, user: user.clone() })?;
+            let role =
+                acl::role_named(&user).ok_or_else(|| UsersError::UnknownUser { file, user: user.clone() })?;
             users.insert(user, (role, credential));
         }
         Ok(Self(users))
@@ -104,7 +107,12 @@ impl Users {
 }
 
 /// A data node's redis.conf: the template, then what this pod adds.
-pub fn node_config(template: &str, me: &Addr, master: Option<&Addr>, users: &Users) -> Result<String, UsersError> {
+pub fn node_config(
+    template: &str,
+    me: &Addr,
+    master: Option<&Addr>,
+    users: &Users,
+) -> Result<String, UsersError> {
     let mut conf = format!(
         "{template}\n# Added by tokenplane-sidecar redis-node start.\n\
          replica-announce-ip {}\n\
@@ -133,7 +141,12 @@ pub struct SentinelSetup<'a> {
 
 /// A Sentinel's sentinel.conf: `sentinel monitor` first (the template's
 /// per-master settings need it), the template, then what this pod adds.
-pub fn sentinel_config(template: &str, me: &Addr, setup: &SentinelSetup<'_>, users: &Users) -> Result<String, UsersError> {
+pub fn sentinel_config(
+    template: &str,
+    me: &Addr,
+    setup: &SentinelSetup<'_>,
+    users: &Users,
+) -> Result<String, UsersError> {
     let name = setup.master_name;
     let password = users.password(AclRole::Sentinel)?;
     let mut conf = format!(
@@ -153,9 +166,11 @@ pub fn sentinel_config(template: &str, me: &Addr, setup: &SentinelSetup<'_>, use
 
 /// The `sentinel myid` of an existing sentinel.conf, if it is a well-formed one.
 pub fn myid(existing: &str) -> Option<&str> {
-    existing.lines().find_map(|l| l.strip_prefix("sentinel myid ")).map(str::trim).filter(|id| {
-        id.len() == 40 && id.bytes().all(|b| b.is_ascii_hexdigit())
-    })
+    existing
+        .lines()
+        .find_map(|l| l.strip_prefix("sentinel myid "))
+        .map(str::trim)
+        .filter(|id| id.len() == 40 && id.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]
@@ -173,7 +188,8 @@ mod tests {
     #[test]
     fn a_node_announces_itself_follows_its_master_and_creates_its_users() {
         let hash = acl::password_hash("op-pw");
-        let users = users(&[("replication", "repl-pw\n"), ("operator.sha256", &hash), ("monitor", "mon-pw")]).unwrap();
+        let users = users(&[("replication", "repl-pw\n"), ("operator.sha256", &hash), ("monitor", "mon-pw")])
+            .unwrap();
         let me = Addr::parse("r-1.r.ns.svc.cluster.local:6379").unwrap();
         let master = Addr::parse("r-0.r.ns.svc.cluster.local:6379").unwrap();
         let conf = node_config("port 6379", &me, Some(&master), &users).unwrap();
@@ -188,7 +204,11 @@ mod tests {
             assert!(lines.contains(&line), "{line:?} in\n{conf}");
         }
         assert!(conf.contains(&format!("user operator on #{hash} {}", acl::OPERATOR)));
-        assert!(conf.contains(&format!("user monitor on #{} {}", acl::password_hash("mon-pw"), acl::MONITOR)));
+        assert!(conf.contains(&format!(
+            "user monitor on #{} {}",
+            acl::password_hash("mon-pw"),
+            acl::MONITOR
+        )));
         assert!(!conf.contains("op-pw") && !conf.contains("mon-pw"), "only hashes of the users' passwords");
         assert!(!node_config("", &me, None, &users).unwrap().contains("replicaof"));
     }
@@ -202,10 +222,16 @@ mod tests {
         let setup = SentinelSetup { master_name: "tp", master: &master, quorum: 2, myid: Some(&id) };
         let conf = sentinel_config("sentinel down-after-milliseconds tp 5000", &me, &setup, &users).unwrap();
         assert!(conf.starts_with("sentinel monitor tp r-0.r.ns.svc.cluster.local 6379 2\n"), "{conf}");
-        for line in ["sentinel auth-pass tp s-pw", "sentinel sentinel-pass s-pw", &format!("sentinel myid {id}")] {
+        for line in
+            ["sentinel auth-pass tp s-pw", "sentinel sentinel-pass s-pw", &format!("sentinel myid {id}")]
+        {
             assert!(conf.lines().any(|l| l == line), "{line:?} in\n{conf}");
         }
-        assert!(conf.contains(&format!("user monitor on #{} {}", acl::password_hash("m-pw"), acl::SENTINEL_CLIENT)));
+        assert!(conf.contains(&format!(
+            "user monitor on #{} {}",
+            acl::password_hash("m-pw"),
+            acl::SENTINEL_CLIENT
+        )));
         assert_eq!(myid(&conf), Some(id.as_str()));
         assert_eq!(myid("sentinel myid short"), None);
     }
@@ -214,12 +240,18 @@ mod tests {
     fn a_bad_users_directory_is_a_clear_error() {
         assert!(matches!(users(&[("root", "pw")]), Err(UsersError::UnknownUser { .. })));
         assert!(matches!(users(&[("monitor", "pw with space")]), Err(UsersError::BadPassword { .. })));
-        assert!(matches!(users(&[("monitor", "pw\nuser evil on nopass +@all")]), Err(UsersError::BadPassword { .. })));
+        assert!(matches!(
+            users(&[("monitor", "pw\nuser evil on nopass +@all")]),
+            Err(UsersError::BadPassword { .. })
+        ));
         assert!(matches!(users(&[("operator.sha256", "abc")]), Err(UsersError::BadHash { .. })));
         let no_replication = users(&[("monitor", "pw")]).unwrap();
         let me = Addr::parse("h:1").unwrap();
         let err = node_config("", &me, None, &no_replication).unwrap_err();
-        assert_eq!(err.to_string(), "no password for the replication user in the users directory: it is needed to log in");
+        assert_eq!(
+            err.to_string(),
+            "no password for the replication user in the users directory: it is needed to log in"
+        );
         assert!(matches!(Users::load(Path::new("/nonexistent/users")), Err(UsersError::Dir { .. })));
     }
 }

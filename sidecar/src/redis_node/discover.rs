@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, Value};
+use redis::{
+    AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, Value,
+};
 
 use super::Addr;
 
@@ -66,9 +68,7 @@ pub async fn sentinel_answers(sentinels: &[Addr], master_name: &str, login: &Log
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Role {
     Master,
-    /// A replica of that master, at this replication offset (-1 when it
-    /// never synced).
-    ReplicaOf(Addr, i64),
+    ReplicaOf(Addr),
     /// Sentinel, or an answer we do not understand.
     Other,
 }
@@ -97,18 +97,33 @@ fn role_of(items: &[Value]) -> Role {
     };
     match (items.first().and_then(text).as_deref(), items.get(1), items.get(2)) {
         (Some("master"), ..) => Role::Master,
-        (Some("slave"), Some(host), Some(Value::Int(port))) => {
-            let offset = match items.get(4) {
-                Some(Value::Int(offset)) => *offset,
-                _ => -1,
-            };
-            match (text(host), u16::try_from(*port)) {
-                (Some(host), Ok(port)) => Role::ReplicaOf(Addr { host, port }, offset),
-                _ => Role::Other,
-            }
-        }
+        (Some("slave"), Some(host), Some(Value::Int(port))) => match (text(host), u16::try_from(*port)) {
+            (Some(host), Ok(port)) => Role::ReplicaOf(Addr { host, port }),
+            _ => Role::Other,
+        },
         _ => Role::Other,
     }
+}
+
+/// How much of the replication stream `node` holds (`master_repl_offset`
+/// of `INFO replication`): above 0 once it ever took a write or synced,
+/// and kept when its master goes away (`ROLE` then says -1).
+pub async fn replication_offset(node: &Addr, login: &Login<'_>) -> Option<i64> {
+    let asked = async {
+        let mut conn = connect(node, login).await?;
+        redis::cmd("INFO").arg("replication").query_async::<String>(&mut conn).await
+    };
+    match asked.await {
+        Ok(info) => offset_in(&info),
+        Err(e) => {
+            tracing::debug!(node = %node, error = %e, "no answer to INFO");
+            None
+        }
+    }
+}
+
+fn offset_in(info: &str) -> Option<i64> {
+    info.lines().find_map(|l| l.strip_prefix("master_repl_offset:")).and_then(|v| v.trim().parse().ok())
 }
 
 /// The answer most Sentinels gave (the first of equals).
@@ -134,12 +149,19 @@ mod tests {
     }
 
     #[test]
+    fn the_offset_is_read_from_info() {
+        let info = "# Replication\r\nrole:slave\r\nmaster_link_status:down\r\nmaster_repl_offset:8812\r\n";
+        assert_eq!(offset_in(info), Some(8812));
+        assert_eq!(offset_in("role:master\r\n"), None);
+    }
+
+    #[test]
     fn role_replies_are_read() {
         let s = |t: &str| Value::BulkString(t.as_bytes().to_vec());
         assert_eq!(role_of(&[s("master"), Value::Int(0), Value::Array(vec![])]), Role::Master);
         assert_eq!(
             role_of(&[s("slave"), s("r-0"), Value::Int(6379), s("connected"), Value::Int(1)]),
-            Role::ReplicaOf(Addr::parse("r-0:6379").unwrap(), 1)
+            Role::ReplicaOf(Addr::parse("r-0:6379").unwrap())
         );
         assert_eq!(role_of(&[s("sentinel"), Value::Array(vec![])]), Role::Other);
     }

@@ -51,7 +51,9 @@ impl fmt::Display for Addr {
 
 /// A name or address that can go into a configuration line as it is.
 fn is_host(host: &str) -> bool {
-    !host.is_empty() && host.len() <= 253 && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:_".contains(&b))
+    !host.is_empty()
+        && host.len() <= 253
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:_".contains(&b))
 }
 
 #[cfg(test)]

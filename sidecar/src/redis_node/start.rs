@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use tokenplane_api::acl;
 use tokenplane_api::redis::AclRole;
 
+use super::Addr;
 use super::config::{self, SentinelSetup, Users, UsersError};
 use super::discover::{self, Login, Role};
-use super::Addr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -137,20 +137,18 @@ impl Start {
                     me = %self.me,
                     "the Sentinels still name this empty node master while others hold data: waiting for their failover"
                 ),
-                None if started.elapsed() >= self.wait => return Ok(self.from_nodes(login).await),
+                None if started.elapsed() >= self.wait => return Ok(self.place_by_nodes(login).await),
                 None => tracing::info!(sentinels = answers.len(), "no Sentinel answers yet"),
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 
-    /// Whether another node runs as master, or as a replica that synced.
+    /// Whether another node holds any of the replication stream.
     async fn peers_hold_data(&self, login: &Login<'_>) -> bool {
         for node in self.nodes.iter().filter(|n| !n.same(&self.me)) {
-            match discover::role(node, login).await {
-                Some(Role::Master) => return true,
-                Some(Role::ReplicaOf(_, offset)) if offset > 0 => return true,
-                _ => {}
+            if discover::replication_offset(node, login).await.is_some_and(|offset| offset > 0) {
+                return true;
             }
         }
         false
@@ -158,7 +156,7 @@ impl Start {
 
     /// Without the Sentinels: a node that says it is master, else the
     /// first master of a new cluster.
-    async fn from_nodes(&self, login: &Login<'_>) -> Place {
+    async fn place_by_nodes(&self, login: &Login<'_>) -> Place {
         match self.running_master(login).await {
             Some(master) if !master.same(&self.me) => Place::ReplicaOf(master),
             _ if self.first_master.same(&self.me) => Place::Master,
@@ -191,7 +189,13 @@ impl Start {
 fn write_private(file: &Path, text: &str) -> Result<(), StartError> {
     let failed = |source| StartError::Write { file: file.to_owned(), source };
     let tmp = file.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(failed)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(failed)?;
     f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(failed)?;
     std::fs::rename(&tmp, file).map_err(failed)
 }

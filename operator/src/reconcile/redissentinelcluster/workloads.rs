@@ -66,8 +66,15 @@ impl Kind {
     fn users(self) -> &'static [(AclRole, Secret)] {
         use AclRole::*;
         match self {
-            Self::Node => &[(Replication, Secret::Password), (Monitor, Secret::Password), (Sentinel, Secret::Hash), (Operator, Secret::Hash)],
-            Self::Sentinel => &[(Sentinel, Secret::Password), (Monitor, Secret::Password), (Operator, Secret::Hash)],
+            Self::Node => &[
+                (Replication, Secret::Password),
+                (Monitor, Secret::Password),
+                (Sentinel, Secret::Hash),
+                (Operator, Secret::Hash),
+            ],
+            Self::Sentinel => {
+                &[(Sentinel, Secret::Password), (Monitor, Secret::Password), (Operator, Secret::Hash)]
+            }
         }
     }
 }

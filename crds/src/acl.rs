@@ -13,8 +13,10 @@ use crate::storage;
 pub const DEFAULT_OFF: &str = "off resetkeys resetchannels -@all";
 
 /// What a replica sends to its master (Redis docs, "ACL rules for Sentinel
-/// and Replicas").
-pub const REPLICATION: &str = "resetkeys resetchannels -@all +psync +replconf +ping";
+/// and Replicas"), and the master's pod pausing writes while it hands over
+/// (`CLIENT PAUSE WRITE`).
+pub const REPLICATION: &str =
+    "resetkeys resetchannels -@all +psync +replconf +ping +client|pause +client|unpause";
 
 /// What Sentinel 7 sends to data nodes: PING and INFO to monitor them,
 /// CLIENT SETNAME on its links, SUBSCRIBE and PUBLISH on its hello channel,
@@ -40,6 +42,13 @@ pub const SENTINEL_CLIENT: &str = "resetkeys resetchannels &* -@all +ping +hello
      +role +client|setname +client|getname +client|id +sentinel|get-master-addr-by-name \
      +sentinel|master +sentinel|masters +sentinel|replicas +sentinel|slaves +sentinel|sentinels \
      +sentinel|myid +subscribe +psubscribe +unsubscribe +punsubscribe";
+
+/// The data nodes' own identity on the Sentinels: discovery, and the
+/// coordinated `SENTINEL FAILOVER` a master's pod asks for before it stops
+/// (its preStop step), so that deleting or evicting the master loses
+/// nothing acknowledged.
+pub const REPLICATION_ON_SENTINEL: &str = "resetkeys resetchannels -@all +ping +hello +role \
+     +client|setname +sentinel|get-master-addr-by-name +sentinel|replicas +sentinel|failover";
 
 /// The operator on the data nodes: registrations, policy records and
 /// not-before marks under `auth:`, the revocation channel, heartbeat scans,
@@ -115,16 +124,17 @@ pub fn node_rules(role: AclRole) -> &'static str {
     }
 }
 
-/// A role's rules on the Sentinels; `None` for those that never talk to
-/// one (replicas reach their master through `replicaof`, the backup job is
-/// given a node). The monitor user also starts the pods: it asks the
-/// Sentinels who the master is.
+/// A role's rules on the Sentinels; `None` for the backup job, which is
+/// given a node. The monitor user also starts the pods (it asks the
+/// Sentinels who the master is); the replication user hands the master
+/// over before its pod stops.
 pub fn sentinel_rules(role: AclRole) -> Option<&'static str> {
     match role {
         AclRole::Operator => Some(OPERATOR_ON_SENTINEL),
         AclRole::Issuer | AclRole::Cleanup | AclRole::Monitor => Some(SENTINEL_CLIENT),
         AclRole::Sentinel => Some(SENTINEL_ON_SENTINEL),
-        AclRole::Backup | AclRole::Replication => None,
+        AclRole::Replication => Some(REPLICATION_ON_SENTINEL),
+        AclRole::Backup => None,
     }
 }
 

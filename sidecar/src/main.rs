@@ -51,6 +51,9 @@ enum RedisNodeStep {
     /// Before Redis or Sentinel serves: ask the Sentinels who the master
     /// is, then write the final configuration file.
     Start(StartArgs),
+    /// A data node's preStop: if it is the master, have the Sentinels fail
+    /// over to a replica and wait until they name it.
+    HandOver(HandOverArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -59,20 +62,9 @@ enum NodeKind {
     Sentinel,
 }
 
+/// What both steps need to know about the pod and its cluster.
 #[derive(clap::Args)]
-struct StartArgs {
-    /// What this pod runs: a data node or a Sentinel.
-    #[arg(long, env = "TOKENPLANE_REDIS_KIND", value_enum)]
-    kind: NodeKind,
-    /// The operator's configuration file (no secrets).
-    #[arg(long, env = "TOKENPLANE_REDIS_TEMPLATE")]
-    template: PathBuf,
-    /// Where to write the file Redis or Sentinel runs with (mode 0600).
-    #[arg(long, env = "TOKENPLANE_REDIS_OUT")]
-    out: PathBuf,
-    /// The mounted role Secrets: `<user>` holds a password, `<user>.sha256` a hash.
-    #[arg(long, env = "TOKENPLANE_REDIS_USERS_DIR")]
-    users_dir: PathBuf,
+struct PodArgs {
     /// This pod's stable DNS name, announced to its peers.
     #[arg(long, env = "TOKENPLANE_REDIS_ANNOUNCE_HOST")]
     announce_host: String,
@@ -82,12 +74,47 @@ struct StartArgs {
     /// The Sentinels, `host:port`, comma-separated; a name may resolve to several.
     #[arg(long, env = "TOKENPLANE_REDIS_SENTINELS", value_delimiter = ',', required = true)]
     sentinels: Vec<String>,
-    /// Every data node, `host:port`, comma-separated.
-    #[arg(long, env = "TOKENPLANE_REDIS_NODES", value_delimiter = ',', required = true)]
-    nodes: Vec<String>,
     /// The name the Sentinels monitor the master under.
     #[arg(long, env = "TOKENPLANE_REDIS_MASTER_NAME", default_value = "tokenplane")]
     master_name: String,
+    /// The mounted role Secrets: `<user>` holds a password, `<user>.sha256` a hash.
+    #[arg(long, env = "TOKENPLANE_REDIS_USERS_DIR")]
+    users_dir: PathBuf,
+    /// Timeout of each question to a Sentinel or a node.
+    #[arg(long, env = "TOKENPLANE_REDIS_QUERY_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    query_timeout: Duration,
+}
+
+impl PodArgs {
+    fn me(&self) -> anyhow::Result<redis_node::Addr> {
+        node_addr("--announce-host", &format!("{}:{}", self.announce_host, self.announce_port))
+    }
+
+    fn sentinels(&self) -> anyhow::Result<Vec<redis_node::Addr>> {
+        self.sentinels.iter().map(|t| node_addr("--sentinels", t)).collect()
+    }
+}
+
+fn node_addr(flag: &str, text: &str) -> anyhow::Result<redis_node::Addr> {
+    redis_node::Addr::parse(text).with_context(|| format!("{flag} {text:?}: give host:port"))
+}
+
+#[derive(clap::Args)]
+struct StartArgs {
+    #[command(flatten)]
+    pod: PodArgs,
+    /// What this pod runs: a data node or a Sentinel.
+    #[arg(long, env = "TOKENPLANE_REDIS_KIND", value_enum)]
+    kind: NodeKind,
+    /// The operator's configuration file (no secrets).
+    #[arg(long, env = "TOKENPLANE_REDIS_TEMPLATE")]
+    template: PathBuf,
+    /// Where to write the file Redis or Sentinel runs with (mode 0600).
+    #[arg(long, env = "TOKENPLANE_REDIS_OUT")]
+    out: PathBuf,
+    /// Every data node, `host:port`, comma-separated.
+    #[arg(long, env = "TOKENPLANE_REDIS_NODES", value_delimiter = ',', required = true)]
+    nodes: Vec<String>,
     /// The master of a new cluster, `host:port`.
     #[arg(long, env = "TOKENPLANE_REDIS_FIRST_MASTER")]
     first_master: String,
@@ -97,9 +124,22 @@ struct StartArgs {
     /// How long a data node waits for the Sentinels before it decides from the nodes alone.
     #[arg(long, env = "TOKENPLANE_REDIS_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
     wait: Duration,
-    /// Timeout of each question to a Sentinel or a node.
-    #[arg(long, env = "TOKENPLANE_REDIS_QUERY_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
-    query_timeout: Duration,
+    /// Copy this binary here, for the Redis container's preStop `hand-over`.
+    #[arg(long, env = "TOKENPLANE_REDIS_COPY_SELF_TO")]
+    copy_self_to: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct HandOverArgs {
+    #[command(flatten)]
+    pod: PodArgs,
+    /// Replicas besides this node the new master must have before this one goes.
+    #[arg(long, env = "TOKENPLANE_REDIS_MIN_REPLICAS", default_value_t = 1)]
+    min_replicas: usize,
+    /// How long to wait for the Sentinels to name another master and for
+    /// its replicas; keep it under the pod's termination grace period.
+    #[arg(long, env = "TOKENPLANE_REDIS_HAND_OVER_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
 }
 
 #[derive(clap::Args)]
@@ -336,34 +376,49 @@ fn main() -> anyhow::Result<()> {
             Role::Issuer(args) => run_issuer(args).await,
             Role::Agent(args) => run_agent(args).await,
             Role::RedisNode { step: RedisNodeStep::Start(args) } => start_redis_node(args).await,
+            Role::RedisNode { step: RedisNodeStep::HandOver(args) } => hand_over(args).await,
         }
     })
 }
 
 async fn start_redis_node(args: StartArgs) -> anyhow::Result<()> {
-    let addr = |flag: &str, text: &str| {
-        redis_node::Addr::parse(text).with_context(|| format!("{flag} {text:?}: give host:port"))
-    };
-    let all =
-        |flag: &str, list: &[String]| list.iter().map(|t| addr(flag, t)).collect::<anyhow::Result<Vec<_>>>();
+    let nodes = args.nodes.iter().map(|t| node_addr("--nodes", t)).collect::<anyhow::Result<Vec<_>>>()?;
     let start = redis_node::Start {
         kind: match args.kind {
             NodeKind::Node => redis_node::Kind::Node,
             NodeKind::Sentinel => redis_node::Kind::Sentinel,
         },
-        me: addr("--announce-host", &format!("{}:{}", args.announce_host, args.announce_port))?,
-        sentinels: all("--sentinels", &args.sentinels)?,
-        nodes: all("--nodes", &args.nodes)?,
-        first_master: addr("--first-master", &args.first_master)?,
+        me: args.pod.me()?,
+        sentinels: args.pod.sentinels()?,
+        nodes,
+        first_master: node_addr("--first-master", &args.first_master)?,
         template: args.template,
         out: args.out,
-        users_dir: args.users_dir,
-        master_name: args.master_name,
+        users_dir: args.pod.users_dir,
+        master_name: args.pod.master_name,
         quorum: args.quorum,
         wait: args.wait,
-        query_timeout: args.query_timeout,
+        query_timeout: args.pod.query_timeout,
+        copy_self_to: args.copy_self_to,
     };
     start.run().await?;
+    Ok(())
+}
+
+async fn hand_over(args: HandOverArgs) -> anyhow::Result<()> {
+    let step = redis_node::HandOver {
+        me: args.pod.me()?,
+        sentinels: args.pod.sentinels()?,
+        master_name: args.pod.master_name,
+        users_dir: args.pod.users_dir,
+        min_replicas: args.min_replicas,
+        timeout: args.timeout,
+        query_timeout: args.pod.query_timeout,
+    };
+    match step.run().await? {
+        redis_node::HandedOver::NotMaster => tracing::info!("not the master: nothing to hand over"),
+        redis_node::HandedOver::To(master) => tracing::info!(%master, "handed over"),
+    }
     Ok(())
 }
 

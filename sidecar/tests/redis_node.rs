@@ -111,7 +111,13 @@ fn start_container(set: &StatefulSet) -> Container {
     set.spec.as_ref().unwrap().template.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0].clone()
 }
 
+/// One cluster at a time: six processes each, failure detection on a
+/// 5-second clock, and a Sentinel starved of CPU for 2 s stops acting
+/// for 30 s (TILT).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Cluster {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
     desired: Desired,
     config: BTreeMap<String, String>,
     nodes: Vec<Pod>,
@@ -119,16 +125,17 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn new() -> Self {
-        Self::with(|_| {})
+    async fn new() -> Self {
+        Self::with(|_| {}).await
     }
 
     /// The sample cluster, edited.
-    fn with(edit: impl FnOnce(&mut serde_json::Value)) -> Self {
+    async fn with(edit: impl FnOnce(&mut serde_json::Value)) -> Self {
+        let _turn = ONE_AT_A_TIME.lock().await;
         let (desired, config) = render(edit);
         let nodes = (0..3).map(|_| Pod::new()).collect();
         let sentinels = (0..3).map(|_| Pod::new()).collect();
-        Self { desired, config, nodes, sentinels }
+        Self { _turn, desired, config, nodes, sentinels }
     }
 
     fn password(&self, user: &str) -> String {
@@ -161,6 +168,7 @@ impl Cluster {
             ("--sentinels", Self::list(&self.sentinels)),
             ("--nodes", Self::list(&self.nodes)),
             ("--first-master", self.nodes[0].addr()),
+            ("--copy-self-to", pod.path("tokenplane-sidecar").display().to_string()),
         ]);
         let rendered = start_container(set).args.unwrap();
         let mut args = Vec::new();
@@ -172,7 +180,7 @@ impl Cluster {
                 args.push(local.clone());
             }
         }
-        args.extend(["--wait".into(), "20s".into()]);
+        args.extend(["--wait".into(), "60s".into()]);
         let out = Command::new(env!("CARGO_BIN_EXE_tokenplane-sidecar")).args(&args).output().await.unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "start step {args:?} failed: {stderr}");
@@ -191,6 +199,34 @@ impl Cluster {
         let masters = self.master_by_sentinels().await;
         let named: Vec<_> = masters.iter().flatten().filter(|m| *m != not).collect();
         (named.len() >= 2).then(|| named[0].clone())
+    }
+
+    /// Runs node `i`'s preStop hook as the kubelet would: its command, the
+    /// Redis container's environment (loopback addresses swapped in); its
+    /// stderr.
+    async fn pre_stop(&self, i: usize) -> String {
+        let pod = &self.nodes[i];
+        let spec = self.desired.redis.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let redis = spec.containers.iter().find(|c| c.name == "redis").unwrap();
+        let hook = redis.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap().exec.as_ref().unwrap();
+        let command = hook.command.as_ref().unwrap();
+        assert!(command[0].ends_with("tokenplane-sidecar"), "{command:?}");
+        let local = BTreeMap::from([
+            ("TOKENPLANE_REDIS_ANNOUNCE_HOST", "127.0.0.1".to_owned()),
+            ("TOKENPLANE_REDIS_ANNOUNCE_PORT", pod.port.to_string()),
+            ("TOKENPLANE_REDIS_SENTINELS", Self::list(&self.sentinels)),
+            ("TOKENPLANE_REDIS_USERS_DIR", pod.path("users").display().to_string()),
+        ]);
+        let mut hook = Command::new(pod.path("tokenplane-sidecar"));
+        hook.args(&command[1..]).env_clear();
+        for var in redis.env.iter().flatten().filter(|v| v.name.starts_with("TOKENPLANE_")) {
+            let value = local.get(var.name.as_str()).cloned().or_else(|| var.value.clone()).unwrap();
+            hook.env(&var.name, value);
+        }
+        let out = hook.output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "preStop failed: {stderr}");
+        stderr
     }
 
     fn serve(&mut self, sentinel: bool, i: usize) {
@@ -328,7 +364,7 @@ async fn allowed(conn: &mut MultiplexedConnection, cmd: &mut redis::Cmd) {
 
 #[tokio::test]
 async fn the_rendered_cluster_replicates_elects_and_brings_an_old_master_back_as_a_replica() {
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::new().await;
     start_all(&mut cluster).await;
     let first = cluster.nodes[0].addr();
 
@@ -356,7 +392,7 @@ async fn the_rendered_cluster_replicates_elects_and_brings_an_old_master_back_as
     // starts again through the start-up step and comes back as a replica
     // of the new one, never as a second master.
     cluster.nodes[0].kill();
-    let took = until("a failover to a replica", Duration::from_secs(30), &cluster, async || {
+    let took = until("a failover to a replica", Duration::from_secs(60), &cluster, async || {
         cluster.promoted(&first).await.is_some()
     })
     .await;
@@ -375,7 +411,7 @@ async fn the_rendered_cluster_replicates_elects_and_brings_an_old_master_back_as
 
 #[tokio::test]
 async fn each_user_a_pod_creates_can_do_its_job_and_nothing_more() {
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::new().await;
     start_all(&mut cluster).await;
     let master = cluster.nodes[0].addr();
     let cmd = redis::cmd;
@@ -422,6 +458,31 @@ async fn each_user_a_pod_creates_can_do_its_job_and_nothing_more() {
     );
 }
 
+/// The issuer's user, set on every node as the operator's ACL sync does.
+async fn add_issuer(cluster: &Cluster) {
+    for node in &cluster.nodes {
+        let mut operator = cluster.connect(&node.addr(), "operator").await.unwrap();
+        let mut setuser = redis::cmd("ACL");
+        setuser.arg("SETUSER").arg("issuer").arg("reset").arg("on").arg(format!(">{ISSUER_PASSWORD}"));
+        setuser.arg(tokenplane_api::acl::split_rules(tokenplane_api::storage::ISSUER_ACL));
+        allowed(&mut operator, &mut setuser).await;
+    }
+}
+
+/// Which of `ids` the master at `addr` does not hold.
+async fn missing(cluster: &Cluster, addr: &str, ids: &[u32]) -> Vec<u32> {
+    let mut check = cluster.connect(addr, "operator").await.unwrap();
+    let mut lost = Vec::new();
+    for i in ids {
+        let value: Option<u32> =
+            redis::cmd("GET").arg(format!("auth:ack:{i}")).query_async(&mut check).await.unwrap();
+        if value != Some(*i) {
+            lost.push(*i);
+        }
+    }
+    lost
+}
+
 /// Writes `auth:ack:<i>` with `WAIT 1` as an issuer would, and returns
 /// the ids the master acknowledged (a replica confirmed them); rediscovers
 /// the master through the Sentinels after an error.
@@ -456,16 +517,9 @@ async fn acknowledged_stream(
 
 #[tokio::test]
 async fn no_acknowledged_write_is_lost_when_the_master_is_killed() {
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::new().await;
     start_all(&mut cluster).await;
-    // The issuer's user, set on every node as the operator's ACL sync does.
-    for node in &cluster.nodes {
-        let mut operator = cluster.connect(&node.addr(), "operator").await.unwrap();
-        let mut setuser = redis::cmd("ACL");
-        setuser.arg("SETUSER").arg("issuer").arg("reset").arg("on").arg(format!(">{ISSUER_PASSWORD}"));
-        setuser.arg(tokenplane_api::acl::split_rules(tokenplane_api::storage::ISSUER_ACL));
-        allowed(&mut operator, &mut setuser).await;
-    }
+    add_issuer(&cluster).await;
     let mut master = cluster.nodes[0].addr();
     let before = acknowledged_stream(&cluster, 0..300, &mut master).await;
     assert_eq!(before.len(), 300, "every write is acknowledged while all is well");
@@ -499,7 +553,8 @@ async fn no_acknowledged_write_is_lost_when_the_master_is_killed() {
 
 #[tokio::test]
 async fn a_master_without_persistence_waits_for_the_failover_instead_of_wiping_its_replicas() {
-    let mut cluster = Cluster::with(|c| c["spec"]["persistence"] = serde_json::json!({"enabled": false}));
+    let mut cluster =
+        Cluster::with(|c| c["spec"]["persistence"] = serde_json::json!({"enabled": false})).await;
     start_all(&mut cluster).await;
     let first = cluster.nodes[0].addr();
     let mut operator = cluster.connect(&first, "operator").await.unwrap();
@@ -538,11 +593,11 @@ async fn a_master_without_persistence_waits_for_the_failover_instead_of_wiping_i
 
 #[tokio::test]
 async fn a_master_that_was_stopped_takes_no_write_when_it_wakes() {
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::new().await;
     start_all(&mut cluster).await;
     let first = cluster.nodes[0].addr();
     cluster.signal_node(0, "-STOP").await;
-    until("a failover away from the stopped master", Duration::from_secs(30), &cluster, async || {
+    until("a failover away from the stopped master", Duration::from_secs(60), &cluster, async || {
         cluster.promoted(&first).await.is_some()
     })
     .await;
@@ -561,4 +616,51 @@ async fn a_master_that_was_stopped_takes_no_write_when_it_wakes() {
             .is_some_and(|r| replica_of(r).as_deref() == Some(promoted.as_str()))
     })
     .await;
+}
+
+#[tokio::test]
+async fn deleting_the_master_hands_over_first_and_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::new().await;
+    start_all(&mut cluster).await;
+    add_issuer(&cluster).await;
+    let first = cluster.nodes[0].addr();
+    // A replica's preStop hands nothing over.
+    assert!(cluster.pre_stop(1).await.contains("not the master"));
+    assert_eq!(cluster.master_by_sentinels().await[0].as_deref(), Some(first.as_str()));
+
+    // A cluster that has run a while: every Sentinel knows both replicas.
+    until("every Sentinel knows both replicas", Duration::from_secs(30), &cluster, async || {
+        let mut all = true;
+        for s in &cluster.sentinels {
+            let Ok(mut c) = cluster.connect(&s.addr(), "operator").await else { return false };
+            let known: redis::RedisResult<Vec<Value>> =
+                redis::cmd("SENTINEL").arg("replicas").arg(MASTER_NAME).query_async(&mut c).await;
+            all &= known.is_ok_and(|k| k.len() == 2);
+        }
+        all
+    })
+    .await;
+    let mut master = first.clone();
+    let started = Instant::now();
+    let (stderr, during) =
+        tokio::join!(cluster.pre_stop(0), acknowledged_stream(&cluster, 0..2000, &mut master));
+    let took = started.elapsed();
+    assert!(stderr.contains("handed over"), "{stderr}");
+    let hand_over = stderr.lines().find(|l| l.contains("master handed over")).unwrap_or_default().to_owned();
+    // The kubelet stops Redis after the hook.
+    cluster.nodes[0].kill();
+    let promoted = cluster.promoted(&first).await.expect("the Sentinels name the successor");
+    let mut master = promoted.clone();
+    let after = acknowledged_stream(&cluster, 2000..2300, &mut master).await;
+    assert_eq!(master, promoted);
+    assert_eq!(after.len(), 300, "the new master takes writes at once");
+    let all: Vec<u32> = during.iter().chain(&after).copied().collect();
+    let lost = missing(&cluster, &promoted, &all).await;
+    eprintln!("{hand_over}");
+    eprintln!(
+        "hand-over and write stream took {took:?}; {} acknowledged writes checked ({} during it)",
+        all.len(),
+        during.len()
+    );
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
 }

@@ -18,7 +18,7 @@ pub struct Login<'a> {
     pub timeout: Duration,
 }
 
-async fn connect(addr: &Addr, login: &Login<'_>) -> redis::RedisResult<MultiplexedConnection> {
+pub(super) async fn connect(addr: &Addr, login: &Login<'_>) -> redis::RedisResult<MultiplexedConnection> {
     let info = ConnectionAddr::Tcp(addr.host.clone(), addr.port).into_connection_info()?;
     let info: ConnectionInfo = info.set_redis_settings(
         RedisConnectionInfo::default().set_username(login.username).set_password(login.password),
@@ -31,7 +31,7 @@ async fn connect(addr: &Addr, login: &Login<'_>) -> redis::RedisResult<Multiplex
 
 /// Every address `entry` (`host:port`) resolves to: a headless Service
 /// names all its pods.
-async fn resolve(entry: &Addr) -> Vec<Addr> {
+pub(super) async fn resolve(entry: &Addr) -> Vec<Addr> {
     match tokio::net::lookup_host((entry.host.as_str(), entry.port)).await {
         Ok(all) => all.map(|a| Addr { host: a.ip().to_string(), port: a.port() }).collect(),
         Err(e) => {
@@ -64,10 +64,41 @@ pub async fn sentinel_answers(sentinels: &[Addr], master_name: &str, login: &Log
     answers
 }
 
+/// The replicas a Sentinel knows of the master `master_name`, or `None` if
+/// it does not answer.
+pub async fn known_replicas(sentinel: &Addr, master_name: &str, login: &Login<'_>) -> Option<Vec<Addr>> {
+    let asked = async {
+        let mut conn = connect(sentinel, login).await?;
+        redis::cmd("SENTINEL")
+            .arg("replicas")
+            .arg(master_name)
+            .query_async::<Vec<Vec<String>>>(&mut conn)
+            .await
+    };
+    match asked.await {
+        Ok(replicas) => Some(replicas.iter().filter_map(|fields| field_addr(fields)).collect()),
+        Err(e) => {
+            tracing::debug!(sentinel = %sentinel, error = %e, "no answer to SENTINEL REPLICAS");
+            None
+        }
+    }
+}
+
+/// `ip` and `port` of a flat `[name, value, ...]` list.
+fn field_addr(fields: &[String]) -> Option<Addr> {
+    let get = |name: &str| fields.chunks(2).find(|kv| kv[0] == name).and_then(|kv| kv.get(1));
+    Some(Addr { host: get("ip")?.clone(), port: get("port")?.parse().ok()? })
+}
+
 /// What a node says it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Role {
-    Master,
+    /// A master at this replication offset, with the replicas attached to
+    /// it (as they announce themselves) and how far each has acknowledged.
+    Master {
+        offset: i64,
+        replicas: Vec<(Addr, i64)>,
+    },
     ReplicaOf(Addr),
     /// Sentinel, or an answer we do not understand.
     Other,
@@ -96,13 +127,27 @@ fn role_of(items: &[Value]) -> Role {
         _ => None,
     };
     match (items.first().and_then(text).as_deref(), items.get(1), items.get(2)) {
-        (Some("master"), ..) => Role::Master,
+        (Some("master"), Some(Value::Int(offset)), Some(Value::Array(replicas))) => {
+            Role::Master { offset: *offset, replicas: replicas.iter().filter_map(replica).collect() }
+        }
+        (Some("master"), ..) => Role::Master { offset: 0, replicas: Vec::new() },
         (Some("slave"), Some(host), Some(Value::Int(port))) => match (text(host), u16::try_from(*port)) {
             (Some(host), Ok(port)) => Role::ReplicaOf(Addr { host, port }),
             _ => Role::Other,
         },
         _ => Role::Other,
     }
+}
+
+/// One `[ip, port, offset]` entry of a master's `ROLE`.
+fn replica(entry: &Value) -> Option<(Addr, i64)> {
+    let Value::Array(fields) = entry else { return None };
+    let text = |i: usize| match fields.get(i) {
+        Some(Value::BulkString(b)) => std::str::from_utf8(b).ok(),
+        _ => None,
+    };
+    let addr = Addr { host: text(0)?.to_owned(), port: text(1)?.parse().ok()? };
+    Some((addr, text(2)?.parse().ok()?))
 }
 
 /// How much of the replication stream `node` holds (`master_repl_offset`
@@ -158,7 +203,11 @@ mod tests {
     #[test]
     fn role_replies_are_read() {
         let s = |t: &str| Value::BulkString(t.as_bytes().to_vec());
-        assert_eq!(role_of(&[s("master"), Value::Int(0), Value::Array(vec![])]), Role::Master);
+        let none = Role::Master { offset: 0, replicas: vec![] };
+        assert_eq!(role_of(&[s("master"), Value::Int(0), Value::Array(vec![])]), none);
+        let attached = Value::Array(vec![Value::Array(vec![s("r-1"), s("6379"), s("77")])]);
+        let one = Role::Master { offset: 80, replicas: vec![(Addr::parse("r-1:6379").unwrap(), 77)] };
+        assert_eq!(role_of(&[s("master"), Value::Int(80), attached]), one);
         assert_eq!(
             role_of(&[s("slave"), s("r-0"), Value::Int(6379), s("connected"), Value::Int(1)]),
             Role::ReplicaOf(Addr::parse("r-0:6379").unwrap())

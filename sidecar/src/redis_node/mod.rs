@@ -7,13 +7,19 @@
 //! comes back as a replica of the one that replaced it, and writes the
 //! final configuration: the operator's template (no secrets), the pod's
 //! stable name to announce, where to replicate from, and the users, from
-//! the role passwords (or only their hashes) mounted from Secrets.
+//! the role passwords (or only their hashes) mounted from Secrets. It also
+//! copies this binary where the Redis container can run `hand-over`.
+//!
+//! `hand-over` is the data node's preStop step: a master that is going away
+//! asks the Sentinels for a failover and waits for it.
 
 mod config;
 mod discover;
+mod handover;
 mod start;
 
 pub use config::{Users, UsersError};
+pub use handover::{HandOver, HandOverError, HandedOver};
 pub use start::{Kind, Place, Start, StartError};
 
 use std::fmt;

@@ -52,6 +52,8 @@ pub struct Start {
     /// the nodes alone, and for a failover it must not pre-empt.
     pub wait: Duration,
     pub query_timeout: Duration,
+    /// Where to copy this binary, for the Redis container's preStop.
+    pub copy_self_to: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,8 @@ pub enum StartError {
     Template { file: PathBuf, source: std::io::Error },
     #[error("cannot write {file}: {source}; the directory must be a writable volume")]
     Write { file: PathBuf, source: std::io::Error },
+    #[error("cannot copy this binary to {file}: {source}")]
+    CopySelf { file: PathBuf, source: std::io::Error },
     #[error("master name {0:?}: use letters, digits, '-', '_' or '.'")]
     MasterName(String),
     #[error(
@@ -111,6 +115,9 @@ impl Start {
             }
         };
         write_private(&self.out, &conf)?;
+        if let Some(to) = &self.copy_self_to {
+            copy_self(to)?;
+        }
         tracing::info!(me = %self.me, place = ?place, file = %self.out.display(), "configuration written");
         Ok(place)
     }
@@ -166,7 +173,7 @@ impl Start {
 
     async fn running_master(&self, login: &Login<'_>) -> Option<Addr> {
         for node in self.nodes.iter().filter(|n| !n.same(&self.me)) {
-            if discover::role(node, login).await == Some(Role::Master) {
+            if matches!(discover::role(node, login).await, Some(Role::Master { .. })) {
                 return Some(node.clone());
             }
         }
@@ -183,6 +190,16 @@ impl Start {
         }
         self.running_master(login).await.unwrap_or_else(|| self.first_master.clone())
     }
+}
+
+/// This binary at `to`, runnable by the pod's user.
+fn copy_self(to: &Path) -> Result<(), StartError> {
+    let failed = |source| StartError::CopySelf { file: to.to_owned(), source };
+    let me = std::env::current_exe().map_err(failed)?;
+    let tmp = to.with_extension("tmp");
+    std::fs::copy(&me, &tmp).map_err(failed)?;
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o550)).map_err(failed)?;
+    std::fs::rename(&tmp, to).map_err(failed)
 }
 
 /// Writes `text` readable by this user only, replacing `file` at once.

@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
-    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
-    PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SecretKeySelector,
-    SecretProjection, TCPSocketAction, TopologySpreadConstraint, Volume, VolumeProjection,
+    Affinity, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, Lifecycle,
+    LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm,
+    PodAntiAffinity, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements,
+    SecretKeySelector, SecretProjection, TCPSocketAction, TopologySpreadConstraint, Volume, VolumeProjection,
     VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::core::v1::{ConfigMapVolumeSource, KeyToPath};
@@ -36,6 +36,11 @@ const CONFIG_MOUNT: &str = "/etc/tokenplane/redis";
 const USERS_MOUNT: &str = "/var/run/tokenplane/users";
 const RUNTIME_MOUNT: &str = "/run/tokenplane";
 const DATA_MOUNT: &str = "/data";
+/// The start-up step's copy of tokenplane-sidecar, for the preStop hand-over.
+const SELF_COPY: &str = "/run/tokenplane/tokenplane-sidecar";
+/// Longer than the hand-over's own bound (20 s): a master that leaves
+/// waits for the Sentinels to name its successor.
+const NODE_GRACE_SECS: i64 = 30;
 
 /// What of a role's Secret a pod mounts: `<users-dir>/<user>` holds the
 /// password, `<users-dir>/<user>.sha256` its hash.
@@ -72,9 +77,12 @@ impl Kind {
                 (Sentinel, Secret::Hash),
                 (Operator, Secret::Hash),
             ],
-            Self::Sentinel => {
-                &[(Sentinel, Secret::Password), (Monitor, Secret::Password), (Operator, Secret::Hash)]
-            }
+            Self::Sentinel => &[
+                (Sentinel, Secret::Password),
+                (Monitor, Secret::Password),
+                (Replication, Secret::Hash),
+                (Operator, Secret::Hash),
+            ],
         }
     }
 }
@@ -91,7 +99,17 @@ pub(super) fn redis(
         image: Some(spec.image.clone()),
         command: Some(vec!["redis-server".into(), format!("{RUNTIME_MOUNT}/{REDIS_CONF}")]),
         ports: Some(vec![port("redis", REDIS_PORT)]),
-        env: Some(vec![secret_env("REDISCLI_AUTH", names.role_secret(AclRole::Monitor))]),
+        env: Some(hand_over_env(rsc, names)),
+        // A master being deleted or evicted first hands over to a replica.
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec![SELF_COPY.into(), "redis-node".into(), "hand-over".into()]),
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
         // LOADING, a master link down or a wrong password all answer
         // something other than PONG.
         readiness_probe: Some(exec_probe(&format!(
@@ -101,7 +119,11 @@ pub(super) fn redis(
         liveness_probe: Some(tcp_probe(REDIS_PORT)),
         resources: Some(spec.resources.clone().unwrap_or_else(|| resources("100m", "128Mi", "512Mi"))),
         security_context: Some(restricted(REDIS_UID)),
-        volume_mounts: Some(vec![mount("runtime", RUNTIME_MOUNT), mount("data", DATA_MOUNT)]),
+        volume_mounts: Some(vec![
+            mount("runtime", RUNTIME_MOUNT),
+            mount("data", DATA_MOUNT),
+            read_only_mount("users", USERS_MOUNT),
+        ]),
         ..Container::default()
     };
     let exporter = Container {
@@ -126,9 +148,10 @@ pub(super) fn redis(
     }
     let mut set =
         stateful_set(rsc, names.redis(), labels, spec.replicas, vec![start], vec![server, exporter], volumes);
+    let spec = set.spec.get_or_insert_default();
+    spec.template.spec.get_or_insert_default().termination_grace_period_seconds = Some(NODE_GRACE_SECS);
     if persistent {
-        let claim = data_claim(rsc);
-        set.spec.get_or_insert_default().volume_claim_templates = Some(vec![claim]);
+        spec.volume_claim_templates = Some(vec![data_claim(rsc)]);
     }
     set
 }
@@ -159,6 +182,40 @@ pub(super) fn sentinel(
     let mut volumes = common_volumes(names, Kind::Sentinel);
     volumes.push(empty_dir("data"));
     stateful_set(rsc, names.sentinel_peers(), labels, spec.sentinels, vec![start], vec![server], volumes)
+}
+
+/// What the Redis container's preStop `hand-over` reads from its
+/// environment (hooks get no `$(VAR)` expansion of their arguments), and
+/// the monitor password of the readiness probe.
+fn hand_over_env(rsc: &RedisSentinelCluster, names: &Names) -> Vec<EnvVar> {
+    vec![
+        pod_name_env(),
+        plain_env(
+            "TOKENPLANE_REDIS_ANNOUNCE_HOST",
+            format!("$(POD_NAME).{}", names.service_host(&names.redis())),
+        ),
+        plain_env("TOKENPLANE_REDIS_ANNOUNCE_PORT", REDIS_PORT.to_string()),
+        plain_env("TOKENPLANE_REDIS_SENTINELS", sentinels(names)),
+        plain_env("TOKENPLANE_REDIS_MASTER_NAME", rsc.spec.master_name.clone()),
+        plain_env("TOKENPLANE_REDIS_USERS_DIR", USERS_MOUNT.into()),
+        plain_env("TOKENPLANE_REDIS_MIN_REPLICAS", rsc.spec.min_replicas_to_acknowledge.to_string()),
+        secret_env("REDISCLI_AUTH", names.role_secret(AclRole::Monitor)),
+    ]
+}
+
+fn sentinels(names: &Names) -> String {
+    format!("{}:{SENTINEL_PORT}", names.service_host(&names.sentinel_peers()))
+}
+
+fn pod_name_env() -> EnvVar {
+    EnvVar {
+        name: "POD_NAME".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), ..Default::default() }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
 }
 
 /// `tokenplane-sidecar redis-node start`, as pod `$(POD_NAME)` of `service`.
@@ -199,7 +256,7 @@ fn start_container(
             .collect::<Vec<_>>()
             .join(","),
         "--sentinels",
-        &format!("{}:{SENTINEL_PORT}", names.service_host(&names.sentinel_peers())),
+        &sentinels(names),
         "--master-name",
         &rsc.spec.master_name,
         "--first-master",
@@ -207,6 +264,10 @@ fn start_container(
         "--quorum",
         &quorum(rsc.spec.sentinels).to_string(),
     ];
+    let mut args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+    if matches!(kind, Kind::Node) {
+        args.extend(["--copy-self-to".into(), SELF_COPY.into()]);
+    }
     let mut mounts = vec![read_only_mount("config", CONFIG_MOUNT), read_only_mount("users", USERS_MOUNT)];
     mounts.push(match kind {
         Kind::Node => mount("runtime", RUNTIME_MOUNT),
@@ -215,7 +276,7 @@ fn start_container(
     Container {
         name: "start".into(),
         image: Some(env.tokenplane_image.clone()),
-        args: Some(args.into_iter().map(str::to_owned).collect()),
+        args: Some(args),
         env: Some(vec![EnvVar {
             name: "POD_NAME".into(),
             value_from: Some(EnvVarSource {

@@ -346,6 +346,20 @@ async fn start_all(cluster: &mut Cluster) {
         cluster.master_by_sentinels().await.iter().all(|m| m.as_deref() == Some(first.as_str()))
     })
     .await;
+    // A Sentinel fails over only to replicas it knows (it reads them from
+    // the master's INFO every 10 s); one that knows none gives up for
+    // twice the failover timeout.
+    until("every Sentinel knows both replicas", Duration::from_secs(30), cluster, async || {
+        let mut all = true;
+        for s in &cluster.sentinels {
+            let Ok(mut c) = cluster.connect(&s.addr(), "operator").await else { return false };
+            let known: redis::RedisResult<Vec<Value>> =
+                redis::cmd("SENTINEL").arg("replicas").arg(MASTER_NAME).query_async(&mut c).await;
+            all &= known.is_ok_and(|k| k.len() == 2);
+        }
+        all
+    })
+    .await;
 }
 
 /// The error code of a command that must fail.
@@ -628,18 +642,6 @@ async fn deleting_the_master_hands_over_first_and_loses_no_acknowledged_write() 
     assert!(cluster.pre_stop(1).await.contains("not the master"));
     assert_eq!(cluster.master_by_sentinels().await[0].as_deref(), Some(first.as_str()));
 
-    // A cluster that has run a while: every Sentinel knows both replicas.
-    until("every Sentinel knows both replicas", Duration::from_secs(30), &cluster, async || {
-        let mut all = true;
-        for s in &cluster.sentinels {
-            let Ok(mut c) = cluster.connect(&s.addr(), "operator").await else { return false };
-            let known: redis::RedisResult<Vec<Value>> =
-                redis::cmd("SENTINEL").arg("replicas").arg(MASTER_NAME).query_async(&mut c).await;
-            all &= known.is_ok_and(|k| k.len() == 2);
-        }
-        all
-    })
-    .await;
     let mut master = first.clone();
     let started = Instant::now();
     let (stderr, during) =

@@ -259,6 +259,7 @@ fn render_cluster(cluster: &RedisSentinelCluster, out: &mut String) -> Result<()
         tokenplane_image: crate::controller::ISSUER_IMAGE.into(),
         exporter_image: crate::controller::EXPORTER_IMAGE.into(),
         cluster_domain: "cluster.local".into(),
+        operator_namespace: "tokenplane-system".into(),
     };
     let d = redissentinelcluster::desired(cluster, &env, &Passwords::default(), || GENERATED_PASSWORD.into())
         .map_err(|invalid| RenderError::Invalid {
@@ -276,6 +277,7 @@ fn render_cluster(cluster: &RedisSentinelCluster, out: &mut String) -> Result<()
     let texts =
         d.role_secrets.into_iter().map(readable).chain([yaml(d.config), yaml(d.redis), yaml(d.sentinel)]);
     let texts = texts.chain(d.services.into_iter().map(yaml)).chain(d.budgets.into_iter().map(yaml));
+    let texts = texts.chain([yaml(d.network_policy)]);
     for text in texts {
         out.push_str("---\n");
         out.push_str(&text);

@@ -33,6 +33,7 @@ fn render(edit: impl FnOnce(&mut serde_json::Value)) -> (Desired, BTreeMap<Strin
         tokenplane_image: "unused".into(),
         exporter_image: "unused".into(),
         cluster_domain: "cluster.local".into(),
+        operator_namespace: "tokenplane-system".into(),
     };
     let mut n = 0;
     let d = redissentinelcluster::desired(&rsc, &env, &Passwords::default(), || {

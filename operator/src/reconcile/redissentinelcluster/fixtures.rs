@@ -20,6 +20,7 @@ pub fn env() -> Environment {
         tokenplane_image: "ghcr.io/tokenplane/tokenplane-sidecar:test".into(),
         exporter_image: "docker.io/oliver006/redis_exporter:test".into(),
         cluster_domain: "cluster.local".into(),
+        operator_namespace: "tokenplane-system".into(),
     }
 }
 

@@ -10,6 +10,7 @@
 //! the start-up step of each pod reads them from the mounted Secrets.
 
 mod config;
+mod network_policy;
 mod service;
 mod users;
 mod workloads;
@@ -18,6 +19,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use tokenplane_api::RedisSentinelCluster;
@@ -40,6 +42,8 @@ pub struct Environment {
     pub exporter_image: String,
     /// The cluster's DNS domain (`cluster.local` unless the kubelet says otherwise).
     pub cluster_domain: String,
+    /// Where the operator runs: its pods reach every node and Sentinel.
+    pub operator_namespace: String,
 }
 
 /// The names of a cluster's objects and how its pods reach each other.
@@ -102,6 +106,9 @@ pub struct Desired {
     pub sentinel: StatefulSet,
     pub services: Vec<Service>,
     pub budgets: Vec<PodDisruptionBudget>,
+    /// Deny by default; each TokenPolicy with a `redisRef` adds its issuers
+    /// and its clients' workloads with a NetworkPolicy of its own.
+    pub network_policy: NetworkPolicy,
 }
 
 /// The Sentinels that must agree the master is down: a majority.
@@ -130,6 +137,7 @@ pub fn desired(
         sentinel: workloads::sentinel(rsc, env, &names, &sentinel_labels),
         services: service::services(rsc, &names, &redis_labels, &sentinel_labels),
         budgets: service::budgets(rsc, &names, &redis_labels, &sentinel_labels),
+        network_policy: network_policy::network_policy(rsc, &env.operator_namespace),
         names,
     })
 }
@@ -176,12 +184,19 @@ fn check(rsc: &RedisSentinelCluster) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn labels(cluster: &str, component: &str) -> BTreeMap<String, String> {
+/// The labels every pod of the cluster `cluster` carries, data nodes and
+/// Sentinels alike: what NetworkPolicies select them by.
+pub fn pod_labels(cluster: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), "tokenplane-redis".to_owned()),
         ("app.kubernetes.io/instance".to_owned(), cluster.to_owned()),
-        ("app.kubernetes.io/component".to_owned(), component.to_owned()),
     ])
+}
+
+fn labels(cluster: &str, component: &str) -> BTreeMap<String, String> {
+    let mut labels = pod_labels(cluster);
+    labels.insert("app.kubernetes.io/component".to_owned(), component.to_owned());
+    labels
 }
 
 fn meta(rsc: &RedisSentinelCluster, name: String, labels: &BTreeMap<String, String>) -> ObjectMeta {

@@ -186,3 +186,34 @@ fn a_spec_that_cannot_run_safely_builds_nothing() {
         assert!(message.contains(field), "{message}");
     }
 }
+
+#[test]
+fn only_the_cluster_itself_the_operator_and_scrapers_get_in_and_policies_add_the_rest() {
+    let d = reconcile(&cluster(|_| {}), &Passwords::default()).unwrap();
+    let spec = d.network_policy.spec.as_ref().unwrap();
+    let pods = spec.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
+    assert_eq!(pods, &pod_labels("tokenplane"));
+    for set in [&d.redis, &d.sentinel] {
+        let template =
+            set.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+        assert!(pods.iter().all(|(k, v)| template.get(k) == Some(v)), "the policy selects every pod");
+    }
+    let rules = spec.ingress.as_ref().unwrap();
+    assert_eq!(rules.len(), 2);
+    let ports = |i: usize| -> Vec<i32> {
+        rules[i]
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| match p.port {
+                Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => Some(n),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!((ports(0), ports(1)), (vec![REDIS_PORT, SENTINEL_PORT], vec![EXPORTER_PORT]));
+    let from = rules[0].from.as_ref().unwrap();
+    assert_eq!(from[0].pod_selector.as_ref().unwrap().match_labels.as_ref(), Some(&pod_labels("tokenplane")));
+    let operator = from[1].namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
+    assert_eq!(operator["kubernetes.io/metadata.name"], "tokenplane-system");
+}

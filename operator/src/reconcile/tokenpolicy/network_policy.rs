@@ -73,10 +73,7 @@ pub(super) fn network_policies(
     };
     let mut policies = vec![netpol("issuer", selector(issuer), ingress(workloads(clients), &[ISSUER_PORT]))];
     if let Some(cluster) = &policy.spec.redis_ref {
-        let redis = BTreeMap::from([
-            ("app.kubernetes.io/name".to_owned(), "redis".to_owned()),
-            ("app.kubernetes.io/instance".to_owned(), cluster.clone()),
-        ]);
+        let redis = crate::reconcile::redissentinelcluster::pod_labels(cluster);
         let operator = NetworkPolicyPeer {
             namespace_selector: Some(LabelSelector {
                 match_labels: Some(BTreeMap::from([(
@@ -138,8 +135,9 @@ mod tests {
         let d = reconcile(&with_redis, None, &[], 0);
         let redis = d.network_policies[1].spec.as_ref().unwrap();
         assert_eq!(
-            redis.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["app.kubernetes.io/instance"],
-            "tokens"
+            redis.pod_selector.as_ref().unwrap().match_labels.as_ref(),
+            Some(&crate::reconcile::redissentinelcluster::pod_labels("tokens")),
+            "the cluster's pods, as its StatefulSets label them"
         );
         let from = redis.ingress.as_ref().unwrap()[0].from.as_ref().unwrap();
         assert_eq!(from.len(), 4, "the workload, the issuers, the Redis set, the operator: {from:?}");

@@ -54,8 +54,8 @@ pub struct Resources {
 /// What `render` says on stderr about a RedisSentinelCluster while its
 /// controller is being built.
 pub const CLUSTER_PREVIEW: &str = "rendered as a preview: the operator does not run RedisSentinelClusters \
-     yet, the pods' start-up step (tokenplane-sidecar redis-node start) is not built yet, and \
-     spec.tls, spec.acl, spec.cleanup and spec.backup are not acted on";
+     yet (nothing applies these objects or sets the other users on the nodes), and spec.tls, spec.acl \
+     and spec.backup are not acted on";
 
 /// A document `render` does not turn into objects.
 #[derive(Debug, PartialEq, Eq)]
@@ -277,7 +277,7 @@ fn render_cluster(cluster: &RedisSentinelCluster, out: &mut String) -> Result<()
     let texts =
         d.role_secrets.into_iter().map(readable).chain([yaml(d.config), yaml(d.redis), yaml(d.sentinel)]);
     let texts = texts.chain(d.services.into_iter().map(yaml)).chain(d.budgets.into_iter().map(yaml));
-    let texts = texts.chain([yaml(d.network_policy)]);
+    let texts = texts.chain([yaml(d.network_policy), yaml(d.cleanup)]);
     for text in texts {
         out.push_str("---\n");
         out.push_str(&text);

@@ -16,7 +16,7 @@ fn a_cluster_renders_as_a_preview_and_says_what_is_not_acted_on() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout.matches("kind: StatefulSet").count(), 2, "{stdout}");
     assert!(stderr.contains("RedisSentinelCluster tokenplane: rendered as a preview"), "{stderr}");
-    assert!(stderr.contains("spec.tls, spec.acl, spec.cleanup and spec.backup are not acted on"), "{stderr}");
+    assert!(stderr.contains("spec.tls, spec.acl and spec.backup are not acted on"), "{stderr}");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod cleanup;
 pub mod clock;
 pub mod heartbeat;
 pub mod issuer;

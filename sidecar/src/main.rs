@@ -39,6 +39,9 @@ enum Role {
     /// Run next to a workload: validate tokens from memory, vend the
     /// workload's own tokens.
     Agent(AgentArgs),
+    /// Prune the expired members of Redis's sorted-set indexes (the
+    /// RedisSentinelCluster's cleanup CronJob, as its cleanup user).
+    Cleanup(CleanupArgs),
     /// Steps of a RedisSentinelCluster's pods.
     RedisNode {
         #[command(subcommand)]
@@ -54,6 +57,15 @@ enum RedisNodeStep {
     /// A data node's preStop: if it is the master, have the Sentinels fail
     /// over to a replica and wait until they name it.
     HandOver(HandOverArgs),
+}
+
+#[derive(clap::Args)]
+struct CleanupArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// Keys per SCAN call.
+    #[arg(long, env = "TOKENPLANE_CLEANUP_BATCH", default_value_t = 500)]
+    batch: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -367,7 +379,9 @@ fn main() -> anyhow::Result<()> {
     // The agent is a sidecar on a small CPU budget: one thread is all it
     // needs, and fewer threads hold less memory. The issuer uses every core.
     let mut runtime = match cli.role {
-        Role::Agent(_) | Role::RedisNode { .. } => tokio::runtime::Builder::new_current_thread(),
+        Role::Agent(_) | Role::RedisNode { .. } | Role::Cleanup(_) => {
+            tokio::runtime::Builder::new_current_thread()
+        }
         Role::Issuer(_) => tokio::runtime::Builder::new_multi_thread(),
     };
     let runtime = runtime.enable_all().build().context("cannot start the async runtime")?;
@@ -375,10 +389,27 @@ fn main() -> anyhow::Result<()> {
         match cli.role {
             Role::Issuer(args) => run_issuer(args).await,
             Role::Agent(args) => run_agent(args).await,
+            Role::Cleanup(args) => cleanup(args).await,
             Role::RedisNode { step: RedisNodeStep::Start(args) } => start_redis_node(args).await,
             Role::RedisNode { step: RedisNodeStep::HandOver(args) } => hand_over(args).await,
         }
     })
+}
+
+async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
+    let config = args.redis.config()?.context("cleanup works on Redis: give --redis-sentinels")?;
+    let mut conn = tokenplane_sidecar::store::master_connection(&config).await?;
+    let now = tokenplane_sidecar::clock::unix_now();
+    let pruned = tokenplane_sidecar::cleanup::prune(&mut conn, now, args.batch.max(1))
+        .await
+        .context("pruning failed part-way; what was removed stays removed, and the next run goes on")?;
+    tracing::info!(
+        revoked = pruned.revoked,
+        families = pruned.families,
+        family_members = pruned.family_members,
+        "expired index members pruned"
+    );
+    Ok(())
 }
 
 async fn start_redis_node(args: StartArgs) -> anyhow::Result<()> {

@@ -667,3 +667,55 @@ async fn deleting_the_master_hands_over_first_and_loses_no_acknowledged_write() 
     );
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
 }
+
+#[tokio::test]
+async fn the_cleanup_job_runs_as_rendered() {
+    let mut cluster = Cluster::new().await;
+    start_all(&mut cluster).await;
+    // The cleanup user, as the operator's ACL sync sets it on every node and Sentinel.
+    let password = cluster.password("cleanup");
+    let (node_rules, sentinel_rules) = (tokenplane_api::acl::CLEANUP, tokenplane_api::acl::SENTINEL_CLIENT);
+    for (addr, rules) in cluster
+        .nodes
+        .iter()
+        .map(|n| (n.addr(), node_rules))
+        .chain(cluster.sentinels.iter().map(|s| (s.addr(), sentinel_rules)))
+    {
+        let mut operator = cluster.connect(&addr, "operator").await.unwrap();
+        let mut setuser = redis::cmd("ACL");
+        setuser.arg("SETUSER").arg("cleanup").arg("reset").arg("on").arg(format!(">{password}"));
+        allowed(&mut operator, setuser.arg(tokenplane_api::acl::split_rules(rules))).await;
+    }
+    let master = cluster.nodes[0].addr();
+    let mut issuer_like = cluster.connect(&master, "cleanup").await.unwrap();
+    let refused_write =
+        refused(&mut issuer_like, redis::cmd("ZADD").arg("auth:family:f:access").arg(1).arg("x")).await;
+    assert_eq!(refused_write, "NOPERM", "cleanup only removes");
+    add_issuer(&cluster).await;
+    let mut issuer = connect_as(&master, "issuer", ISSUER_PASSWORD).await.unwrap();
+    allowed(&mut issuer, redis::cmd("ZADD").arg("auth:family:f:access").arg(1).arg("expired")).await;
+
+    let job = cluster.desired.cleanup.spec.as_ref().unwrap().job_template.spec.as_ref().unwrap();
+    let container = &job.template.spec.as_ref().unwrap().containers[0];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("password"), &password).unwrap();
+    let local_password = dir.path().join("password").display().to_string();
+    let swap = BTreeMap::from([
+        ("--redis-sentinels", Cluster::list(&cluster.sentinels)),
+        ("--redis-password-file", local_password.clone()),
+        ("--redis-sentinel-password-file", local_password),
+    ]);
+    let mut args = Vec::new();
+    let mut rendered = container.args.as_ref().unwrap().iter();
+    while let Some(arg) = rendered.next() {
+        args.push(arg.clone());
+        if let Some(local) = swap.get(arg.as_str()) {
+            rendered.next();
+            args.push(local.clone());
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenplane-sidecar")).args(&args).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?}: {stderr}");
+    assert!(stderr.contains("\"family_members\":1"), "{stderr}");
+}

@@ -9,6 +9,7 @@
 //! announces its own name to the master. Passwords never enter a ConfigMap:
 //! the start-up step of each pod reads them from the mounted Secrets.
 
+mod cleanup;
 mod config;
 mod network_policy;
 mod service;
@@ -18,6 +19,7 @@ mod workloads;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -109,6 +111,7 @@ pub struct Desired {
     /// Deny by default; each TokenPolicy with a `redisRef` adds its issuers
     /// and its clients' workloads with a NetworkPolicy of its own.
     pub network_policy: NetworkPolicy,
+    pub cleanup: CronJob,
 }
 
 /// The Sentinels that must agree the master is down: a majority.
@@ -138,6 +141,7 @@ pub fn desired(
         services: service::services(rsc, &names, &redis_labels, &sentinel_labels),
         budgets: service::budgets(rsc, &names, &redis_labels, &sentinel_labels),
         network_policy: network_policy::network_policy(rsc, &env.operator_namespace),
+        cleanup: cleanup::cron_job(rsc, env, &names),
         names,
     })
 }

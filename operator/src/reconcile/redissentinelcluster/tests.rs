@@ -217,3 +217,29 @@ fn only_the_cluster_itself_the_operator_and_scrapers_get_in_and_policies_add_the
     let operator = from[1].namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
     assert_eq!(operator["kubernetes.io/metadata.name"], "tokenplane-system");
 }
+
+#[test]
+fn the_cleanup_job_runs_on_the_spec_schedule_as_the_cleanup_user_only() {
+    let d =
+        reconcile(&cluster(|c| c["spec"]["cleanup"]["schedule"] = "@hourly".into()), &Passwords::default())
+            .unwrap();
+    let spec = d.cleanup.spec.as_ref().unwrap();
+    assert_eq!((spec.schedule.as_str(), spec.concurrency_policy.as_deref()), ("@hourly", Some("Forbid")));
+    let pod = spec.job_template.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let container = &pod.containers[0];
+    assert_eq!(arg_after(container, "--redis-username"), "cleanup");
+    assert_eq!(
+        arg_after(container, "--redis-sentinels"),
+        "tokenplane-sentinel-peers.prod.svc.cluster.local:26379"
+    );
+    let volumes = pod.volumes.as_ref().unwrap();
+    assert_eq!(volumes.len(), 1, "the cleanup Secret and nothing else");
+    assert_eq!(volumes[0].secret.as_ref().unwrap().secret_name.as_deref(), Some("tokenplane-redis-cleanup"));
+    assert_eq!(container.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
+    let labels =
+        spec.job_template.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+    assert!(
+        pod_labels("tokenplane").iter().all(|(k, v)| labels.get(k) == Some(v)),
+        "the NetworkPolicy lets it in"
+    );
+}

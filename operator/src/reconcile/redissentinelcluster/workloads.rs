@@ -30,6 +30,8 @@ use crate::reconcile::pod::{mount, pod_security, read_only_mount, restricted};
 
 /// The official Redis image's `redis` user.
 const REDIS_UID: i64 = 999;
+/// The tokenplane image's non-root user (distroless `nonroot`).
+pub(super) const TOKENPLANE_UID: i64 = 65532;
 /// oliver006/redis_exporter's user.
 const EXPORTER_UID: i64 = 59000;
 const CONFIG_MOUNT: &str = "/etc/tokenplane/redis";
@@ -203,7 +205,7 @@ fn hand_over_env(rsc: &RedisSentinelCluster, names: &Names) -> Vec<EnvVar> {
     ]
 }
 
-fn sentinels(names: &Names) -> String {
+pub(super) fn sentinels(names: &Names) -> String {
     format!("{}:{SENTINEL_PORT}", names.service_host(&names.sentinel_peers()))
 }
 
@@ -461,7 +463,7 @@ fn tcp_probe(port: i32) -> Probe {
     }
 }
 
-fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
+pub(super) fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
     let q = |s: &str| Quantity(s.into());
     ResourceRequirements {
         requests: Some(BTreeMap::from([("cpu".into(), q(cpu)), ("memory".into(), q(memory))])),

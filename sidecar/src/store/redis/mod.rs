@@ -83,6 +83,16 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError(format!("unreadable {what} in Redis: {e}"))
 }
 
+/// One connection to the master the Sentinels name, for a one-off job
+/// (`cleanup`) that needs none of the store's machinery.
+pub async fn master_connection(config: &RedisConfig) -> Result<redis::aio::MultiplexedConnection> {
+    let client = sentinel_client(config)?.async_get_client().await.map_err(unavailable)?;
+    let settings = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(config.timeout))
+        .set_response_timeout(Some(config.timeout));
+    client.get_multiplexed_async_connection_with_config(&settings).await.map_err(unavailable)
+}
+
 impl RedisStore {
     /// Prepares the store; nothing is contacted until the first call.
     pub fn new(config: RedisConfig) -> Result<Self> {

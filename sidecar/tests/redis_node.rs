@@ -49,12 +49,12 @@ fn render(edit: impl FnOnce(&mut serde_json::Value)) -> (Desired, BTreeMap<Strin
 struct Pod {
     dir: tempfile::TempDir,
     port: u16,
-    child: Option<Child>,
+    child: std::sync::Mutex<Option<Child>>,
 }
 
 impl Pod {
     fn new() -> Self {
-        Self { dir: tempfile::tempdir().unwrap(), port: free_port().unwrap(), child: None }
+        Self { dir: tempfile::tempdir().unwrap(), port: free_port().unwrap(), child: Default::default() }
     }
 
     fn addr(&self) -> String {
@@ -65,10 +65,15 @@ impl Pod {
         self.dir.path().join(name)
     }
 
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
+    /// SIGKILL, as a node crash or the kubelet after the grace period.
+    fn kill(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
             let _ = child.start_kill();
         }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.lock().unwrap().as_ref().and_then(Child::id).expect("a running process")
     }
 }
 
@@ -190,7 +195,7 @@ impl Cluster {
 
     /// Stops (SIGSTOP) or resumes (SIGCONT) a data node.
     async fn signal_node(&self, i: usize, signal: &str) {
-        let pid = self.nodes[i].child.as_ref().and_then(Child::id).unwrap();
+        let pid = self.nodes[i].pid();
         let status = Command::new("kill").args([signal, &pid.to_string()]).status().await.unwrap();
         assert!(status.success());
     }
@@ -230,8 +235,8 @@ impl Cluster {
         stderr
     }
 
-    fn serve(&mut self, sentinel: bool, i: usize) {
-        let pod = if sentinel { &mut self.sentinels[i] } else { &mut self.nodes[i] };
+    fn serve(&self, sentinel: bool, i: usize) {
+        let pod = if sentinel { &self.sentinels[i] } else { &self.nodes[i] };
         let binary = if sentinel { "redis-sentinel" } else { "redis-server" };
         let log = std::fs::File::create(pod.path("stdio.log")).unwrap();
         let child = Command::new(binary)
@@ -241,7 +246,7 @@ impl Cluster {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        pod.child = Some(child);
+        *pod.child.lock().unwrap() = Some(child);
     }
 
     async fn connect(&self, addr: &str, user: &str) -> redis::RedisResult<MultiplexedConnection> {
@@ -326,7 +331,7 @@ fn replica_of(role: &[Value]) -> Option<String> {
 
 /// Starts every pod, then waits until the first master has both replicas
 /// and every Sentinel names it.
-async fn start_all(cluster: &mut Cluster) {
+async fn start_all(cluster: &Cluster) {
     for i in 0..3 {
         cluster.start_step(true, i).await;
         cluster.serve(true, i);
@@ -379,8 +384,8 @@ async fn allowed(conn: &mut MultiplexedConnection, cmd: &mut redis::Cmd) {
 
 #[tokio::test]
 async fn the_rendered_cluster_replicates_elects_and_brings_an_old_master_back_as_a_replica() {
-    let mut cluster = Cluster::new().await;
-    start_all(&mut cluster).await;
+    let cluster = Cluster::new().await;
+    start_all(&cluster).await;
     let first = cluster.nodes[0].addr();
 
     // Every Sentinel knows its two peers.
@@ -426,8 +431,8 @@ async fn the_rendered_cluster_replicates_elects_and_brings_an_old_master_back_as
 
 #[tokio::test]
 async fn each_user_a_pod_creates_can_do_its_job_and_nothing_more() {
-    let mut cluster = Cluster::new().await;
-    start_all(&mut cluster).await;
+    let cluster = Cluster::new().await;
+    start_all(&cluster).await;
     let master = cluster.nodes[0].addr();
     let cmd = redis::cmd;
 
@@ -532,8 +537,8 @@ async fn acknowledged_stream(
 
 #[tokio::test]
 async fn no_acknowledged_write_is_lost_when_the_master_is_killed() {
-    let mut cluster = Cluster::new().await;
-    start_all(&mut cluster).await;
+    let cluster = Cluster::new().await;
+    start_all(&cluster).await;
     add_issuer(&cluster).await;
     let mut master = cluster.nodes[0].addr();
     let before = acknowledged_stream(&cluster, 0..300, &mut master).await;
@@ -568,9 +573,8 @@ async fn no_acknowledged_write_is_lost_when_the_master_is_killed() {
 
 #[tokio::test]
 async fn a_master_without_persistence_waits_for_the_failover_instead_of_wiping_its_replicas() {
-    let mut cluster =
-        Cluster::with(|c| c["spec"]["persistence"] = serde_json::json!({"enabled": false})).await;
-    start_all(&mut cluster).await;
+    let cluster = Cluster::with(|c| c["spec"]["persistence"] = serde_json::json!({"enabled": false})).await;
+    start_all(&cluster).await;
     let first = cluster.nodes[0].addr();
     let mut operator = cluster.connect(&first, "operator").await.unwrap();
     allowed(&mut operator, redis::cmd("SET").arg("auth:client:kept").arg("1")).await;
@@ -608,8 +612,8 @@ async fn a_master_without_persistence_waits_for_the_failover_instead_of_wiping_i
 
 #[tokio::test]
 async fn a_master_that_was_stopped_takes_no_write_when_it_wakes() {
-    let mut cluster = Cluster::new().await;
-    start_all(&mut cluster).await;
+    let cluster = Cluster::new().await;
+    start_all(&cluster).await;
     let first = cluster.nodes[0].addr();
     cluster.signal_node(0, "-STOP").await;
     until("a failover away from the stopped master", Duration::from_secs(60), &cluster, async || {
@@ -635,8 +639,8 @@ async fn a_master_that_was_stopped_takes_no_write_when_it_wakes() {
 
 #[tokio::test]
 async fn deleting_the_master_hands_over_first_and_loses_no_acknowledged_write() {
-    let mut cluster = Cluster::new().await;
-    start_all(&mut cluster).await;
+    let cluster = Cluster::new().await;
+    start_all(&cluster).await;
     add_issuer(&cluster).await;
     let first = cluster.nodes[0].addr();
     // A replica's preStop hands nothing over.
@@ -670,8 +674,8 @@ async fn deleting_the_master_hands_over_first_and_loses_no_acknowledged_write() 
 
 #[tokio::test]
 async fn the_cleanup_job_runs_as_rendered() {
-    let mut cluster = Cluster::new().await;
-    start_all(&mut cluster).await;
+    let cluster = Cluster::new().await;
+    start_all(&cluster).await;
     // The cleanup user, as the operator's ACL sync sets it on every node and Sentinel.
     let password = cluster.password("cleanup");
     let (node_rules, sentinel_rules) = (tokenplane_api::acl::CLEANUP, tokenplane_api::acl::SENTINEL_CLIENT);
@@ -718,4 +722,88 @@ async fn the_cleanup_job_runs_as_rendered() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{args:?}: {stderr}");
     assert!(stderr.contains("\"family_members\":1"), "{stderr}");
+}
+
+#[tokio::test]
+async fn without_a_quorum_of_sentinels_nothing_fails_over_and_no_second_master_appears() {
+    let cluster = Cluster::new().await;
+    start_all(&cluster).await;
+    let first = cluster.nodes[0].addr();
+    // One Sentinel of three lost: the other two are still a majority.
+    cluster.sentinels[2].kill();
+    cluster.nodes[0].kill();
+    until("a failover with two Sentinels of three", Duration::from_secs(60), &cluster, async || {
+        cluster.promoted(&first).await.is_some()
+    })
+    .await;
+    let second = cluster.promoted(&first).await.unwrap();
+    let survivor = cluster.nodes.iter().map(Pod::addr).find(|a| *a != first && *a != second).unwrap();
+    until("the other replica follows the new master", Duration::from_secs(30), &cluster, async || {
+        cluster
+            .role(&survivor)
+            .await
+            .as_ref()
+            .is_some_and(|r| replica_of(r).as_deref() == Some(second.as_str()))
+    })
+    .await;
+    // Two of three lost: the last one cannot reach the quorum of 2.
+    cluster.sentinels[1].kill();
+    let second_i = cluster.nodes.iter().position(|n| n.addr() == second).unwrap();
+    cluster.nodes[second_i].kill();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(
+        cluster.master_by_sentinels().await[0].as_deref(),
+        Some(second.as_str()),
+        "the last Sentinel fails nothing over alone"
+    );
+    let role = cluster.role(&survivor).await.expect("the replica answers");
+    assert_eq!(role_name(&role), "slave", "no second master: {role:?}");
+    assert_eq!(replica_of(&role).as_deref(), Some(second.as_str()));
+}
+
+/// Acknowledged writes (as in `acknowledged_stream`) until `stop`.
+async fn stream_until(cluster: &Cluster, stop: &std::sync::atomic::AtomicBool) -> (Vec<u32>, u32) {
+    let mut master = cluster.nodes[0].addr();
+    let (mut acked, mut next) = (Vec::new(), 0);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        acked.extend(acknowledged_stream(cluster, next..next + 50, &mut master).await);
+        next += 50;
+    }
+    (acked, next)
+}
+
+#[tokio::test]
+async fn a_rolling_restart_of_every_node_loses_no_acknowledged_write() {
+    let cluster = Cluster::new().await;
+    start_all(&cluster).await;
+    add_issuer(&cluster).await;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let restarts = async {
+        // As a StatefulSet rolls: the highest ordinal first, each pod's
+        // preStop, stop, start-up step and start, then wait until it is
+        // ready (synced) before the next.
+        for i in [2, 1, 0] {
+            let stderr = cluster.pre_stop(i).await;
+            assert!(stderr.contains(if i == 0 { "handed over" } else { "not the master" }), "{stderr}");
+            cluster.nodes[i].kill();
+            cluster.start_step(false, i).await;
+            cluster.serve(false, i);
+            let addr = cluster.nodes[i].addr();
+            until("the restarted node is a synced replica", Duration::from_secs(30), &cluster, async || {
+                let Ok(mut c) = cluster.connect(&addr, "monitor").await else { return false };
+                let info: String =
+                    redis::cmd("INFO").arg("replication").query_async(&mut c).await.unwrap_or_default();
+                info.contains("role:slave") && info.contains("master_link_status:up")
+            })
+            .await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let ((), (acked, attempted)) = tokio::join!(restarts, stream_until(&cluster, &stop));
+    let master = cluster.master_by_sentinels().await.into_iter().flatten().next().unwrap();
+    assert_ne!(master, cluster.nodes[0].addr(), "the master moved off the first node");
+    let lost = missing(&cluster, &master, &acked).await;
+    eprintln!("rolling restart: {} of {attempted} writes acknowledged, all checked", acked.len());
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    assert!(acked.len() > 100, "writes went on during the restart");
 }

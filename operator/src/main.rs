@@ -71,6 +71,10 @@ struct RunArgs {
     /// Image of the issuer Deployments, unless a TokenPolicy names one.
     #[arg(long, env = "TOKENPLANE_ISSUER_IMAGE", default_value = controller::ISSUER_IMAGE)]
     issuer_image: String,
+    /// The cluster's DNS domain, in the stable names RedisSentinelCluster
+    /// pods announce (`<pod>.<service>.<namespace>.svc.<domain>`).
+    #[arg(long, env = "TOKENPLANE_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
     /// Sentinels as issuer pods reach them, for policies without a
     /// redisRef; --redis-sentinels when unset (out of a cluster those are
     /// often addresses pods cannot use).
@@ -141,6 +145,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         kind: args.cert_manager_issuer_kind,
         group: args.cert_manager_issuer_group,
     });
+    ctx.clusters.tokenplane_image = args.issuer_image.clone();
+    ctx.clusters.operator_namespace = args.lease_namespace.clone();
+    ctx.clusters.cluster_domain = args.cluster_domain;
     ctx.issuers.image = args.issuer_image;
     ctx.issuers.operator_namespace = args.lease_namespace.clone();
     if !args.issuer_redis_sentinels.is_empty() {

@@ -53,9 +53,9 @@ pub struct Resources {
 
 /// What `render` says on stderr about a RedisSentinelCluster while its
 /// controller is being built.
-pub const CLUSTER_PREVIEW: &str = "rendered as a preview: the operator does not run RedisSentinelClusters \
-     yet (nothing applies these objects or sets the other users on the nodes), and spec.tls, spec.acl \
-     and spec.backup are not acted on";
+pub const CLUSTER_PREVIEW: &str = "the operator applies these objects, but does not yet set the users \
+     other than the pods' own on the nodes, nor point TokenPolicies with this redisRef at them; spec.tls, \
+     spec.acl and spec.backup are not acted on";
 
 /// A document `render` does not turn into objects.
 #[derive(Debug, PartialEq, Eq)]

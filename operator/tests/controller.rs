@@ -20,34 +20,12 @@ use tokenplane_operator::reconcile::ca::{self, Authorities, Authority};
 use tokenplane_testkit::{RedisCluster, RedisClusterOptions};
 use tower_test::mock::{self, Handle};
 
+use support::rbac::{assert_role_allows, rbac_of};
+
 type ApiHandle = Handle<Request<Body>, Response<Body>>;
 
 /// Every (verb, resource) the controller asked for, across the tests.
 static USED: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
-
-/// The RBAC verb and resource (`plural` or `plural/subresource`) of a request.
-fn rbac_of(method: &Method, path: &str) -> (String, String) {
-    let parts: Vec<&str> = path.split('/').collect();
-    let at = match parts.iter().position(|p| *p == "namespaces") {
-        Some(ns) => ns + 2,
-        None if parts[1] == "api" => 3,
-        None => 4,
-    };
-    let resource = match parts.get(at + 2) {
-        Some(sub) => format!("{}/{sub}", parts[at]),
-        None => parts[at].to_owned(),
-    };
-    let verb = match *method {
-        Method::GET if parts.get(at + 1).is_none() => "list",
-        Method::GET => "get",
-        Method::PATCH => "patch",
-        Method::POST => "create",
-        Method::PUT => "update",
-        Method::DELETE => "delete",
-        _ => "other",
-    };
-    (verb.to_owned(), resource)
-}
 
 fn client_json(spec: Value, finalizers: &[&str], deleting: bool) -> Value {
     let mut meta = json!({"name": "orders", "namespace": "shop", "uid": "uid-1", "generation": 3,
@@ -369,30 +347,13 @@ async fn an_annotation_rotates_the_secret_and_the_old_one_works_until_the_grace_
 /// The role in config/rbac allows every request made so far, and the
 /// list/watch of the resources the controllers watch.
 fn assert_role_allows_what_was_used() {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/rbac/role.yaml")).unwrap();
-    let role: Value = serde_norway::Deserializer::from_str(&text)
-        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
-        .find(|doc: &Value| doc["kind"] == "ClusterRole")
-        .unwrap();
-    let allowed = |verb: &str, resource: &str| {
-        role["rules"].as_array().unwrap().iter().any(|rule| {
-            let has = |field: &str, value: &str| rule[field].as_array().unwrap().iter().any(|v| v == value);
-            has("verbs", verb) && has("resources", resource)
-        })
-    };
     let mut used = USED.lock().unwrap().clone();
     used.extend(
         ["oauth2clients", "secrets", "tokenpolicies", "deployments"]
             .iter()
             .flat_map(|r| [("list".into(), (*r).into()), ("watch".into(), (*r).into())]),
     );
-    for (verb, resource) in &used {
-        assert!(
-            allowed(verb, resource),
-            "the code does {verb} on {resource}, which config/rbac/role.yaml does not allow"
-        );
-    }
+    assert_role_allows(&used);
 }
 
 const POLICY_DIR: &str = "/apis/tokenplane.io/v1alpha1/namespaces/auth/tokenpolicies/default";

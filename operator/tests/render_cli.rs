@@ -15,7 +15,10 @@ fn a_cluster_renders_as_a_preview_and_says_what_is_not_acted_on() {
     assert!(out.status.success(), "{stderr}");
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout.matches("kind: StatefulSet").count(), 2, "{stdout}");
-    assert!(stderr.contains("RedisSentinelCluster tokenplane: rendered as a preview"), "{stderr}");
+    assert!(
+        stderr.contains("RedisSentinelCluster tokenplane: the operator applies these objects, but"),
+        "{stderr}"
+    );
     assert!(stderr.contains("spec.tls, spec.acl and spec.backup are not acted on"), "{stderr}");
 }
 

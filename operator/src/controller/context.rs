@@ -20,6 +20,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// What issuer Deployments need beyond their TokenPolicy.
     pub issuers: Environment,
+    /// What a RedisSentinelCluster's pods need beyond the resource.
+    pub clusters: crate::reconcile::redissentinelcluster::Environment,
     /// What `/metrics` and `/readyz` report.
     pub metrics: Arc<Metrics>,
     /// The operator's CAs as last loaded; the reconciles sign and publish with them.
@@ -54,8 +56,15 @@ impl Context {
             cert_manager_issuer: None,
             redis_tls: redis.config().tls.as_ref().map(|tls| tls.ca_bundle.clone().unwrap_or_default()),
         };
+        let clusters = crate::reconcile::redissentinelcluster::Environment {
+            tokenplane_image: ISSUER_IMAGE.into(),
+            exporter_image: EXPORTER_IMAGE.into(),
+            cluster_domain: "cluster.local".into(),
+            operator_namespace: issuers.operator_namespace.clone(),
+        };
         let metrics = Arc::default();
         Self {
+            clusters,
             recorder: Recorder::new(kube.clone(), reporter),
             kube,
             redis,

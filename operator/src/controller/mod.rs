@@ -8,6 +8,7 @@ mod context;
 mod events;
 mod leader;
 pub mod oauth2client;
+pub mod redissentinelcluster;
 pub mod tokenpolicy;
 
 pub use context::{Context, EXPORTER_IMAGE, ISSUER_IMAGE, generate_secret};
@@ -92,13 +93,21 @@ pub async fn reconcile<K: Reconciled>(object: Arc<K>, ctx: Arc<Context>) -> Resu
     ctx.metrics.measure(K::KIND, async { reconciled.await.map_err(|e| Error::Finalizer(Box::new(e))) }).await
 }
 
-/// Loads the CA, then runs the OAuth2Client and TokenPolicy controllers
-/// and the CA's rotation until a shutdown signal.
+/// Loads the CA, then runs the OAuth2Client, TokenPolicy and
+/// RedisSentinelCluster controllers and the CA's rotation until a shutdown
+/// signal.
 pub async fn run(ctx: Arc<Context>) {
     ca::load(&ctx).await;
+    let controllers = async {
+        tokio::join!(
+            run_clients(ctx.clone()),
+            run_policies(ctx.clone()),
+            redissentinelcluster::run(ctx.clone())
+        )
+    };
     tokio::select! {
         () = ca::keep(ctx.clone()) => {}
-        _ = async { tokio::join!(run_clients(ctx.clone()), run_policies(ctx.clone())) } => {}
+        _ = controllers => {}
     }
 }
 

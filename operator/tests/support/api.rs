@@ -44,6 +44,11 @@ impl ApiServer {
     pub fn client(&self) -> kube::Client {
         kube::Client::new(self.clone(), "default")
     }
+
+    /// The RBAC (verb, resource) of every request so far.
+    pub fn used(&self) -> Vec<(String, String)> {
+        self.0.lock().unwrap().used.clone()
+    }
 }
 
 impl tower::Service<Request<Body>> for ApiServer {
@@ -69,6 +74,11 @@ async fn serve(store: &Mutex<Store>, request: Request<Body>) -> Result<Response<
     let body = body.collect_bytes().await.map_err(|e| Failure::bad_request(e.to_string()))?;
     let patch = head.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let mut store = store.lock().unwrap();
+    let (mut verb, resource) = super::rbac::rbac_of(&head.method, head.uri.path());
+    if query.get("watch").is_some_and(|w| w == "true") {
+        verb = "watch".into();
+    }
+    store.used.push((verb, resource));
     let (code, object) = match (&head.method, at.name.is_some()) {
         (&Method::GET, true) => (StatusCode::OK, store.get(&at)?.clone()),
         (&Method::GET, false) => {
@@ -226,6 +236,8 @@ struct Store {
     /// Watches resuming from before this version missed changes.
     forgotten: u64,
     watches: Vec<Watch>,
+    /// The RBAC (verb, resource) of every request.
+    used: Vec<(String, String)>,
 }
 
 impl Store {

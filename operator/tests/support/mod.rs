@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different part of it
 
 pub mod api;
+pub mod rbac;
 
 use std::time::Duration;
 

@@ -27,7 +27,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use tokenplane_api::RedisSentinelCluster;
 use tokenplane_api::redis::AclRole;
 
-pub use users::{CLUSTER_ROLES, Passwords};
+pub use users::{CLUSTER_ROLES, PASSWORD, Passwords};
 
 use super::{Invalid, managed_meta};
 
@@ -57,6 +57,16 @@ pub struct Names {
 }
 
 impl Names {
+    /// The names of a cluster's objects (those that need no DNS domain).
+    pub fn of_resource(rsc: &RedisSentinelCluster) -> Self {
+        let (cluster, namespace) = (rsc.metadata.name.clone(), rsc.metadata.namespace.clone());
+        Self {
+            cluster: cluster.unwrap_or_default(),
+            namespace: namespace.unwrap_or_default(),
+            domain: String::new(),
+        }
+    }
+
     fn of(rsc: &RedisSentinelCluster, domain: &str) -> Result<Self, Invalid> {
         match (rsc.metadata.name.clone(), rsc.metadata.namespace.clone()) {
             (Some(cluster), Some(namespace)) => Ok(Self { cluster, namespace, domain: domain.to_owned() }),

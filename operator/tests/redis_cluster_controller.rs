@@ -1,0 +1,153 @@
+//! The RedisSentinelCluster apply layer against the in-memory API server:
+//! what a new cluster gets, that its passwords survive every reconcile, its
+//! status as its StatefulSets come up, and an invalid spec.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use serde_json::json;
+use tokenplane_api::RedisSentinelCluster;
+use tokenplane_operator::controller::{Context, generate_secret, redissentinelcluster};
+use tokenplane_operator::redis::{RedisAdmin, RedisConfig};
+
+use support::api::ApiServer;
+
+const SAMPLE: &str = include_str!("../../config/samples/redissentinelcluster.yaml");
+
+/// The operator's own Redis is not involved: nothing here connects to it.
+fn unused_redis() -> RedisAdmin {
+    RedisAdmin::new(RedisConfig {
+        sentinels: vec!["127.0.0.1:9".into()],
+        master_name: "unused".into(),
+        username: "unused".into(),
+        password: "unused".into(),
+        sentinel_username: None,
+        sentinel_password: None,
+        timeout: Duration::from_millis(100),
+        tls: None,
+    })
+}
+
+async fn names<K>(kube: &kube::Client) -> Vec<String>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(kube.clone(), "data");
+    let mut names: Vec<String> = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|o| o.meta().name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
+async fn passwords(kube: &kube::Client) -> Vec<Vec<u8>> {
+    let api: Api<Secret> = Api::namespaced(kube.clone(), "data");
+    let list = api.list(&ListParams::default()).await.unwrap();
+    list.items.iter().map(|s| s.data.as_ref().unwrap()["password"].0.clone()).collect()
+}
+
+fn ready_condition(rsc: &RedisSentinelCluster) -> (String, String, String) {
+    let c = rsc.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
+#[tokio::test]
+async fn a_cluster_gets_its_objects_keeps_its_passwords_and_reports_its_pods() {
+    let server = ApiServer::default();
+    let kube = server.client();
+    let ctx = Arc::new(Context::new(kube.clone(), unused_redis(), generate_secret));
+    let clusters: Api<RedisSentinelCluster> = Api::namespaced(kube.clone(), "data");
+    let sample: RedisSentinelCluster = serde_norway::from_str(SAMPLE).unwrap();
+    clusters.create(&PostParams::default(), &sample).await.unwrap();
+
+    // The requests of the reconciles, not of the test's own setup.
+    let operator_requests = std::sync::Mutex::new(Vec::new());
+    let reconcile = async |rsc: RedisSentinelCluster| {
+        let before = server.used().len();
+        let action = redissentinelcluster::reconcile(Arc::new(rsc), ctx.clone()).await.unwrap();
+        operator_requests.lock().unwrap().extend(server.used().split_off(before));
+        action
+    };
+    let rsc = clusters.get("tokenplane").await.unwrap();
+    let action = reconcile(rsc).await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(10)), "looked at again while it starts");
+    assert_eq!(names::<StatefulSet>(&kube).await, ["tokenplane-redis", "tokenplane-sentinel-peers"]);
+    assert_eq!(
+        names::<Service>(&kube).await,
+        ["tokenplane-redis", "tokenplane-sentinel", "tokenplane-sentinel-peers"]
+    );
+    assert_eq!(names::<ConfigMap>(&kube).await, ["tokenplane-redis-config"]);
+    assert_eq!(names::<PodDisruptionBudget>(&kube).await.len(), 2);
+    assert_eq!(names::<NetworkPolicy>(&kube).await, ["tokenplane-redis"]);
+    assert_eq!(names::<CronJob>(&kube).await, ["tokenplane-redis-cleanup"]);
+    let first = passwords(&kube).await;
+    assert_eq!(first.len(), 6, "a Secret per role");
+    let mut distinct = first.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 6, "each role its own password");
+    assert!(first.iter().all(|p| p.len() >= 43), "256-bit passwords");
+    let rsc = clusters.get("tokenplane").await.unwrap();
+    assert_eq!(
+        ready_condition(&rsc),
+        ("False".into(), "Starting".into(), "0 of 3 nodes and 0 of 3 Sentinels ready".into())
+    );
+    assert_eq!(rsc.status.as_ref().unwrap().acl_users.len(), 6);
+    let pending = rsc.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Complete").unwrap();
+    assert_eq!((pending.status.as_str(), pending.reason.as_str()), ("False", "NotYetActedOn"));
+    assert!(pending.message.contains("password rotation"), "{}", pending.message);
+
+    // The StatefulSets come up: Ready, and the passwords never change.
+    let sets: Api<StatefulSet> = Api::namespaced(kube.clone(), "data");
+    for name in ["tokenplane-redis", "tokenplane-sentinel-peers"] {
+        let status = Patch::Merge(json!({"status": {"replicas": 3, "readyReplicas": 3}}));
+        sets.patch_status(name, &PatchParams::default(), &status).await.unwrap();
+    }
+    let action = reconcile(rsc).await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    assert_eq!(passwords(&kube).await, first, "the passwords stay as they were");
+    let rsc = clusters.get("tokenplane").await.unwrap();
+    assert_eq!(ready_condition(&rsc).0, "True");
+    assert_eq!(
+        (rsc.status.as_ref().unwrap().ready_replicas, rsc.status.as_ref().unwrap().ready_sentinels),
+        (3, 3)
+    );
+
+    // A spec that cannot run safely: a condition, and nothing is touched.
+    let even = Patch::Merge(json!({"spec": {"sentinels": 4}}));
+    clusters.patch("tokenplane", &PatchParams::default(), &even).await.unwrap();
+    let rsc = clusters.get("tokenplane").await.unwrap();
+    let action = reconcile(rsc).await;
+    assert_eq!(action, Action::await_change());
+    let (status, reason, message) = ready_condition(&clusters.get("tokenplane").await.unwrap());
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+    assert!(message.contains("sentinels is 4"), "{message}");
+    let sentinels = sets.get("tokenplane-sentinel-peers").await.unwrap();
+    assert_eq!(sentinels.spec.unwrap().replicas, Some(3), "the running cluster is left as it was");
+
+    // The role allows what the reconciles did, and the controller's watches.
+    let mut used = operator_requests.lock().unwrap().clone();
+    used.extend(
+        ["redissentinelclusters", "secrets", "statefulsets"]
+            .iter()
+            .flat_map(|r| [("list".into(), (*r).into()), ("watch".into(), (*r).into())]),
+    );
+    support::rbac::assert_role_allows(&used);
+}

@@ -53,8 +53,8 @@ pub struct Resources {
 
 /// What `render` says on stderr about a RedisSentinelCluster while its
 /// controller is being built.
-pub const CLUSTER_PREVIEW: &str = "the operator applies these objects, but does not yet set the users \
-     other than the pods' own on the nodes, nor point TokenPolicies with this redisRef at them; spec.tls, \
+pub const CLUSTER_PREVIEW: &str = "the operator applies these objects, but does not yet set the issuers' \
+     and agents' users on the nodes, nor point TokenPolicies with this redisRef at them; spec.tls, \
      spec.acl and spec.backup are not acted on";
 
 /// A document `render` does not turn into objects.

@@ -452,11 +452,18 @@ async fn each_user_a_pod_creates_can_do_its_job_and_nothing_more() {
     assert_eq!(refused(&mut operator, cmd("CONFIG").arg("SET").arg("appendonly").arg("no")).await, "NOPERM");
     assert_eq!(refused(&mut operator, cmd("KEYS").arg("*")).await, "NOPERM");
 
-    for user in ["replication", "sentinel"] {
+    for user in ["replication", "sentinel", "backup", "cleanup"] {
         let mut c = cluster.connect(&master, user).await.unwrap();
         assert_eq!(refused(&mut c, cmd("GET").arg("auth:client:x")).await, "NOPERM", "{user}");
         assert_eq!(refused(&mut c, cmd("SET").arg("auth:client:x").arg("1")).await, "NOPERM", "{user}");
     }
+    let mut cleanup = cluster.connect(&master, "cleanup").await.unwrap();
+    allowed(&mut cleanup, cmd("ZREMRANGEBYSCORE").arg("auth:revoked").arg("-inf").arg(0)).await;
+    assert_eq!(
+        refused(&mut cleanup, cmd("DEL").arg("auth:revoked")).await,
+        "NOPERM",
+        "cleanup trims, never deletes"
+    );
     let replica = cluster.nodes[1].addr();
     let mut on_replica = cluster.connect(&replica, "operator").await.unwrap();
     let written = refused(&mut on_replica, cmd("SET").arg("auth:client:y").arg("1")).await;
@@ -676,24 +683,12 @@ async fn deleting_the_master_hands_over_first_and_loses_no_acknowledged_write() 
 async fn the_cleanup_job_runs_as_rendered() {
     let cluster = Cluster::new().await;
     start_all(&cluster).await;
-    // The cleanup user, as the operator's ACL sync sets it on every node and Sentinel.
+    // The pods created the cleanup user themselves, from its hash.
     let password = cluster.password("cleanup");
-    let (node_rules, sentinel_rules) = (tokenplane_api::acl::CLEANUP, tokenplane_api::acl::SENTINEL_CLIENT);
-    for (addr, rules) in cluster
-        .nodes
-        .iter()
-        .map(|n| (n.addr(), node_rules))
-        .chain(cluster.sentinels.iter().map(|s| (s.addr(), sentinel_rules)))
-    {
-        let mut operator = cluster.connect(&addr, "operator").await.unwrap();
-        let mut setuser = redis::cmd("ACL");
-        setuser.arg("SETUSER").arg("cleanup").arg("reset").arg("on").arg(format!(">{password}"));
-        allowed(&mut operator, setuser.arg(tokenplane_api::acl::split_rules(rules))).await;
-    }
     let master = cluster.nodes[0].addr();
-    let mut issuer_like = cluster.connect(&master, "cleanup").await.unwrap();
+    let mut cleanup = cluster.connect(&master, "cleanup").await.unwrap();
     let refused_write =
-        refused(&mut issuer_like, redis::cmd("ZADD").arg("auth:family:f:access").arg(1).arg("x")).await;
+        refused(&mut cleanup, redis::cmd("ZADD").arg("auth:family:f:access").arg(1).arg("x")).await;
     assert_eq!(refused_write, "NOPERM", "cleanup only removes");
     add_issuer(&cluster).await;
     let mut issuer = connect_as(&master, "issuer", ISSUER_PASSWORD).await.unwrap();
@@ -806,4 +801,10 @@ async fn a_rolling_restart_of_every_node_loses_no_acknowledged_write() {
     eprintln!("rolling restart: {} of {attempted} writes acknowledged, all checked", acked.len());
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     assert!(acked.len() > 100, "writes went on during the restart");
+    // Every restarted node has every user of the cluster again, at once.
+    for node in &cluster.nodes {
+        for user in ["cleanup", "backup", "monitor", "operator"] {
+            assert!(cluster.connect(&node.addr(), user).await.is_ok(), "{user} on {}", node.addr());
+        }
+    }
 }

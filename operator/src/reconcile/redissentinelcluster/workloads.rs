@@ -67,9 +67,11 @@ impl Kind {
         }
     }
 
-    /// The users a pod of this kind creates, and whether it needs the
-    /// password itself (to log in: replication, Sentinel links, the
-    /// start-up step and probes as monitor) or only its hash.
+    /// The users a pod of this kind creates (every role of the cluster
+    /// that talks to it: a restarted pod has them again at once), and
+    /// whether it needs the password itself (to log in: replication,
+    /// Sentinel links, the start-up step and probes as monitor) or only its
+    /// hash.
     fn users(self) -> &'static [(AclRole, Secret)] {
         use AclRole::*;
         match self {
@@ -78,12 +80,15 @@ impl Kind {
                 (Monitor, Secret::Password),
                 (Sentinel, Secret::Hash),
                 (Operator, Secret::Hash),
+                (Cleanup, Secret::Hash),
+                (Backup, Secret::Hash),
             ],
             Self::Sentinel => &[
                 (Sentinel, Secret::Password),
                 (Monitor, Secret::Password),
                 (Replication, Secret::Hash),
                 (Operator, Secret::Hash),
+                (Cleanup, Secret::Hash),
             ],
         }
     }

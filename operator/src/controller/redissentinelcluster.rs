@@ -113,7 +113,8 @@ fn not_acted_on(cluster: &RedisSentinelCluster) -> String {
         fields.push("backup");
     }
     format!(
-        "not acted on yet: {}; the issuers' and agents' users are not set on the nodes yet, and TokenPolicies with this redisRef still get the operator's Redis",
+        "not acted on yet: {}; the issuers' and agents' users are not set on the nodes yet, and \
+         TokenPolicies with this redisRef still get the operator's Redis",
         fields.join(", ")
     )
 }

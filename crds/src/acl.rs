@@ -80,7 +80,7 @@ pub const CLEANUP: &str = "resetkeys resetchannels ~auth:* -@all +ping +hello +r
 
 /// The backup job: an RDB snapshot over the replication protocol
 /// (`redis-cli --rdb`), which needs no key permission.
-pub const BACKUP: &str = "resetkeys resetchannels -@all +ping +hello +sync +psync +replconf \
+pub const BACKUP: &str = "resetkeys resetchannels -@all +ping +hello +role +sync +psync +replconf \
      +client|setname";
 
 /// A role's Redis username.
@@ -124,17 +124,15 @@ pub fn node_rules(role: AclRole) -> &'static str {
     }
 }
 
-/// A role's rules on the Sentinels; `None` for the backup job, which is
-/// given a node. The monitor user also starts the pods (it asks the
-/// Sentinels who the master is); the replication user hands the master
-/// over before its pod stops.
+/// A role's rules on the Sentinels. The monitor user also starts the pods
+/// (it asks the Sentinels who the master is); the replication user hands
+/// the master over before its pod stops.
 pub fn sentinel_rules(role: AclRole) -> Option<&'static str> {
     match role {
         AclRole::Operator => Some(OPERATOR_ON_SENTINEL),
-        AclRole::Issuer | AclRole::Cleanup | AclRole::Monitor => Some(SENTINEL_CLIENT),
+        AclRole::Issuer | AclRole::Cleanup | AclRole::Monitor | AclRole::Backup => Some(SENTINEL_CLIENT),
         AclRole::Sentinel => Some(SENTINEL_ON_SENTINEL),
         AclRole::Replication => Some(REPLICATION_ON_SENTINEL),
-        AclRole::Backup => None,
     }
 }
 

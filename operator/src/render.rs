@@ -54,8 +54,8 @@ pub struct Resources {
 /// What `render` says on stderr about a RedisSentinelCluster while its
 /// controller is being built.
 pub const CLUSTER_PREVIEW: &str = "the operator applies these objects, but does not yet set the issuers' \
-     and agents' users on the nodes, nor point TokenPolicies with this redisRef at them; spec.tls, \
-     spec.acl and spec.backup are not acted on";
+     and agents' users on the nodes, nor point TokenPolicies with this redisRef at them; spec.tls and \
+     spec.acl are not acted on";
 
 /// A document `render` does not turn into objects.
 #[derive(Debug, PartialEq, Eq)]
@@ -278,6 +278,7 @@ fn render_cluster(cluster: &RedisSentinelCluster, out: &mut String) -> Result<()
         d.role_secrets.into_iter().map(readable).chain([yaml(d.config), yaml(d.redis), yaml(d.sentinel)]);
     let texts = texts.chain(d.services.into_iter().map(yaml)).chain(d.budgets.into_iter().map(yaml));
     let texts = texts.chain([yaml(d.network_policy), yaml(d.cleanup)]);
+    let texts = texts.chain(d.backup.into_iter().flat_map(|(claim, job)| [yaml(claim), yaml(job)]));
     for text in texts {
         out.push_str("---\n");
         out.push_str(&text);

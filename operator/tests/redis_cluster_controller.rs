@@ -130,6 +130,20 @@ async fn a_cluster_gets_its_objects_keeps_its_passwords_and_reports_its_pods() {
         (3, 3)
     );
 
+    // Backups on, then off: the job comes and goes, the volume stays.
+    let on = Patch::Merge(json!({"spec": {"backup": {"schedule": "@daily"}}}));
+    clusters.patch("tokenplane", &PatchParams::default(), &on).await.unwrap();
+    reconcile(clusters.get("tokenplane").await.unwrap()).await;
+    assert_eq!(names::<CronJob>(&kube).await, ["tokenplane-redis-backup", "tokenplane-redis-cleanup"]);
+    let off = Patch::Merge(json!({"spec": {"backup": null}}));
+    clusters.patch("tokenplane", &PatchParams::default(), &off).await.unwrap();
+    reconcile(clusters.get("tokenplane").await.unwrap()).await;
+    assert_eq!(names::<CronJob>(&kube).await, ["tokenplane-redis-cleanup"]);
+    assert_eq!(
+        names::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(&kube).await,
+        ["tokenplane-redis-backup"]
+    );
+
     // A spec that cannot run safely: a condition, and nothing is touched.
     let even = Patch::Merge(json!({"spec": {"sentinels": 4}}));
     clusters.patch("tokenplane", &PatchParams::default(), &even).await.unwrap();

@@ -19,7 +19,7 @@ fn a_cluster_renders_as_a_preview_and_says_what_is_not_acted_on() {
         stderr.contains("RedisSentinelCluster tokenplane: the operator applies these objects, but"),
         "{stderr}"
     );
-    assert!(stderr.contains("spec.tls, spec.acl and spec.backup are not acted on"), "{stderr}");
+    assert!(stderr.contains("spec.tls and spec.acl are not acted on"), "{stderr}");
 }
 
 #[test]

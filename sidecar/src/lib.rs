@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod backup;
 pub mod cleanup;
 pub mod clock;
 pub mod heartbeat;

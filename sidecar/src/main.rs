@@ -42,6 +42,9 @@ enum Role {
     /// Prune the expired members of Redis's sorted-set indexes (the
     /// RedisSentinelCluster's cleanup CronJob, as its cleanup user).
     Cleanup(CleanupArgs),
+    /// An RDB snapshot of the master into a directory, keeping the newest
+    /// ones (the RedisSentinelCluster's backup CronJob, as its backup user).
+    Backup(BackupArgs),
     /// Steps of a RedisSentinelCluster's pods.
     RedisNode {
         #[command(subcommand)]
@@ -66,6 +69,21 @@ struct CleanupArgs {
     /// Keys per SCAN call.
     #[arg(long, env = "TOKENPLANE_CLEANUP_BATCH", default_value_t = 500)]
     batch: usize,
+}
+
+#[derive(clap::Args)]
+struct BackupArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// Where the snapshots go (`dump-<unix time>.rdb`).
+    #[arg(long, env = "TOKENPLANE_BACKUP_DIR")]
+    out_dir: PathBuf,
+    /// Snapshots kept; older ones are removed.
+    #[arg(long, env = "TOKENPLANE_BACKUP_RETAIN", default_value_t = 7)]
+    retain: usize,
+    /// Longest a snapshot may take.
+    #[arg(long, env = "TOKENPLANE_BACKUP_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -377,12 +395,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     // The agent is a sidecar on a small CPU budget: one thread is all it
-    // needs, and fewer threads hold less memory. The issuer uses every core.
+    // needs, and fewer threads hold less memory; so do the one-off jobs.
+    // The issuer uses every core.
     let mut runtime = match cli.role {
-        Role::Agent(_) | Role::RedisNode { .. } | Role::Cleanup(_) => {
-            tokio::runtime::Builder::new_current_thread()
-        }
         Role::Issuer(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
     };
     let runtime = runtime.enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(async {
@@ -390,6 +407,7 @@ fn main() -> anyhow::Result<()> {
             Role::Issuer(args) => run_issuer(args).await,
             Role::Agent(args) => run_agent(args).await,
             Role::Cleanup(args) => cleanup(args).await,
+            Role::Backup(args) => backup(args).await,
             Role::RedisNode { step: RedisNodeStep::Start(args) } => start_redis_node(args).await,
             Role::RedisNode { step: RedisNodeStep::HandOver(args) } => hand_over(args).await,
         }
@@ -398,7 +416,9 @@ fn main() -> anyhow::Result<()> {
 
 async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
     let config = args.redis.config()?.context("cleanup works on Redis: give --redis-sentinels")?;
-    let mut conn = tokenplane_sidecar::store::master_connection(&config).await?;
+    let mut conn = tokenplane_sidecar::store::master_connection(&config)
+        .await
+        .context("cannot reach the master through the Sentinels")?;
     let now = tokenplane_sidecar::clock::unix_now();
     let pruned = tokenplane_sidecar::cleanup::prune(&mut conn, now, args.batch.max(1))
         .await
@@ -409,6 +429,37 @@ async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
         family_members = pruned.family_members,
         "expired index members pruned"
     );
+    Ok(())
+}
+
+async fn backup(args: BackupArgs) -> anyhow::Result<()> {
+    let config = args.redis.config()?.context("backup works on Redis: give --redis-sentinels")?;
+    anyhow::ensure!(
+        config.tls.is_none(),
+        "backup does not speak TLS to Redis yet: run it without --redis-tls"
+    );
+    let (user, password) = match (&config.username, &config.password) {
+        (Some(u), Some(p)) => (u.clone(), p.clone()),
+        _ => anyhow::bail!(
+            "backup logs in as the backup user: give --redis-username and --redis-password-file"
+        ),
+    };
+    let (host, port) = tokenplane_sidecar::store::master_address(&config)
+        .await
+        .context("cannot find the master through the Sentinels")?;
+    let now = tokenplane_sidecar::clock::unix_now();
+    let dir = &args.out_dir;
+    let taken = tokenplane_sidecar::backup::snapshot(
+        &format!("{host}:{port}"),
+        (&user, &password),
+        dir,
+        args.retain,
+        now,
+        args.timeout,
+    )
+    .await
+    .context("no snapshot was written; the ones there are unchanged")?;
+    tracing::info!(file = %taken.file.display(), bytes = taken.bytes, removed = taken.removed.len(), "snapshot written");
     Ok(())
 }
 

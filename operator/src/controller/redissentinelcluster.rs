@@ -1,6 +1,6 @@
 //! The RedisSentinelCluster apply layer: the role Secrets (passwords read
 //! back, generated once), then the configuration, Services, StatefulSets,
-//! budgets, NetworkPolicy and cleanup CronJob, and a status from the
+//! budgets, NetworkPolicy and CronJobs, and a status from the
 //! StatefulSets. Nothing outside Kubernetes is created yet (the ACL sync of
 //! the other users is to come), so no finalizer: owner references take
 //! everything with the resource; the StatefulSets' volumes stay, as
@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::watcher;
@@ -71,8 +72,25 @@ async fn apply_cluster(cluster: &RedisSentinelCluster, ctx: &Context) -> Result<
     }
     apply(&ctx.kube, &desired.network_policy).await?;
     apply(&ctx.kube, &desired.cleanup).await?;
+    match &desired.backup {
+        Some((claim, job)) => {
+            apply(&ctx.kube, claim).await?;
+            apply(&ctx.kube, job).await?;
+        }
+        // Backups turned off: the job goes, the volume and its snapshots stay.
+        None => drop_backup_job(ctx, &namespace, &desired.names).await?,
+    }
     let ready = set_status(cluster, ctx, Ok(&desired)).await?;
     Ok(Action::requeue(if ready { RESYNC } else { STARTING }))
+}
+
+async fn drop_backup_job(ctx: &Context, namespace: &str, names: &Names) -> Result<(), Error> {
+    let jobs: Api<CronJob> = Api::namespaced(ctx.kube.clone(), namespace);
+    match jobs.delete(&format!("{}-redis-backup", names.cluster), &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The passwords the role Secrets hold now; a Secret without one (or not
@@ -108,9 +126,6 @@ fn not_acted_on(cluster: &RedisSentinelCluster) -> String {
     let mut fields = vec!["acl (password rotation)"];
     if cluster.spec.tls.enabled {
         fields.push("tls");
-    }
-    if cluster.spec.backup.is_some() {
-        fields.push("backup");
     }
     format!(
         "not acted on yet: {}; the issuers' and agents' users are not set on the nodes yet, and \

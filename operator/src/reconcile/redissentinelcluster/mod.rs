@@ -9,8 +9,8 @@
 //! announces its own name to the master. Passwords never enter a ConfigMap:
 //! the start-up step of each pod reads them from the mounted Secrets.
 
-mod cleanup;
 mod config;
+mod jobs;
 mod network_policy;
 mod service;
 mod users;
@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -122,6 +122,8 @@ pub struct Desired {
     /// and its clients' workloads with a NetworkPolicy of its own.
     pub network_policy: NetworkPolicy,
     pub cleanup: CronJob,
+    /// The backup volume and CronJob, with `spec.backup`.
+    pub backup: Option<(PersistentVolumeClaim, CronJob)>,
 }
 
 /// The Sentinels that must agree the master is down: a majority.
@@ -151,7 +153,8 @@ pub fn desired(
         services: service::services(rsc, &names, &redis_labels, &sentinel_labels),
         budgets: service::budgets(rsc, &names, &redis_labels, &sentinel_labels),
         network_policy: network_policy::network_policy(rsc, &env.operator_namespace),
-        cleanup: cleanup::cron_job(rsc, env, &names),
+        cleanup: jobs::cleanup(rsc, env, &names),
+        backup: rsc.spec.backup.as_ref().map(|b| jobs::backup(rsc, env, &names, b)),
         names,
     })
 }

@@ -243,3 +243,25 @@ fn the_cleanup_job_runs_on_the_spec_schedule_as_the_cleanup_user_only() {
         "the NetworkPolicy lets it in"
     );
 }
+
+#[test]
+fn backups_get_a_volume_and_a_job_only_when_asked_for() {
+    assert!(reconcile(&cluster(|_| {}), &Passwords::default()).unwrap().backup.is_none());
+    let with = cluster(|c| {
+        c["spec"]["backup"] = serde_json::json!({"schedule": "@daily", "retain": 3, "size": "2Gi"})
+    });
+    let (claim, job) = reconcile(&with, &Passwords::default()).unwrap().backup.unwrap();
+    let size =
+        &claim.spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"];
+    assert_eq!(size.0, "2Gi");
+    let spec = job.spec.as_ref().unwrap();
+    assert_eq!(spec.schedule, "@daily");
+    let pod = spec.job_template.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let container = &pod.containers[0];
+    assert_eq!(container.args.as_ref().unwrap()[0], "backup");
+    assert_eq!((arg_after(container, "--redis-username"), arg_after(container, "--retain")), ("backup", "3"));
+    let volumes: Vec<_> = pod.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+    assert_eq!(volumes, ["credentials", "backup"]);
+    let claim_of = pod.volumes.as_ref().unwrap()[1].persistent_volume_claim.as_ref().unwrap();
+    assert_eq!(Some(claim_of.claim_name.as_str()), claim.metadata.name.as_deref());
+}

@@ -93,6 +93,15 @@ pub async fn master_connection(config: &RedisConfig) -> Result<redis::aio::Multi
     client.get_multiplexed_async_connection_with_config(&settings).await.map_err(unavailable)
 }
 
+/// Where the master the Sentinels name is, `(host, port)`, over plain TCP.
+pub async fn master_address(config: &RedisConfig) -> Result<(String, u16)> {
+    let client = sentinel_client(config)?.async_get_client().await.map_err(unavailable)?;
+    match client.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(host, port) => Ok((host.clone(), *port)),
+        other => Err(StoreError(format!("the master is at {other}, not a plain TCP address"))),
+    }
+}
+
 impl RedisStore {
     /// Prepares the store; nothing is contacted until the first call.
     pub fn new(config: RedisConfig) -> Result<Self> {

@@ -51,7 +51,11 @@ pub async fn reconcile(cluster: Arc<RedisSentinelCluster>, ctx: Arc<Context>) ->
 
 async fn apply_cluster(cluster: &RedisSentinelCluster, ctx: &Context) -> Result<Action, Error> {
     let namespace = cluster.namespace().ok_or(Error::NotNamespaced)?;
-    let existing = passwords(cluster, ctx, &namespace).await?;
+    let names = match Names::of(cluster, &ctx.clusters.cluster_domain) {
+        Ok(names) => names,
+        Err(invalid) => return refuse(cluster, ctx, &invalid).await,
+    };
+    let existing = passwords(&names, ctx).await?;
     let desired = match redissentinelcluster::desired(cluster, &ctx.clusters, &existing, ctx.generate) {
         Ok(desired) => desired,
         Err(invalid) => return refuse(cluster, ctx, &invalid).await,
@@ -95,13 +99,8 @@ async fn drop_backup_job(ctx: &Context, namespace: &str, names: &Names) -> Resul
 
 /// The passwords the role Secrets hold now; a Secret without one (or not
 /// there) gets a new password.
-async fn passwords(
-    cluster: &RedisSentinelCluster,
-    ctx: &Context,
-    namespace: &str,
-) -> Result<Passwords, Error> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), namespace);
-    let names = Names::of_resource(cluster);
+async fn passwords(names: &Names, ctx: &Context) -> Result<Passwords, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &names.namespace);
     let mut passwords = Passwords::default();
     for role in CLUSTER_ROLES {
         let Some(secret) = secrets.get_opt(&names.role_secret(role)).await? else { continue };

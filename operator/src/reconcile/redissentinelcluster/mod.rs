@@ -57,17 +57,8 @@ pub struct Names {
 }
 
 impl Names {
-    /// The names of a cluster's objects (those that need no DNS domain).
-    pub fn of_resource(rsc: &RedisSentinelCluster) -> Self {
-        let (cluster, namespace) = (rsc.metadata.name.clone(), rsc.metadata.namespace.clone());
-        Self {
-            cluster: cluster.unwrap_or_default(),
-            namespace: namespace.unwrap_or_default(),
-            domain: String::new(),
-        }
-    }
-
-    fn of(rsc: &RedisSentinelCluster, domain: &str) -> Result<Self, Invalid> {
+    /// The names of `rsc`'s objects; refused without a name and a namespace.
+    pub fn of(rsc: &RedisSentinelCluster, domain: &str) -> Result<Self, Invalid> {
         match (rsc.metadata.name.clone(), rsc.metadata.namespace.clone()) {
             (Some(cluster), Some(namespace)) => Ok(Self { cluster, namespace, domain: domain.to_owned() }),
             _ => Err(Invalid::spec("a RedisSentinelCluster needs a name and a namespace".into())),

@@ -144,6 +144,23 @@ async fn a_cluster_gets_its_objects_keeps_its_passwords_and_reports_its_pods() {
         ["tokenplane-redis-backup"]
     );
 
+    // A change the running cluster cannot take: refused, nothing applied.
+    let grow = Patch::Merge(json!({"spec": {"persistence": {"size": "5Gi"}}}));
+    clusters.patch("tokenplane", &PatchParams::default(), &grow).await.unwrap();
+    assert_eq!(reconcile(clusters.get("tokenplane").await.unwrap()).await, Action::await_change());
+    let (status, reason, message) = ready_condition(&clusters.get("tokenplane").await.unwrap());
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "UnsafeChange"), "{message}");
+    let template = sets.get("tokenplane-redis").await.unwrap().spec.unwrap().volume_claim_templates.unwrap();
+    let size =
+        &template[0].spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"];
+    assert_eq!(size.0, "1Gi", "the StatefulSet is left as it was");
+    let back = Patch::Merge(json!({"spec": {"persistence": {"size": "1Gi"}}}));
+    clusters.patch("tokenplane", &PatchParams::default(), &back).await.unwrap();
+    assert_eq!(
+        reconcile(clusters.get("tokenplane").await.unwrap()).await,
+        Action::requeue(Duration::from_secs(300))
+    );
+
     // A spec that cannot run safely: a condition, and nothing is touched.
     let even = Patch::Merge(json!({"spec": {"sentinels": 4}}));
     clusters.patch("tokenplane", &PatchParams::default(), &even).await.unwrap();

@@ -60,6 +60,14 @@ async fn apply_cluster(cluster: &RedisSentinelCluster, ctx: &Context) -> Result<
         Ok(desired) => desired,
         Err(invalid) => return refuse(cluster, ctx, &invalid).await,
     };
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.kube.clone(), &namespace);
+    if let Some(invalid) = sets
+        .get_opt(&desired.names.redis())
+        .await?
+        .and_then(|running| redissentinelcluster::unsafe_change(&running, &desired.redis))
+    {
+        return refuse(cluster, ctx, &invalid).await;
+    }
     // Secrets before the pods that mount them, the ConfigMap before the
     // pods that read it.
     for secret in &desired.role_secrets {

@@ -9,6 +9,7 @@
 //! announces its own name to the master. Passwords never enter a ConfigMap:
 //! the start-up step of each pod reads them from the mounted Secrets.
 
+mod changes;
 mod config;
 mod jobs;
 mod network_policy;
@@ -27,6 +28,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use tokenplane_api::RedisSentinelCluster;
 use tokenplane_api::redis::AclRole;
 
+pub use changes::unsafe_change;
 pub use users::{CLUSTER_ROLES, PASSWORD, Passwords};
 
 use super::{Invalid, managed_meta};

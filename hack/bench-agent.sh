@@ -107,7 +107,7 @@ function request()
 end
 EOF
 proc0=$(proc_ticks "$agent_pid")
-user0=$(proc_user_ticks "$agent_pid")
+user0=$(proc_ticks "$agent_pid" user)
 cpu0=$(cpu0_ticks)
 profile_start agent-first-seen "$agent_pid"
 run "$tmp/first.out" taskset -c 1 wrk -t1 -c"$CONNECTIONS" --latency -d"${FIRST_DURATION}s" -s "$tmp/first.lua" \
@@ -115,7 +115,7 @@ run "$tmp/first.out" taskset -c 1 wrk -t1 -c"$CONNECTIONS" --latency -d"${FIRST_
 profile_stop
 cpu1=$(cpu0_ticks)
 proc1=$(proc_ticks "$agent_pid")
-user1=$(proc_user_ticks "$agent_pid")
+user1=$(proc_ticks "$agent_pid" user)
 line=$(grep '^BENCH ' "$tmp/first.out") || die "no result line in wrk output: $(cat "$tmp/first.out")"
 first_row=$(row agent-first-seen "$(field ok "$line")" "$(field seconds "$line")" "$(field p99_us "$line")" \
   "$proc0" "$proc1" "$cpu0" "$cpu1" "$user0" "$user1")

@@ -88,20 +88,13 @@ profile_stop() {
   kill -INT "$perf_pid" && wait "$perf_pid" || true
 }
 
-# CPU time (user + system, all threads) the process has used so far, in ticks.
+# CPU time the process has used so far (all threads), in ticks: user +
+# system, or with `user` user space only.
 proc_ticks() {
   local stat fields
   stat=$(<"/proc/$1/stat")
   read -ra fields <<<"${stat##*) }" # fields from 3 (state) on; utime is 14, stime 15
-  echo $(( fields[11] + fields[12] ))
-}
-
-# User-space CPU time only (utime), in ticks.
-proc_user_ticks() {
-  local stat fields
-  stat=$(<"/proc/$1/stat")
-  read -ra fields <<<"${stat##*) }"
-  echo "${fields[11]}"
+  if [[ ${2:-} == user ]]; then echo "${fields[11]}"; else echo $(( fields[11] + fields[12] )); fi
 }
 
 # "idle steal total" ticks of CPU 0 so far. Steal is time the hypervisor gave
@@ -194,14 +187,14 @@ load() {
   local proc0 proc1 user0 user1 cpu0 cpu1 out extra0 extra1
   [[ -z $extra ]] || extra0=$(proc_ticks "$extra")
   proc0=$(proc_ticks "$server_pid")
-  user0=$(proc_user_ticks "$server_pid")
+  user0=$(proc_ticks "$server_pid" user)
   cpu0=$(cpu0_ticks)
   profile_start "$name" "$server_pid"
   run "$tmp/$name.wrk" "${wrk[@]}" -d"${DURATION}s" "$url" || die "$name: run failed: $(cat "$tmp/$name.wrk")"
   profile_stop
   cpu1=$(cpu0_ticks)
   proc1=$(proc_ticks "$server_pid")
-  user1=$(proc_user_ticks "$server_pid")
+  user1=$(proc_ticks "$server_pid" user)
   [[ -z $extra ]] || extra1=$(proc_ticks "$extra")
 
   local line ok
@@ -238,12 +231,12 @@ measure() {
   local name=$1 pid=$2 out=$3; shift 3
   local proc0 proc1 user0 user1 cpu0 cpu1 line
   proc0=$(proc_ticks "$pid")
-  user0=$(proc_user_ticks "$pid")
+  user0=$(proc_ticks "$pid" user)
   cpu0=$(cpu0_ticks)
   run "$out" "$@" || die "$name failed: $(cat "$out")"
   cpu1=$(cpu0_ticks)
   proc1=$(proc_ticks "$pid")
-  user1=$(proc_user_ticks "$pid")
+  user1=$(proc_ticks "$pid" user)
   line=$(grep '^RESULT ' "$out") || die "$name: no result line: $(cat "$out")"
   row "$name" "$(field ok "$line")" "$(field seconds "$line")" "$(field p99_us "$line")" "$proc0" "$proc1" "$cpu0" "$cpu1" \
     "$user0" "$user1"

@@ -22,6 +22,15 @@ pub enum AclRole {
     Sentinel,
 }
 
+/// Whether `name` can be the name Sentinels monitor the master under: it
+/// goes into sentinel.conf lines, so 1 to 64 letters, digits, `-`, `_` or
+/// `.` and nothing that could start another directive.
+pub fn valid_master_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
 /// Durable storage of each Redis node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]

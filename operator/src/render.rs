@@ -38,7 +38,20 @@ pub enum RenderError {
     #[error("{file} (document {document}): {message}")]
     Unreadable { file: PathBuf, document: usize, message: String },
     #[error("{kind} {namespace}/{name}: {invalid}")]
-    Invalid { kind: &'static str, namespace: String, name: String, invalid: Invalid },
+    Invalid { kind: String, namespace: String, name: String, invalid: Invalid },
+}
+
+impl RenderError {
+    /// `object` cannot be rendered as it is.
+    fn of<K: Resource<DynamicType = ()>>(object: &K, invalid: Invalid) -> Self {
+        let meta = object.meta();
+        Self::Invalid {
+            kind: K::kind(&()).into_owned(),
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            invalid,
+        }
+    }
 }
 
 /// The custom resources of some files.
@@ -146,15 +159,8 @@ impl Resources {
                 client_secret: (!public).then(|| GENERATED_SECRET.to_owned()),
                 redis_password: GENERATED_PASSWORD.to_owned(),
             };
-            let desired =
-                oauth2client::desired(client, self.policy_of(client), &placeholders).map_err(|invalid| {
-                    RenderError::Invalid {
-                        kind: "OAuth2Client",
-                        namespace: client.metadata.namespace.clone().unwrap_or_default(),
-                        name: client.metadata.name.clone().unwrap_or_default(),
-                        invalid,
-                    }
-                })?;
+            let desired = oauth2client::desired(client, self.policy_of(client), &placeholders)
+                .map_err(|invalid| RenderError::of(client, invalid))?;
             out.push_str(&format!(
                 "# OAuth2Client {}: client id {}; Redis: registration auth:client:{}, ACL user {}\n",
                 client.metadata.name.as_deref().unwrap_or_default(),
@@ -206,12 +212,8 @@ impl Resources {
             let key = KeyPair::generate(algorithm).expect("the system can generate keys");
             (GENERATED_KID.to_owned(), key.to_pem().into_bytes())
         };
-        let mut d = tokenpolicy::desired(inputs, new_key).map_err(|invalid| RenderError::Invalid {
-            kind: "TokenPolicy",
-            namespace: policy.metadata.namespace.clone().unwrap_or_default(),
-            name: policy.metadata.name.clone().unwrap_or_default(),
-            invalid,
-        })?;
+        let mut d =
+            tokenpolicy::desired(inputs, new_key).map_err(|invalid| RenderError::of(policy, invalid))?;
         for pem in d.keys_secret.data.iter_mut().flatten().filter(|(k, _)| k.ends_with(".pem")) {
             pem.1.0 = GENERATED_KEY.as_bytes().to_vec();
         }
@@ -262,12 +264,7 @@ fn render_cluster(cluster: &RedisSentinelCluster, out: &mut String) -> Result<()
         operator_namespace: "tokenplane-system".into(),
     };
     let d = redissentinelcluster::desired(cluster, &env, &Passwords::default(), || GENERATED_PASSWORD.into())
-        .map_err(|invalid| RenderError::Invalid {
-            kind: "RedisSentinelCluster",
-            namespace: cluster.metadata.namespace.clone().unwrap_or_default(),
-            name: cluster.metadata.name.clone().unwrap_or_default(),
-            invalid,
-        })?;
+        .map_err(|invalid| RenderError::of(cluster, invalid))?;
     out.push_str(&format!(
         "# RedisSentinelCluster {}: clients find the Sentinels at {}:{}\n",
         d.names.cluster,

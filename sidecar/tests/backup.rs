@@ -24,25 +24,11 @@ async fn a_snapshot_restores_every_key_and_only_the_newest_are_kept() {
     let () = seed.query_async(&mut admin).await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let (password, sentinel_password) = (dir.path().join("pw"), dir.path().join("spw"));
-    std::fs::write(&password, BACKUP_PASSWORD).unwrap();
-    let sentinel = cluster.sentinel_credentials();
-    std::fs::write(&sentinel_password, &sentinel.password).unwrap();
     let out = dir.path().join("backups");
     std::fs::create_dir(&out).unwrap();
     let run = || {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokenplane-sidecar"));
-        cmd.arg("backup")
-            .args(["--redis-sentinels", &cluster.sentinel_addrs().join(",")])
-            .args(["--redis-master", cluster.master_name(), "--redis-username", "backup"])
-            .arg("--redis-password-file")
-            .arg(&password)
-            .args(["--redis-sentinel-username", &sentinel.username])
-            .arg("--redis-sentinel-password-file")
-            .arg(&sentinel_password)
-            .arg("--out-dir")
-            .arg(&out)
-            .args(["--retain", "2"]);
+        let mut cmd = support::redis::job(&cluster, "backup", ("backup", BACKUP_PASSWORD), dir.path());
+        cmd.arg("--out-dir").arg(&out).args(["--retain", "2"]);
         cmd.output()
     };
     for _ in 0..3 {

@@ -37,21 +37,9 @@ async fn expired_index_members_are_pruned_once_and_live_ones_kept() {
     let () = seed.query_async(&mut admin).await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let (password, sentinel_password) = (dir.path().join("pw"), dir.path().join("spw"));
-    std::fs::write(&password, CLEANUP_PASSWORD).unwrap();
-    let sentinel = cluster.sentinel_credentials();
-    std::fs::write(&sentinel_password, &sentinel.password).unwrap();
     let run = || {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokenplane-sidecar"));
-        cmd.arg("cleanup")
-            .args(["--redis-sentinels", &cluster.sentinel_addrs().join(",")])
-            .args(["--redis-master", cluster.master_name(), "--redis-username", "cleanup"])
-            .arg("--redis-password-file")
-            .arg(&password)
-            .args(["--redis-sentinel-username", &sentinel.username])
-            .arg("--redis-sentinel-password-file")
-            .arg(&sentinel_password)
-            .args(["--batch", "7"]);
+        let mut cmd = support::redis::job(&cluster, "cleanup", ("cleanup", CLEANUP_PASSWORD), dir.path());
+        cmd.args(["--batch", "7"]);
         cmd.output()
     };
     let (a, b) = tokio::join!(run(), run());

@@ -113,6 +113,21 @@ fn localize(template: &str, pod: &Pod) -> String {
         .join("\n")
 }
 
+/// Rendered flags with the values of those in `swap` replaced by this
+/// machine's (paths, loopback addresses).
+fn localized(rendered: &[String], swap: &BTreeMap<&str, String>) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut flags = rendered.iter();
+    while let Some(arg) = flags.next() {
+        args.push(arg.clone());
+        if let Some(local) = swap.get(arg.as_str()) {
+            flags.next().expect("a value after the flag");
+            args.push(local.clone());
+        }
+    }
+    args
+}
+
 fn start_container(set: &StatefulSet) -> Container {
     set.spec.as_ref().unwrap().template.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0].clone()
 }
@@ -176,16 +191,7 @@ impl Cluster {
             ("--first-master", self.nodes[0].addr()),
             ("--copy-self-to", pod.path("tokenplane-sidecar").display().to_string()),
         ]);
-        let rendered = start_container(set).args.unwrap();
-        let mut args = Vec::new();
-        let mut flags = rendered.iter();
-        while let Some(arg) = flags.next() {
-            args.push(arg.clone());
-            if let Some(local) = swap.get(arg.as_str()) {
-                flags.next().expect("a value after the flag");
-                args.push(local.clone());
-            }
-        }
+        let mut args = localized(&start_container(set).args.unwrap(), &swap);
         args.extend(["--wait".into(), "60s".into()]);
         let out = Command::new(env!("CARGO_BIN_EXE_tokenplane-sidecar")).args(&args).output().await.unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -704,15 +710,7 @@ async fn the_cleanup_job_runs_as_rendered() {
         ("--redis-password-file", local_password.clone()),
         ("--redis-sentinel-password-file", local_password),
     ]);
-    let mut args = Vec::new();
-    let mut rendered = container.args.as_ref().unwrap().iter();
-    while let Some(arg) = rendered.next() {
-        args.push(arg.clone());
-        if let Some(local) = swap.get(arg.as_str()) {
-            rendered.next();
-            args.push(local.clone());
-        }
-    }
+    let args = localized(container.args.as_ref().unwrap(), &swap);
     let out = Command::new(env!("CARGO_BIN_EXE_tokenplane-sidecar")).args(&args).output().await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{args:?}: {stderr}");

@@ -8,6 +8,7 @@ use tokenplane_api::acl::{self, DEFAULT_OFF};
 use tokenplane_api::redis::AclRole;
 
 use super::Addr;
+use super::discover::Login;
 
 /// A user's secret as mounted: the password, or only its SHA-256.
 #[derive(Clone, PartialEq, Eq)]
@@ -88,6 +89,11 @@ impl Users {
             Some((_, Credential::Password(p))) => Ok(p),
             _ => Err(UsersError::Missing(acl::username(role))),
         }
+    }
+
+    /// How to log in as `role`'s user, with its mounted password.
+    pub(super) fn login(&self, role: AclRole, timeout: std::time::Duration) -> Result<Login<'_>, UsersError> {
+        Ok(Login { username: acl::username(role), password: self.password(role)?, timeout })
     }
 
     /// `user` directives for every user, with `rules` of its role; users

@@ -29,36 +29,35 @@ pub(super) async fn connect(addr: &Addr, login: &Login<'_>) -> redis::RedisResul
     redis::Client::open(info)?.get_multiplexed_async_connection_with_config(&config).await
 }
 
-/// Every address `entry` (`host:port`) resolves to: a headless Service
+/// Every address the entries (`host:port`) resolve to: a headless Service
 /// names all its pods.
-pub(super) async fn resolve(entry: &Addr) -> Vec<Addr> {
-    match tokio::net::lookup_host((entry.host.as_str(), entry.port)).await {
-        Ok(all) => all.map(|a| Addr { host: a.ip().to_string(), port: a.port() }).collect(),
-        Err(e) => {
-            tracing::debug!(addr = %entry, error = %e, "does not resolve (yet)");
-            Vec::new()
+pub(super) async fn resolve(entries: &[Addr]) -> Vec<Addr> {
+    let mut all = Vec::new();
+    for entry in entries {
+        match tokio::net::lookup_host((entry.host.as_str(), entry.port)).await {
+            Ok(found) => all.extend(found.map(|a| Addr { host: a.ip().to_string(), port: a.port() })),
+            Err(e) => tracing::debug!(addr = %entry, error = %e, "does not resolve (yet)"),
         }
     }
+    all
 }
 
 /// The master each reachable Sentinel of `sentinels` names for `master_name`.
 pub async fn sentinel_answers(sentinels: &[Addr], master_name: &str, login: &Login<'_>) -> Vec<Addr> {
     let mut answers = Vec::new();
-    for entry in sentinels {
-        for addr in resolve(entry).await {
-            let asked = async {
-                let mut conn = connect(&addr, login).await?;
-                redis::cmd("SENTINEL")
-                    .arg("get-master-addr-by-name")
-                    .arg(master_name)
-                    .query_async::<Option<(String, u16)>>(&mut conn)
-                    .await
-            };
-            match asked.await {
-                Ok(Some((host, port))) => answers.push(Addr { host, port }),
-                Ok(None) => tracing::info!(sentinel = %addr, "the Sentinel knows no master of that name"),
-                Err(e) => tracing::debug!(sentinel = %addr, error = %e, "no answer"),
-            }
+    for addr in resolve(sentinels).await {
+        let asked = async {
+            let mut conn = connect(&addr, login).await?;
+            redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(master_name)
+                .query_async::<Option<(String, u16)>>(&mut conn)
+                .await
+        };
+        match asked.await {
+            Ok(Some((host, port))) => answers.push(Addr { host, port }),
+            Ok(None) => tracing::info!(sentinel = %addr, "the Sentinel knows no master of that name"),
+            Err(e) => tracing::debug!(sentinel = %addr, error = %e, "no answer"),
         }
     }
     answers

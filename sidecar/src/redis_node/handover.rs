@@ -7,7 +7,6 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tokenplane_api::acl;
 use tokenplane_api::redis::AclRole;
 
 use super::Addr;
@@ -59,16 +58,8 @@ pub enum HandOverError {
 impl HandOver {
     pub async fn run(&self) -> Result<HandedOver, HandOverError> {
         let users = Users::load(&self.users_dir)?;
-        let login = Login {
-            username: acl::username(AclRole::Replication),
-            password: users.password(AclRole::Replication)?,
-            timeout: self.query_timeout,
-        };
-        let monitor = Login {
-            username: acl::username(AclRole::Monitor),
-            password: users.password(AclRole::Monitor)?,
-            timeout: self.query_timeout,
-        };
+        let login = users.login(AclRole::Replication, self.query_timeout)?;
+        let monitor = users.login(AclRole::Monitor, self.query_timeout)?;
         let answers = discover::sentinel_answers(&self.sentinels, &self.master_name, &login).await;
         match discover::majority(&answers) {
             None => return Err(HandOverError::NoSentinel(self.sentinels.clone())),
@@ -170,24 +161,22 @@ impl HandOver {
     ) -> Result<(), HandOverError> {
         loop {
             let mut last = String::from("no Sentinel reachable");
-            for entry in &self.sentinels {
-                for addr in discover::resolve(entry).await {
-                    let known =
-                        discover::known_replicas(&addr, &self.master_name, login).await.unwrap_or_default();
-                    if let Some(unknown) = replicas.iter().find(|r| !known.iter().any(|k| k.same(r))) {
-                        last = format!("{addr} does not know the replica {unknown} yet");
-                        continue;
-                    }
-                    let asked = async {
-                        let mut conn = discover::connect(&addr, login).await?;
-                        let mut failover = redis::cmd("SENTINEL");
-                        failover.arg("failover").arg(&self.master_name).query_async::<()>(&mut conn).await
-                    };
-                    match asked.await {
-                        Ok(()) => return Ok(()),
-                        Err(e) if e.code() == Some("INPROG") => return Ok(()),
-                        Err(e) => last = format!("{addr}: {e}"),
-                    }
+            for addr in discover::resolve(&self.sentinels).await {
+                let known =
+                    discover::known_replicas(&addr, &self.master_name, login).await.unwrap_or_default();
+                if let Some(unknown) = replicas.iter().find(|r| !known.iter().any(|k| k.same(r))) {
+                    last = format!("{addr} does not know the replica {unknown} yet");
+                    continue;
+                }
+                let asked = async {
+                    let mut conn = discover::connect(&addr, login).await?;
+                    let mut failover = redis::cmd("SENTINEL");
+                    failover.arg("failover").arg(&self.master_name).query_async::<()>(&mut conn).await
+                };
+                match asked.await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.code() == Some("INPROG") => return Ok(()),
+                    Err(e) => last = format!("{addr}: {e}"),
                 }
             }
             if started.elapsed() >= self.timeout {

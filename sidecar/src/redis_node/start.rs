@@ -6,7 +6,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tokenplane_api::acl;
 use tokenplane_api::redis::AclRole;
 
 use super::Addr;
@@ -66,7 +65,7 @@ pub enum StartError {
     Write { file: PathBuf, source: std::io::Error },
     #[error("cannot copy this binary to {file}: {source}")]
     CopySelf { file: PathBuf, source: std::io::Error },
-    #[error("master name {0:?}: use letters, digits, '-', '_' or '.'")]
+    #[error("master name {0:?}: use 1 to 64 letters, digits, '-', '_' or '.'")]
     MasterName(String),
     #[error(
         "the Sentinels still name this node ({me}) master, it keeps no data (appendonly no) and other \
@@ -79,18 +78,13 @@ pub enum StartError {
 impl Start {
     /// Decides this pod's place and writes its file.
     pub async fn run(&self) -> Result<Place, StartError> {
-        let name_ok = self.master_name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if self.master_name.is_empty() || !name_ok {
+        if !tokenplane_api::redis::valid_master_name(&self.master_name) {
             return Err(StartError::MasterName(self.master_name.clone()));
         }
         let users = Users::load(&self.users_dir)?;
         let template = std::fs::read_to_string(&self.template)
             .map_err(|source| StartError::Template { file: self.template.clone(), source })?;
-        let login = Login {
-            username: acl::username(AclRole::Monitor),
-            password: users.password(AclRole::Monitor)?,
-            timeout: self.query_timeout,
-        };
+        let login = users.login(AclRole::Monitor, self.query_timeout)?;
         let (place, conf) = match self.kind {
             Kind::Node => {
                 let place = self.node_place(&template, &login).await?;

@@ -60,3 +60,27 @@ pub fn issuer_config(cluster: &RedisCluster) -> RedisConfig {
 pub fn store(cluster: &RedisCluster) -> RedisStore {
     RedisStore::new(issuer_config(cluster)).unwrap()
 }
+
+/// `tokenplane-sidecar <job>` (cleanup, backup) on `cluster` as `user`,
+/// with the Redis flags a CronJob gives it; the password files go in `dir`.
+pub fn job(
+    cluster: &RedisCluster,
+    job: &str,
+    (user, password): (&str, &str),
+    dir: &std::path::Path,
+) -> tokio::process::Command {
+    let (password_file, sentinel_password_file) = (dir.join("pw"), dir.join("spw"));
+    std::fs::write(&password_file, password).unwrap();
+    let sentinel = cluster.sentinel_credentials();
+    std::fs::write(&sentinel_password_file, &sentinel.password).unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokenplane-sidecar"));
+    cmd.arg(job)
+        .args(["--redis-sentinels", &cluster.sentinel_addrs().join(",")])
+        .args(["--redis-master", cluster.master_name(), "--redis-username", user])
+        .arg("--redis-password-file")
+        .arg(password_file)
+        .args(["--redis-sentinel-username", &sentinel.username])
+        .arg("--redis-sentinel-password-file")
+        .arg(sentinel_password_file);
+    cmd
+}

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokenplane_api::acl::{REPLICATION, SENTINEL_CLIENT, SENTINEL_ON_NODE, SENTINEL_ON_SENTINEL};
+use tokenplane_api::acl::{
+    DEFAULT_OFF, REPLICATION, SENTINEL_CLIENT, SENTINEL_ON_NODE, SENTINEL_ON_SENTINEL,
+};
 
 use crate::pki::LeafFiles;
 
@@ -20,9 +22,6 @@ pub(crate) const SENTINEL_CLIENT_USER: &str = "sentinel-client";
 /// Sentinels per cluster and the quorum that agrees a master is down.
 pub(crate) const SENTINELS: usize = 3;
 pub(crate) const QUORUM: usize = 2;
-
-/// Nobody authenticates as `default`.
-const DEFAULT_OFF_LINE: &str = "user default off resetkeys resetchannels -@all";
 
 const ADMIN_RULES: &str = "~* &* +@all";
 
@@ -43,7 +42,7 @@ pub(crate) struct Timings {
 /// The ACL file of a data node.
 pub(crate) fn node_acl_file(pw: &Passwords) -> String {
     format!(
-        "{DEFAULT_OFF_LINE}\n\
+        "user default {DEFAULT_OFF}\n\
          user {ADMIN_USER} on >{} {ADMIN_RULES}\n\
          user {REPLICATION_USER} on >{} {REPLICATION}\n\
          user {SENTINEL_USER} on >{} {SENTINEL_ON_NODE}\n",
@@ -148,7 +147,7 @@ pub(crate) fn sentinel_config(
          daemonize no\n\
          dir {}\n\
          logfile {}\n\
-         {DEFAULT_OFF_LINE}\n\
+         user default {DEFAULT_OFF}\n\
          user {ADMIN_USER} on >{} {ADMIN_RULES}\n\
          user {SENTINEL_USER} on >{} {SENTINEL_ON_SENTINEL}\n\
          user {SENTINEL_CLIENT_USER} on >{} {SENTINEL_CLIENT}\n\

@@ -173,10 +173,7 @@ fn check(rsc: &RedisSentinelCluster) -> Result<(), Invalid> {
             spec.min_replicas_to_acknowledge, spec.replicas
         ));
     }
-    let name_ok = |s: &str| {
-        !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    };
-    if !name_ok(&spec.master_name) {
+    if !tokenplane_api::redis::valid_master_name(&spec.master_name) {
         return bad(format!(
             "masterName {:?}: use 1 to 64 letters, digits, '-', '_' or '.'",
             spec.master_name

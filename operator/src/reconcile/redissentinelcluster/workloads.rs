@@ -146,8 +146,7 @@ pub(super) fn redis(
         security_context: Some(restricted(EXPORTER_UID)),
         ..Container::default()
     };
-    let first_master = names.pod_host(&names.redis(), 0);
-    let start = start_container(rsc, env, names, Kind::Node, &names.redis(), &first_master);
+    let start = start_container(rsc, env, names, Kind::Node);
     let persistent = spec.persistence.enabled;
     let mut volumes = common_volumes(names, Kind::Node);
     if !persistent {
@@ -184,8 +183,7 @@ pub(super) fn sentinel(
         volume_mounts: Some(vec![mount("data", DATA_MOUNT)]),
         ..Container::default()
     };
-    let first_master = names.pod_host(&names.redis(), 0);
-    let start = start_container(rsc, env, names, Kind::Sentinel, &names.sentinel_peers(), &first_master);
+    let start = start_container(rsc, env, names, Kind::Sentinel);
     let mut volumes = common_volumes(names, Kind::Sentinel);
     volumes.push(empty_dir("data"));
     stateful_set(rsc, names.sentinel_peers(), labels, spec.sentinels, vec![start], vec![server], volumes)
@@ -225,19 +223,16 @@ fn pod_name_env() -> EnvVar {
     }
 }
 
-/// `tokenplane-sidecar redis-node start`, as pod `$(POD_NAME)` of `service`.
-fn start_container(
-    rsc: &RedisSentinelCluster,
-    env: &Environment,
-    names: &Names,
-    kind: Kind,
-    service: &str,
-    first_master: &str,
-) -> Container {
-    let (template, out) = match kind {
-        Kind::Node => (REDIS_CONF, format!("{RUNTIME_MOUNT}/{REDIS_CONF}")),
-        Kind::Sentinel => (SENTINEL_CONF, format!("{DATA_MOUNT}/{SENTINEL_CONF}")),
+/// `tokenplane-sidecar redis-node start`, as pod `$(POD_NAME)` of `kind`'s
+/// StatefulSet; pod 0 of the data nodes is the master of a new cluster.
+fn start_container(rsc: &RedisSentinelCluster, env: &Environment, names: &Names, kind: Kind) -> Container {
+    let (template, service, port, writes) = match kind {
+        Kind::Node => (REDIS_CONF, names.redis(), REDIS_PORT, mount("runtime", RUNTIME_MOUNT)),
+        Kind::Sentinel => (SENTINEL_CONF, names.sentinel_peers(), SENTINEL_PORT, mount("data", DATA_MOUNT)),
     };
+    let nodes: Vec<String> = (0..rsc.spec.replicas)
+        .map(|i| format!("{}:{REDIS_PORT}", names.pod_host(&names.redis(), i)))
+        .collect();
     let args = [
         "redis-node",
         "start",
@@ -246,28 +241,21 @@ fn start_container(
         "--template",
         &format!("{CONFIG_MOUNT}/{template}"),
         "--out",
-        &out,
+        &format!("{}/{template}", writes.mount_path),
         "--users-dir",
         USERS_MOUNT,
         "--announce-host",
-        &format!("$(POD_NAME).{}", names.service_host(service)),
+        &format!("$(POD_NAME).{}", names.service_host(&service)),
         "--announce-port",
-        &match kind {
-            Kind::Node => REDIS_PORT,
-            Kind::Sentinel => SENTINEL_PORT,
-        }
-        .to_string(),
+        &port.to_string(),
         "--nodes",
-        &(0..rsc.spec.replicas)
-            .map(|i| format!("{}:{REDIS_PORT}", names.pod_host(&names.redis(), i)))
-            .collect::<Vec<_>>()
-            .join(","),
+        &nodes.join(","),
         "--sentinels",
         &sentinels(names),
         "--master-name",
         &rsc.spec.master_name,
         "--first-master",
-        &format!("{first_master}:{REDIS_PORT}"),
+        &nodes[0],
         "--quorum",
         &quorum(rsc.spec.sentinels).to_string(),
     ];
@@ -275,26 +263,12 @@ fn start_container(
     if matches!(kind, Kind::Node) {
         args.extend(["--copy-self-to".into(), SELF_COPY.into()]);
     }
-    let mut mounts = vec![read_only_mount("config", CONFIG_MOUNT), read_only_mount("users", USERS_MOUNT)];
-    mounts.push(match kind {
-        Kind::Node => mount("runtime", RUNTIME_MOUNT),
-        Kind::Sentinel => mount("data", DATA_MOUNT),
-    });
+    let mounts = vec![read_only_mount("config", CONFIG_MOUNT), read_only_mount("users", USERS_MOUNT), writes];
     Container {
         name: "start".into(),
         image: Some(env.tokenplane_image.clone()),
         args: Some(args),
-        env: Some(vec![EnvVar {
-            name: "POD_NAME".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    ..Default::default()
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        }]),
+        env: Some(vec![pod_name_env()]),
         resources: Some(resources("10m", "16Mi", "64Mi")),
         security_context: Some(restricted(REDIS_UID)),
         volume_mounts: Some(mounts),

@@ -83,10 +83,15 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError(format!("unreadable {what} in Redis: {e}"))
 }
 
+/// A client of the master the Sentinels name now.
+async fn master_client(config: &RedisConfig) -> Result<redis::Client> {
+    sentinel_client(config)?.async_get_client().await.map_err(unavailable)
+}
+
 /// One connection to the master the Sentinels name, for a one-off job
 /// (`cleanup`) that needs none of the store's machinery.
 pub async fn master_connection(config: &RedisConfig) -> Result<redis::aio::MultiplexedConnection> {
-    let client = sentinel_client(config)?.async_get_client().await.map_err(unavailable)?;
+    let client = master_client(config).await?;
     let settings = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(config.timeout))
         .set_response_timeout(Some(config.timeout));
@@ -95,7 +100,7 @@ pub async fn master_connection(config: &RedisConfig) -> Result<redis::aio::Multi
 
 /// Where the master the Sentinels name is, `(host, port)`, over plain TCP.
 pub async fn master_address(config: &RedisConfig) -> Result<(String, u16)> {
-    let client = sentinel_client(config)?.async_get_client().await.map_err(unavailable)?;
+    let client = master_client(config).await?;
     match client.get_connection_info().addr() {
         redis::ConnectionAddr::Tcp(host, port) => Ok((host.clone(), *port)),
         other => Err(StoreError(format!("the master is at {other}, not a plain TCP address"))),

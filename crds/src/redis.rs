@@ -255,6 +255,9 @@ pub struct RedisSentinelClusterStatus {
     /// Pod currently master, as the Sentinels agree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub master: Option<String>,
+    /// When the operator last saw another pod become master (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover_time: Option<String>,
     #[serde(default)]
     pub ready_replicas: i32,
     #[serde(default)]

@@ -8,9 +8,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokenplane_api::redis_tls::{RedisTls, RedisTlsArgs};
 use tokenplane_api::tokenpolicy::CertManagerIssuerRef;
-use tokenplane_operator::controller::{self, Context, generate_secret};
+use tokenplane_operator::controller::{self, ClusterLogins, Context, generate_secret};
 use tokenplane_operator::reconcile::ca::Settings;
-use tokenplane_operator::redis::{RedisAdmin, RedisConfig};
+use tokenplane_operator::redis::{Dial, RedisAdmin, RedisConfig};
 
 #[derive(Parser)]
 #[command(version, about = "tokenplane operator")]
@@ -80,6 +80,11 @@ struct RunArgs {
     /// often addresses pods cannot use).
     #[arg(long, env = "TOKENPLANE_ISSUER_REDIS_SENTINELS", value_delimiter = ',')]
     issuer_redis_sentinels: Vec<String>,
+    /// Where to reach RedisSentinelCluster pods instead of their stable
+    /// names, `NAME:PORT=HOST:PORT`, comma separated: for an operator run
+    /// outside its cluster, through port-forwards.
+    #[arg(long, env = "TOKENPLANE_REDIS_DIAL", value_delimiter = ',', value_parser = dial_entry)]
+    redis_dial: Vec<(String, String)>,
     /// Lifetime of a CA the operator makes (Secret tokenplane-ca in the
     /// --lease-namespace); the next one is made and published before it ends.
     #[arg(long, env = "TOKENPLANE_CA_LIFETIME", default_value = "365d", value_parser = humantime::parse_duration)]
@@ -112,6 +117,17 @@ struct RunArgs {
     metrics_listen: std::net::SocketAddr,
 }
 
+fn dial_entry(entry: &str) -> Result<(String, String), String> {
+    let (name, addr) = entry.split_once('=').ok_or("expected NAME:PORT=HOST:PORT")?;
+    for part in [name, addr] {
+        let port = part
+            .rsplit_once(':')
+            .and_then(|(host, port)| port.parse::<u16>().ok().filter(|_| !host.is_empty()));
+        port.ok_or_else(|| format!("{part:?} is not host:port"))?;
+    }
+    Ok((name.to_owned(), addr.to_owned()))
+}
+
 fn read_secret(path: &std::path::Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(text.trim().to_owned())
@@ -134,11 +150,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         sentinel_password: args.redis_sentinel_password_file.as_deref().map(read_secret).transpose()?,
         timeout: std::time::Duration::from_secs(2),
         tls: tls.transpose().context("cannot talk TLS to Redis")?,
+        members: None,
+        dial: Dial::default(),
     });
     let kube = kube::Client::try_default()
         .await
         .context("cannot reach the Kubernetes API: run in a cluster, or set KUBECONFIG")?;
     let mut ctx = Context::new(kube, redis, generate_secret);
+    ctx.cluster_logins = ClusterLogins::new(Dial::new(args.redis_dial.into_iter().collect()));
     ctx.ca_settings = ca_settings;
     ctx.issuers.cert_manager_issuer = args.cert_manager_issuer.map(|name| CertManagerIssuerRef {
         name,
@@ -221,5 +240,23 @@ mod tests {
         assert!(key_alone.contains("--redis-client-cert-file"), "{key_alone}");
         let pair = ["--redis-tls", "--redis-client-cert-file", "c.crt", "--redis-client-key-file", "c.key"];
         assert!(parse(&pair).is_ok());
+    }
+
+    #[test]
+    fn dial_entries_are_pairs_of_addresses() {
+        let Command::Run(args) =
+            parse(&["--redis-dial", "a-redis-0.a-redis.ns.svc.cluster.local:6379=127.0.0.1:16379"])
+                .unwrap()
+                .command
+        else {
+            panic!("run")
+        };
+        assert_eq!(
+            args.redis_dial,
+            [("a-redis-0.a-redis.ns.svc.cluster.local:6379".into(), "127.0.0.1:16379".into())]
+        );
+        for wrong in ["a:1", "a=b:1", "a:1=:2", "a:x=b:1"] {
+            assert!(parse(&["--redis-dial", wrong]).is_err(), "{wrong}");
+        }
     }
 }

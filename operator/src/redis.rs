@@ -5,8 +5,8 @@
 //! when issuers last accepted each client secret. Every node is found
 //! through the Sentinels.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -35,6 +35,56 @@ pub struct RedisConfig {
     /// TLS to the Sentinels and every node, verified against the CA bundle
     /// (the system's roots without one); plain TCP when `None`.
     pub tls: Option<RedisTls>,
+    /// Every member by its stable name, for a RedisSentinelCluster: ACL
+    /// changes also reach the nodes the Sentinels do not count now (one
+    /// that restarts) and the Sentinels. `None` for a Redis the operator
+    /// does not run: its Sentinels are not ours to change.
+    pub members: Option<Members>,
+    pub dial: Dial,
+}
+
+/// A cluster's data nodes and Sentinels, `host:port`.
+#[derive(Clone, Debug, Default)]
+pub struct Members {
+    pub nodes: Vec<String>,
+    pub sentinels: Vec<String>,
+}
+
+/// Addresses dialled in place of the ones given or reported by the
+/// Sentinels (`name:port` to `host:port`): an operator run outside its
+/// cluster reaches the pods through port-forwards, tests through loopback.
+#[derive(Clone, Debug, Default)]
+pub struct Dial(Arc<BTreeMap<String, String>>);
+
+impl Dial {
+    pub fn new(map: BTreeMap<String, String>) -> Self {
+        Self(Arc::new(map))
+    }
+
+    /// Where to connect for `addr`.
+    pub fn to<'a>(&'a self, addr: &'a str) -> &'a str {
+        self.0.get(addr).map_or(addr, String::as_str)
+    }
+
+    /// The name `dialled` stands for (itself when not mapped).
+    pub fn name_of<'a>(&'a self, dialled: &'a str) -> &'a str {
+        self.0.iter().find(|(_, to)| *to == dialled).map_or(dialled, |(name, _)| name.as_str())
+    }
+}
+
+/// A member of the cluster, by the address the operator knows it by.
+#[derive(Clone, Copy, Debug)]
+pub enum Member<'a> {
+    Node(&'a str),
+    Sentinel(&'a str),
+}
+
+impl Member<'_> {
+    pub fn addr(&self) -> &str {
+        match self {
+            Member::Node(addr) | Member::Sentinel(addr) => addr,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +112,32 @@ impl Nodes {
     fn all(&self) -> impl Iterator<Item = &String> {
         std::iter::once(&self.master).chain(&self.replicas)
     }
+}
+
+#[derive(Clone, Copy)]
+enum Query<'a> {
+    Cmd(&'a redis::Cmd),
+    Pipeline(&'a redis::Pipeline),
+}
+
+/// `ACL SETUSER name reset on <passwords> <rules>`; each password is
+/// `>plain` or `#sha256`.
+fn setuser(name: &str, passwords: &[String], rules: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("SETUSER").arg(name).arg("reset").arg("on").arg(passwords);
+    cmd.arg(tokenplane_api::acl::split_rules(rules));
+    cmd
+}
+
+/// On a Sentinel, every issuer and agent only discovers the master.
+fn setuser_on_sentinel(name: &str, passwords: &[String]) -> redis::Cmd {
+    setuser(name, passwords, tokenplane_api::acl::SENTINEL_CLIENT)
+}
+
+fn deluser(name: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("DELUSER").arg(name);
+    cmd
 }
 
 pub struct RedisAdmin {
@@ -134,7 +210,8 @@ impl RedisAdmin {
         let limits = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.config.timeout))
             .set_response_timeout(Some(self.config.timeout));
-        let info = connection_info(addr, (username, password), self.config.tls.is_some())?;
+        let info =
+            connection_info(self.config.dial.to(addr), (username, password), self.config.tls.is_some())?;
         let client = match &self.config.tls {
             Some(tls) => Client::build_with_tls(info, certificates(tls)),
             None => Client::open(info),
@@ -160,10 +237,53 @@ impl RedisAdmin {
         self.connect(addr, Some(&self.config.username), Some(&self.config.password)).await
     }
 
+    async fn sentinel(&self, addr: &str) -> Result<MultiplexedConnection, RedisError> {
+        let c = &self.config;
+        self.connect(addr, c.sentinel_username.as_deref(), c.sentinel_password.as_deref()).await
+    }
+
+    /// Runs `cmd` on a node or a Sentinel.
+    async fn on_member<T: redis::FromRedisValue>(
+        &self,
+        member: Member<'_>,
+        cmd: &redis::Cmd,
+    ) -> Result<T, RedisError> {
+        self.run(member, Query::Cmd(cmd)).await
+    }
+
+    /// Runs `query` on the kept connection to `member`, and once more on a
+    /// new one when the kept one was closed at the other end: Sentinels
+    /// close clients' connections on a failover, a restarted node lost them.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        member: Member<'_>,
+        query: Query<'_>,
+    ) -> Result<T, RedisError> {
+        let addr = member.addr();
+        let mut retried = false;
+        loop {
+            let mut conn = match member {
+                Member::Node(_) => self.node(addr).await?,
+                Member::Sentinel(_) => self.sentinel(addr).await?,
+            };
+            let result = match query {
+                Query::Cmd(cmd) => cmd.query_async(&mut conn).await,
+                Query::Pipeline(pipe) => pipe.query_async(&mut conn).await,
+            };
+            match result {
+                Ok(value) => return Ok(value),
+                Err(e) if !retried && e.is_connection_dropped() => {
+                    self.forget(addr);
+                    retried = true;
+                }
+                Err(source) => return Err(self.failed(addr, source)),
+            }
+        }
+    }
+
     /// Runs `cmd` on the node at `addr`.
     async fn on<T: redis::FromRedisValue>(&self, addr: &str, cmd: &redis::Cmd) -> Result<T, RedisError> {
-        let result = cmd.query_async(&mut self.node(addr).await?).await;
-        result.map_err(|source| self.failed(addr, source))
+        self.on_member(Member::Node(addr), cmd).await
     }
 
     /// The master's address and every replica's, from the first Sentinel
@@ -172,10 +292,7 @@ impl RedisAdmin {
         let c = &self.config;
         let mut last = "none tried".to_owned();
         for sentinel in &c.sentinels {
-            let mut conn = match self
-                .connect(sentinel, c.sentinel_username.as_deref(), c.sentinel_password.as_deref())
-                .await
-            {
+            let mut conn = match self.sentinel(sentinel).await {
                 Ok(conn) => conn,
                 Err(e) => {
                     last = e.to_string();
@@ -210,33 +327,91 @@ impl RedisAdmin {
     }
 
     /// Creates (or redefines) `user` with `passwords` (two while a password
-    /// rotation overlaps) on every node: ACL users are not replicated.
+    /// rotation overlaps) on every node the Sentinels count, and on a
+    /// cluster's other members: ACL users are not replicated.
     pub async fn set_user(
         &self,
         nodes: &Nodes,
         user: &AclUser,
         passwords: &[&str],
     ) -> Result<(), RedisError> {
-        let mut setuser = redis::cmd("ACL");
-        setuser.arg("SETUSER").arg(&user.name).arg("reset").arg("on");
-        for password in passwords {
-            setuser.arg(format!(">{password}"));
-        }
-        setuser.arg(user.rules.split_whitespace().collect::<Vec<_>>());
+        let passwords: Vec<String> = passwords.iter().map(|p| format!(">{p}")).collect();
+        let setuser = setuser(&user.name, &passwords, &user.rules);
         for addr in nodes.all() {
             self.on::<()>(addr, &setuser).await?;
+        }
+        self.on_other_members(nodes, &setuser, &setuser_on_sentinel(&user.name, &passwords)).await
+    }
+
+    /// Removes `user` from every node and the cluster's other members.
+    async fn delete_user(&self, nodes: &Nodes, user: &AclUser) -> Result<(), RedisError> {
+        let deluser = deluser(&user.name);
+        for addr in nodes.all() {
+            self.on::<i64>(addr, &deluser).await?;
+        }
+        self.on_other_members(nodes, &deluser, &deluser).await
+    }
+
+    /// Runs an ACL change on the cluster's members beyond `nodes`: the
+    /// other data nodes (`on_node`) and the Sentinels (`on_sentinel`). One
+    /// that is down misses it and gets it from the cluster's ACL sync once
+    /// back; when no Sentinel answers, the change failed.
+    async fn on_other_members(
+        &self,
+        nodes: &Nodes,
+        on_node: &redis::Cmd,
+        on_sentinel: &redis::Cmd,
+    ) -> Result<(), RedisError> {
+        let Some(members) = &self.config.members else { return Ok(()) };
+        let dial = &self.config.dial;
+        let counted: Vec<&str> = nodes.all().map(|a| dial.to(a)).collect();
+        let mut missed = Vec::new();
+        for addr in members.nodes.iter().filter(|a| !counted.contains(&dial.to(a))) {
+            if let Err(e) = self.on_member::<redis::Value>(Member::Node(addr), on_node).await {
+                missed.push(e);
+            }
+        }
+        let mut answered = false;
+        for addr in &members.sentinels {
+            match self.on_member::<redis::Value>(Member::Sentinel(addr), on_sentinel).await {
+                Ok(_) => answered = true,
+                Err(e) => missed.push(e),
+            }
+        }
+        if !answered && !members.sentinels.is_empty() {
+            return Err(missed.swap_remove(missed.len() - 1));
+        }
+        for error in missed {
+            tracing::warn!(%error, "a member missed an ACL change; the cluster's ACL sync brings it in line");
         }
         Ok(())
     }
 
-    /// Removes `user` from every node.
-    async fn delete_user(&self, nodes: &Nodes, user: &AclUser) -> Result<(), RedisError> {
-        let mut deluser = redis::cmd("ACL");
-        deluser.arg("DELUSER").arg(&user.name);
-        for addr in nodes.all() {
-            self.on::<i64>(addr, &deluser).await?;
-        }
-        Ok(())
+    /// The users `member` has, as `ACL LIST` prints them.
+    pub async fn acl_list(&self, member: Member<'_>) -> Result<Vec<String>, RedisError> {
+        self.on_member(member, redis::cmd("ACL").arg("LIST")).await
+    }
+
+    /// Sets `name` on `member` from its password hashes; `rules` apply on
+    /// a node, a Sentinel gets the rules of every Sentinel client.
+    pub async fn set_hashed_user(
+        &self,
+        member: Member<'_>,
+        name: &str,
+        hashes: &[String],
+        rules: &str,
+    ) -> Result<(), RedisError> {
+        let hashes: Vec<String> = hashes.iter().map(|h| format!("#{h}")).collect();
+        let cmd = match member {
+            Member::Node(_) => setuser(name, &hashes, rules),
+            Member::Sentinel(_) => setuser_on_sentinel(name, &hashes),
+        };
+        self.on_member(member, &cmd).await
+    }
+
+    /// Removes `name` from `member`.
+    pub async fn delete_user_on(&self, member: Member<'_>, name: &str) -> Result<(), RedisError> {
+        self.on_member::<i64>(member, &deluser(name)).await.map(drop)
     }
 
     /// The password hashes (SHA-256 hex) of `user` on the master; `None`
@@ -309,7 +484,7 @@ impl RedisAdmin {
     }
 
     async fn pipeline(&self, addr: &str, pipe: &redis::Pipeline) -> Result<(), RedisError> {
-        pipe.query_async(&mut self.node(addr).await?).await.map_err(|source| self.failed(addr, source))
+        self.run(Member::Node(addr), Query::Pipeline(pipe)).await
     }
 
     /// When issuers last accepted each of `registered`, the client's secret

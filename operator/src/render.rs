@@ -66,9 +66,9 @@ pub struct Resources {
 
 /// What `render` says on stderr about a RedisSentinelCluster while its
 /// controller is being built.
-pub const CLUSTER_PREVIEW: &str = "the operator applies these objects, but does not yet set the issuers' \
-     and agents' users on the nodes, nor point TokenPolicies with this redisRef at them; spec.tls and \
-     spec.acl are not acted on";
+pub const CLUSTER_PREVIEW: &str = "the operator applies these objects and keeps the issuers' and agents' \
+     users of the TokenPolicies with this redisRef on every node and Sentinel; spec.tls and spec.acl \
+     (password rotation) are not acted on";
 
 /// A document `render` does not turn into objects.
 #[derive(Debug, PartialEq, Eq)]
@@ -134,6 +134,14 @@ impl Resources {
             }
         }
         Ok(())
+    }
+
+    /// The RedisSentinelCluster among the files that `policy`'s `redisRef` names.
+    fn cluster_of(&self, policy: &TokenPolicy) -> Option<&RedisSentinelCluster> {
+        let name = policy.spec.redis_ref.as_deref()?;
+        self.clusters.iter().find(|c| {
+            c.metadata.name.as_deref() == Some(name) && c.metadata.namespace == policy.metadata.namespace
+        })
     }
 
     fn policy_of(&self, client: &OAuth2Client) -> Option<&TokenPolicy> {
@@ -202,6 +210,7 @@ impl Resources {
             keys: Keys::default(),
             heartbeats: &[],
             clients: &clients,
+            cluster: self.cluster_of(policy),
             issuer_password: GENERATED_PASSWORD,
             env: &env,
             serving: ServingInputs { cas: &cas, existing: None, lifetime: Settings::default().leaf_lifetime },

@@ -180,6 +180,7 @@ async fn a_new_client_gets_its_secret_registration_and_status_and_deletion_clean
     let deleting: OAuth2Client =
         serde_json::from_value(client_json(spec(), &[oauth2client::FINALIZER], true)).unwrap();
     let run = tokio::spawn(reconcile::<OAuth2Client>(Arc::new(deleting), ctx.clone()));
+    expect_policy(&mut server).await; // which Redis holds it
     let patch =
         expect(&mut server, Method::PATCH, CLIENT_PATH, StatusCode::OK, client_json(spec(), &[], true)).await;
     assert_eq!(

@@ -34,6 +34,8 @@ fn unused_redis() -> RedisAdmin {
         sentinel_password: None,
         timeout: Duration::from_millis(100),
         tls: None,
+        members: None,
+        dial: Default::default(),
     })
 }
 
@@ -81,7 +83,8 @@ async fn a_cluster_gets_its_objects_keeps_its_passwords_and_reports_its_pods() {
     let operator_requests = std::sync::Mutex::new(Vec::new());
     let reconcile = async |rsc: RedisSentinelCluster| {
         let before = server.used().len();
-        let action = redissentinelcluster::reconcile(Arc::new(rsc), ctx.clone()).await.unwrap();
+        let run = tokio::spawn(redissentinelcluster::reconcile(Arc::new(rsc), ctx.clone()));
+        let action = run.await.unwrap().unwrap();
         operator_requests.lock().unwrap().extend(server.used().split_off(before));
         action
     };
@@ -121,10 +124,13 @@ async fn a_cluster_gets_its_objects_keeps_its_passwords_and_reports_its_pods() {
         sets.patch_status(name, &PatchParams::default(), &status).await.unwrap();
     }
     let action = reconcile(rsc).await;
-    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    assert_eq!(action, Action::requeue(Duration::from_secs(10)), "no process runs: looked at again soon");
     assert_eq!(passwords(&kube).await, first, "the passwords stay as they were");
     let rsc = clusters.get("tokenplane").await.unwrap();
     assert_eq!(ready_condition(&rsc).0, "True");
+    let synced = rsc.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "UsersSynced").unwrap();
+    assert_eq!((synced.status.as_str(), synced.reason.as_str()), ("False", "Unreachable"), "{}", synced.message);
+    assert!(synced.message.contains("no Sentinel of"), "{}", synced.message);
     assert_eq!(
         (rsc.status.as_ref().unwrap().ready_replicas, rsc.status.as_ref().unwrap().ready_sentinels),
         (3, 3)
@@ -158,7 +164,7 @@ async fn a_cluster_gets_its_objects_keeps_its_passwords_and_reports_its_pods() {
     clusters.patch("tokenplane", &PatchParams::default(), &back).await.unwrap();
     assert_eq!(
         reconcile(clusters.get("tokenplane").await.unwrap()).await,
-        Action::requeue(Duration::from_secs(300))
+        Action::requeue(Duration::from_secs(10))
     );
 
     // A spec that cannot run safely: a condition, and nothing is touched.

@@ -13,7 +13,10 @@ use crate::redis::RedisAdmin;
 /// What every reconcile shares.
 pub struct Context {
     pub kube: kube::Client,
-    pub redis: RedisAdmin,
+    /// The Redis of the `--redis-*` flags, for policies without a `redisRef`.
+    pub redis: Arc<RedisAdmin>,
+    /// The operator's logins on the RedisSentinelClusters.
+    pub cluster_logins: super::redis_target::ClusterLogins,
     /// A new 256-bit secret, base64url (client secrets, Redis passwords).
     pub generate: fn() -> String,
     /// Kubernetes events on the resources, as `tokenplane-operator`.
@@ -67,7 +70,8 @@ impl Context {
             clusters,
             recorder: Recorder::new(kube.clone(), reporter),
             kube,
-            redis,
+            redis: Arc::new(redis),
+            cluster_logins: Default::default(),
             generate,
             issuers,
             metrics,

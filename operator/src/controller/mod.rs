@@ -1,6 +1,7 @@
 //! The controllers: kube-runtime loops that apply the builders of
 //! `reconcile` to the cluster and to Redis.
 
+mod acl_sync;
 mod apply;
 mod ca;
 mod conditions;
@@ -8,11 +9,13 @@ mod context;
 mod events;
 mod leader;
 pub mod oauth2client;
+mod redis_target;
 pub mod redissentinelcluster;
 pub mod tokenpolicy;
 
 pub use context::{Context, EXPORTER_IMAGE, ISSUER_IMAGE, generate_secret};
 pub use leader::{LEASE, lead};
+pub use redis_target::ClusterLogins;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +50,19 @@ fn error_policy<K: kube::Resource<DynamicType = ()>>(
     match error {
         Error::Redis(_) => Action::requeue(Duration::from_secs(5)),
         _ => Action::requeue(Duration::from_secs(15)),
+    }
+}
+
+/// How long a resource refused for want of another object waits before
+/// it looks again, when no watch brings news of that object.
+const WAIT_FOR_OTHERS: Duration = Duration::from_secs(15);
+
+/// After a refusal: the object must change, unless it waits for its
+/// RedisSentinelCluster to appear or to make the operator's user.
+fn after_refusal(invalid: &crate::reconcile::Invalid) -> Action {
+    match invalid.reason {
+        "RedisClusterNotFound" | "RedisClusterNotReady" => Action::requeue(WAIT_FOR_OTHERS),
+        _ => Action::await_change(),
     }
 }
 

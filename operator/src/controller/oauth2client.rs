@@ -13,6 +13,7 @@ use serde_json::json;
 use tokenplane_api::oauth2client::AuthMethod;
 use tokenplane_api::{OAuth2Client, TokenPolicy};
 
+use super::redis_target::target_of;
 use super::{Context, unix_now};
 use crate::error::Error;
 use crate::reconcile::ca::BUNDLE_KEY;
@@ -20,7 +21,7 @@ use crate::reconcile::oauth2client::{self, Credentials, Desired, Registered};
 use crate::reconcile::secret_rotation::{self, Plan, Recorded, SecretStatus};
 use crate::reconcile::tokenpolicy;
 use crate::reconcile::{Invalid, MANAGED_BY};
-use crate::redis::Nodes;
+use crate::redis::{Nodes, RedisAdmin};
 
 /// Finalizer that holds a deleted client until Redis forgot it.
 pub const FINALIZER: &str = "tokenplane.io/redis-cleanup";
@@ -43,24 +44,26 @@ impl super::Reconciled for OAuth2Client {
 
 async fn apply(client: &OAuth2Client, ctx: &Context) -> Result<Action, Error> {
     let namespace = client.namespace().ok_or(Error::NotNamespaced)?;
-    let policy = policy_of(client, ctx, &namespace).await?;
+    let Some(policy) = policy_of(client, ctx, &namespace).await? else {
+        return refuse(client, ctx, &oauth2client::policy_not_found(client)).await;
+    };
+    let target = match target_of(&policy, ctx).await? {
+        Ok(target) => target,
+        Err(invalid) => return refuse(client, ctx, &invalid).await,
+    };
+    let redis = target.redis.as_ref();
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &namespace);
     let existing = secrets.get_opt(&client.credentials_secret_name()).await?;
     let client_id = OAuth2Client::client_id_for(&client.name_any(), &namespace);
-    let nodes = ctx.redis.nodes().await?;
+    let nodes = redis.nodes().await?;
     let (registration, hashes) =
-        ctx.redis.registered(&nodes, &client_id, &oauth2client::agent_user(&client_id)).await?;
+        redis.registered(&nodes, &client_id, &oauth2client::agent_user(&client_id)).await?;
     let registered = Registered { registration: registration.as_ref(), password_hashes: hashes.as_deref() };
     let now = unix_now();
     let (credentials, plan) = credentials_and_plan(client, ctx, existing.as_ref(), &registered, now).await;
-    let mut desired = match oauth2client::desired(client, policy.as_ref(), &credentials) {
+    let mut desired = match oauth2client::desired(client, Some(&policy), &credentials) {
         Ok(desired) => desired,
-        Err(invalid) => {
-            tracing::info!(client = %client.name_any(), %namespace, reason = invalid.reason, "not reconciled: {}", invalid.message);
-            super::event(client, ctx, EventType::Warning, invalid.reason, &invalid.message).await;
-            set_status(client, ctx, Err(&invalid), None).await?;
-            return Ok(Action::await_change());
-        }
+        Err(invalid) => return refuse(client, ctx, &invalid).await,
     };
     if let Some(plan) = &plan {
         secret_rotation::record(plan, client, &mut desired);
@@ -69,9 +72,9 @@ async fn apply(client: &OAuth2Client, ctx: &Context) -> Result<Action, Error> {
     // issuers accept it, and should the Secret not be written, it keeps the
     // old secret, still registered, so the next reconcile rotates afresh.
     let password = credentials.redis_password.as_str();
-    ctx.redis.apply_client(&nodes, &desired.registration, &desired.agent_user, &[password]).await?;
+    redis.apply_client(&nodes, &desired.registration, &desired.agent_user, &[password]).await?;
     super::apply(&ctx.kube, &desired.secret).await?;
-    match issuer_bundle(policy.as_ref(), ctx).await? {
+    match issuer_bundle(&policy, ctx).await? {
         Some(bundle) => super::apply(&ctx.kube, &oauth2client::issuer_ca(client, &bundle)).await?,
         None => {
             let note = "the policy's cert-manager issuer wrote no ca.crt into its serving Secret (yet): agents of this client cannot verify the issuer with --issuer-ca-file";
@@ -79,7 +82,7 @@ async fn apply(client: &OAuth2Client, ctx: &Context) -> Result<Action, Error> {
         }
     }
     let secret_status = match &plan {
-        Some(plan) => Some(secret_status(client, ctx, &nodes, &desired, plan).await?),
+        Some(plan) => Some(secret_status(client, (ctx, redis), &nodes, &desired, plan).await?),
         None => None,
     };
     set_status(client, ctx, Ok(&desired), secret_status.as_ref()).await?;
@@ -118,7 +121,7 @@ async fn credentials_and_plan(
 /// last accepted the previous secret.
 async fn secret_status(
     client: &OAuth2Client,
-    ctx: &Context,
+    (ctx, redis): (&Context, &RedisAdmin),
     nodes: &Nodes,
     desired: &Desired,
     plan: &Plan,
@@ -133,7 +136,7 @@ async fn secret_status(
         tracing::info!(client_id = %desired.client_id, trigger = trigger.as_str(), "client secret rotated");
         super::event(client, ctx, EventType::Normal, "SecretRotated", &note).await;
     }
-    let uses = ctx.redis.secret_uses(nodes, &desired.client_id, &desired.registration.secrets).await?;
+    let uses = redis.secret_uses(nodes, &desired.client_id, &desired.registration.secrets).await?;
     let last_used = plan.previous.as_ref().and_then(|p| uses.get(&p.sha256).copied());
     Ok(SecretStatus::of(plan, last_used))
 }
@@ -159,8 +162,7 @@ async fn policy_of(
 /// The CAs agents must trust for `policy`'s issuer: the operator's, or
 /// what cert-manager wrote beside the certificate (`ca.crt`; some issuers,
 /// ACME's among them, write none).
-async fn issuer_bundle(policy: Option<&TokenPolicy>, ctx: &Context) -> Result<Option<String>, Error> {
-    let Some(policy) = policy else { return Ok(None) };
+async fn issuer_bundle(policy: &TokenPolicy, ctx: &Context) -> Result<Option<String>, Error> {
     if tokenpolicy::cert_manager_issuer(policy, ctx.issuers.cert_manager_issuer.as_ref()).is_none() {
         return Ok(Some(ctx.ca.borrow().bundle()));
     }
@@ -170,6 +172,16 @@ async fn issuer_bundle(policy: Option<&TokenPolicy>, ctx: &Context) -> Result<Op
         .and_then(|s| s.data?.remove(BUNDLE_KEY))
         .and_then(|pem| String::from_utf8(pem.0).ok())
         .filter(|pem| pem.contains("BEGIN CERTIFICATE")))
+}
+
+/// An invalid client, or one whose policy or Redis is missing: a
+/// condition and an event, nothing applied.
+async fn refuse(client: &OAuth2Client, ctx: &Context, invalid: &Invalid) -> Result<Action, Error> {
+    let namespace = client.namespace().unwrap_or_default();
+    tracing::info!(client = %client.name_any(), %namespace, reason = invalid.reason, "not reconciled: {}", invalid.message);
+    super::event(client, ctx, EventType::Warning, invalid.reason, &invalid.message).await;
+    set_status(client, ctx, Err(invalid), None).await?;
+    Ok(super::after_refusal(invalid))
 }
 
 /// The conditions and the public facts, by server-side apply on the
@@ -224,11 +236,24 @@ async fn set_status(
     Ok(())
 }
 
+/// Kills the client's tokens and forgets it in its policy's Redis. With
+/// its policy or RedisSentinelCluster gone, there is no Redis to reach:
+/// the operator's own, unless the cluster is the one that went.
 async fn cleanup(client: &OAuth2Client, ctx: &Context) -> Result<Action, Error> {
     let namespace = client.namespace().ok_or(Error::NotNamespaced)?;
     let client_id = OAuth2Client::client_id_for(&client.name_any(), &namespace);
-    let nodes = ctx.redis.nodes().await?;
-    ctx.redis.remove_client(&nodes, &client_id, &oauth2client::agent_user(&client_id), unix_now()).await?;
+    let redis = match policy_of(client, ctx, &namespace).await? {
+        None => ctx.redis.clone(),
+        Some(policy) => match target_of(&policy, ctx).await? {
+            Ok(target) => target.redis,
+            Err(gone) => {
+                tracing::info!(%client_id, reason = gone.reason, "nothing to remove from Redis: {}", gone.message);
+                return Ok(Action::await_change());
+            }
+        },
+    };
+    let nodes = redis.nodes().await?;
+    redis.remove_client(&nodes, &client_id, &oauth2client::agent_user(&client_id), unix_now()).await?;
     tracing::info!(%client_id, "client removed: its tokens stopped working, its registration and Redis user are gone");
     Ok(Action::await_change())
 }

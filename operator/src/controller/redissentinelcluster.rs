@@ -1,8 +1,9 @@
 //! The RedisSentinelCluster apply layer: the role Secrets (passwords read
 //! back, generated once), then the configuration, Services, StatefulSets,
-//! budgets, NetworkPolicy and CronJobs, and a status from the
-//! StatefulSets. Nothing outside Kubernetes is created yet (the ACL sync of
-//! the other users is to come), so no finalizer: owner references take
+//! budgets, NetworkPolicy and CronJobs; once pods run, the ACL sync of the
+//! issuers' and agents' users and the master as the Sentinels see it (an
+//! event when it changed); and a status from both. What the cluster holds
+//! lives and dies with its pods, so no finalizer: owner references take
 //! everything with the resource; the StatefulSets' volumes stay, as
 //! Kubernetes keeps PersistentVolumeClaims of a deleted StatefulSet.
 
@@ -21,15 +22,18 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokenplane_api::RedisSentinelCluster;
 use tokenplane_api::acl::username;
-use tokenplane_api::redis::AclUserStatus;
+use tokenplane_api::redis::{AclRole, AclUserStatus};
 
+use super::acl_sync::{self, Synced};
 use super::{CONCURRENCY, Context, apply, error_policy, log, managed};
 use crate::error::Error;
 use crate::reconcile::redissentinelcluster::{self, CLUSTER_ROLES, Desired, Names, Passwords};
 use crate::reconcile::{Invalid, MANAGED_BY};
 
-/// The longest a cluster goes unexamined once ready, and while it starts.
-const RESYNC: Duration = Duration::from_secs(300);
+/// The longest a cluster goes unexamined once ready and in sync (also the
+/// longest a node restarted between two looks waits for the issuers' and
+/// agents' users), and while it starts or a member is out of reach.
+const RESYNC: Duration = Duration::from_secs(60);
 const STARTING: Duration = Duration::from_secs(10);
 
 /// Runs the controller until a shutdown signal.
@@ -92,8 +96,64 @@ async fn apply_cluster(cluster: &RedisSentinelCluster, ctx: &Context) -> Result<
         // Backups turned off: the job goes, the volume and its snapshots stay.
         None => drop_backup_job(ctx, &namespace, &desired.names).await?,
     }
-    let ready = set_status(cluster, ctx, Ok(&desired)).await?;
-    Ok(Action::requeue(if ready { RESYNC } else { STARTING }))
+    let pods = Pods {
+        nodes: ready(ctx, &namespace, &desired.names.redis()).await?,
+        sentinels: ready(ctx, &namespace, &desired.names.sentinel_peers()).await?,
+    };
+    let live = if pods.nodes > 0 && pods.sentinels > 0 {
+        look(cluster, &desired, ctx).await?
+    } else {
+        Live::NotRunning
+    };
+    if let Live::Seen { master, .. } = &live {
+        announce_failover(cluster, ctx, master).await;
+    }
+    let settled = set_status(cluster, ctx, Ok((&desired, &pods, &live))).await?;
+    Ok(Action::requeue(if settled { RESYNC } else { STARTING }))
+}
+
+/// Ready pods of each StatefulSet.
+struct Pods {
+    nodes: i32,
+    sentinels: i32,
+}
+
+/// What the running cluster says.
+enum Live {
+    /// No node or no Sentinel is ready yet.
+    NotRunning,
+    /// No Sentinel answered, or a member failed a change.
+    Unreachable(String),
+    /// The master's pod, and the ACL sync's outcome.
+    Seen { master: String, synced: Synced },
+}
+
+/// Asks the Sentinels for the master, then syncs the ACL users.
+async fn look(cluster: &RedisSentinelCluster, desired: &Desired, ctx: &Context) -> Result<Live, Error> {
+    let password =
+        desired.passwords.get(AclRole::Operator).expect("desired passwords hold every cluster role");
+    let redis = ctx.cluster_logins.admin(cluster, &desired.names, password);
+    let unreachable = |e: &dyn std::fmt::Display| Live::Unreachable(e.to_string());
+    let nodes = match redis.nodes().await {
+        Ok(nodes) => nodes,
+        Err(e) => return Ok(unreachable(&e)),
+    };
+    let master = ctx.cluster_logins.dial().name_of(&nodes.master).to_owned();
+    match acl_sync::sync(cluster, &desired.names, &redis, &master, ctx).await {
+        Ok(synced) => Ok(Live::Seen { master: Names::pod_of(&master).to_owned(), synced }),
+        Err(Error::Redis(e)) => Ok(unreachable(&e)),
+        Err(e) => Err(e),
+    }
+}
+
+/// An event when the master is another pod than last seen.
+async fn announce_failover(cluster: &RedisSentinelCluster, ctx: &Context, master: &str) {
+    let Some(previous) = cluster.status.as_ref().and_then(|s| s.master.as_deref()) else { return };
+    if previous != master {
+        let note = format!("the Sentinels made {master} the master (it was {previous})");
+        tracing::warn!(cluster = %cluster.name_any(), %master, %previous, "failover");
+        super::event(cluster, ctx, EventType::Warning, "Failover", &note).await;
+    }
 }
 
 async fn drop_backup_job(ctx: &Context, namespace: &str, names: &Names) -> Result<(), Error> {
@@ -124,7 +184,7 @@ async fn refuse(cluster: &RedisSentinelCluster, ctx: &Context, invalid: &Invalid
     tracing::info!(cluster = %cluster.name_any(), reason = invalid.reason, "not reconciled: {}", invalid.message);
     super::event(cluster, ctx, EventType::Warning, invalid.reason, &invalid.message).await;
     set_status(cluster, ctx, Err(invalid)).await?;
-    Ok(Action::await_change())
+    Ok(super::after_refusal(invalid))
 }
 
 /// What of the spec this operator version does not act on yet, said on
@@ -134,11 +194,7 @@ fn not_acted_on(cluster: &RedisSentinelCluster) -> String {
     if cluster.spec.tls.enabled {
         fields.push("tls");
     }
-    format!(
-        "not acted on yet: {}; the issuers' and agents' users are not set on the nodes yet, and \
-         TokenPolicies with this redisRef still get the operator's Redis",
-        fields.join(", ")
-    )
+    format!("not acted on yet: {}", fields.join(", "))
 }
 
 /// Ready pods of a StatefulSet as it reports them.
@@ -147,44 +203,81 @@ async fn ready(ctx: &Context, namespace: &str, name: &str) -> Result<i32, Error>
     Ok(sets.get_opt(name).await?.and_then(|s| s.status).and_then(|s| s.ready_replicas).unwrap_or(0))
 }
 
-/// `Ready` once every node and Sentinel is ready, the users and their
-/// Secrets, by server-side apply on the status (only the leader gets
-/// here). Whether the cluster is ready.
+/// The `UsersSynced` condition's status, reason and message, and whether
+/// every member is in line.
+fn users_synced(live: &Live) -> (bool, &'static str, String) {
+    match live {
+        Live::NotRunning => (false, "Starting", "no node or no Sentinel is ready yet".into()),
+        Live::Unreachable(error) => (false, "Unreachable", format!("the cluster did not answer: {error}")),
+        Live::Seen { synced, .. } if !synced.unreachable.is_empty() => (
+            false,
+            "PodsUnreachable",
+            format!(
+                "{} did not answer; their users are synced when they are back",
+                synced.unreachable.join(", ")
+            ),
+        ),
+        Live::Seen { synced, .. } => (
+            true,
+            "Synced",
+            format!(
+                "the {} issuer and agent users are on every node and Sentinel ({} changes made)",
+                synced.wanted, synced.changes
+            ),
+        ),
+    }
+}
+
+/// `Ready` once every node and Sentinel is ready, `UsersSynced`, the
+/// master and the users' Secrets, by server-side apply on the status
+/// (only the leader gets here). Whether all is ready and in sync.
 async fn set_status(
     cluster: &RedisSentinelCluster,
     ctx: &Context,
-    desired: Result<&Desired, &Invalid>,
+    outcome: Result<(&Desired, &Pods, &Live), &Invalid>,
 ) -> Result<bool, Error> {
     let namespace = cluster.namespace().ok_or(Error::NotNamespaced)?;
     let generation = cluster.meta().generation;
     let previous = cluster.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
-    let condition =
-        |status, reason, message| super::condition(previous, generation, "Ready", status, reason, message);
+    let condition = |type_, status, reason, message| {
+        super::condition(previous, generation, type_, status, reason, message)
+    };
     let mut status = json!({"observedGeneration": generation});
-    let mut is_ready = false;
-    match desired {
+    let mut settled = false;
+    match outcome {
         Err(invalid) => {
-            status["conditions"] = json!([condition(false, invalid.reason, invalid.message.clone())])
+            status["conditions"] = json!([condition("Ready", false, invalid.reason, invalid.message.clone())])
         }
-        Ok(d) => {
-            let nodes = ready(ctx, &namespace, &d.names.redis()).await?;
-            let sentinels = ready(ctx, &namespace, &d.names.sentinel_peers()).await?;
+        Ok((d, pods, live)) => {
             let (want_nodes, want_sentinels) = (cluster.spec.replicas, cluster.spec.sentinels);
-            is_ready = nodes >= want_nodes && sentinels >= want_sentinels;
-            let message =
-                format!("{nodes} of {want_nodes} nodes and {sentinels} of {want_sentinels} Sentinels ready");
-            let reason = if is_ready { "Ready" } else { "Starting" };
-            let pending = super::condition(
-                previous,
-                generation,
-                "Complete",
-                false,
-                "NotYetActedOn",
-                not_acted_on(cluster),
+            let is_ready = pods.nodes >= want_nodes && pods.sentinels >= want_sentinels;
+            let message = format!(
+                "{} of {want_nodes} nodes and {} of {want_sentinels} Sentinels ready",
+                pods.nodes, pods.sentinels
             );
-            status["conditions"] = json!([condition(is_ready, reason, message), pending]);
-            status["readyReplicas"] = nodes.into();
-            status["readySentinels"] = sentinels.into();
+            let reason = if is_ready { "Ready" } else { "Starting" };
+            let (synced, synced_reason, synced_message) = users_synced(live);
+            settled = is_ready && synced;
+            status["conditions"] = json!([
+                condition("Ready", is_ready, reason, message),
+                condition("UsersSynced", synced, synced_reason, synced_message),
+                condition("Complete", false, "NotYetActedOn", not_acted_on(cluster)),
+            ]);
+            status["readyReplicas"] = pods.nodes.into();
+            status["readySentinels"] = pods.sentinels.into();
+            let seen = cluster.status.as_ref();
+            if let Live::Seen { master, .. } = live {
+                status["master"] = master.clone().into();
+                let failed_over = seen.and_then(|s| s.master.as_deref()).is_some_and(|m| m != master);
+                let last = if failed_over {
+                    Some(k8s_openapi::jiff::Timestamp::now().to_string())
+                } else {
+                    seen.and_then(|s| s.last_failover_time.clone())
+                };
+                if let Some(at) = last {
+                    status["lastFailoverTime"] = at.into();
+                }
+            }
             let users: Vec<AclUserStatus> = CLUSTER_ROLES
                 .into_iter()
                 .map(|role| AclUserStatus {
@@ -202,5 +295,5 @@ async fn set_status(
         json!({"apiVersion": "tokenplane.io/v1alpha1", "kind": "RedisSentinelCluster", "status": status});
     api.patch_status(&cluster.name_any(), &PatchParams::apply(MANAGED_BY).force(), &Patch::Apply(patch))
         .await?;
-    Ok(is_ready)
+    Ok(settled)
 }

@@ -17,11 +17,12 @@ use tokenplane_api::signing::KeyPair;
 use tokenplane_api::tokenpolicy::KeyStatus;
 use tokenplane_api::{OAuth2Client, TokenPolicy};
 
+use super::redis_target::target_of;
 use super::{Context, unix_now};
 use crate::error::Error;
 use crate::reconcile::tokenpolicy::{self, Desired, Inputs, Keys, Rotation, Serving, ServingInputs};
 use crate::reconcile::{Invalid, MANAGED_BY, password_hash};
-use crate::redis::Nodes;
+use crate::redis::{Nodes, RedisAdmin};
 
 /// Finalizer that holds a deleted policy until Redis forgot it.
 pub const FINALIZER: &str = "tokenplane.io/policy-cleanup";
@@ -53,10 +54,15 @@ async fn apply(policy: &TokenPolicy, ctx: &Context) -> Result<Action, Error> {
     let serving = secrets.get_opt(&tokenpolicy::serving_secret_name(&policy.name_any())).await?;
     let cas = ctx.ca.borrow().clone();
     let clients = clients_of(policy, ctx).await?;
-    let nodes = ctx.redis.nodes().await?;
-    let heartbeats = ctx.redis.heartbeats(&nodes).await?;
+    let target = match target_of(policy, ctx).await? {
+        Ok(target) => target,
+        Err(invalid) => return refuse(policy, ctx, &invalid).await,
+    };
+    let redis = target.redis.as_ref();
+    let nodes = redis.nodes().await?;
+    let heartbeats = redis.heartbeats(&nodes).await?;
     let user = tokenpolicy::issuer_user(&TokenPolicy::id_for(&policy.name_any(), &namespace));
-    let password = issuer_password(policy, ctx, &secrets, &nodes, &user).await?;
+    let password = issuer_password(policy, (ctx, redis), &secrets, &nodes, &user).await?;
     let algorithm = policy.spec.signing.algorithm;
     let new_key = || {
         let key = KeyPair::generate(algorithm).expect("the system can generate keys");
@@ -67,6 +73,7 @@ async fn apply(policy: &TokenPolicy, ctx: &Context) -> Result<Action, Error> {
         keys,
         heartbeats: &heartbeats,
         clients: &clients,
+        cluster: target.cluster.as_ref(),
         issuer_password: &password,
         env: &ctx.issuers,
         serving: ServingInputs {
@@ -80,11 +87,11 @@ async fn apply(policy: &TokenPolicy, ctx: &Context) -> Result<Action, Error> {
         Ok(desired) => desired,
         Err(invalid) => return refuse(policy, ctx, &invalid).await,
     };
-    publish(&desired, ctx, &nodes, &password).await?;
+    publish(&desired, (ctx, redis), &nodes, &password).await?;
     if let Some(kid) = &desired.rotation.compromised {
         let ids: Vec<String> =
             clients.iter().map(|c| OAuth2Client::client_id_for(&c.name_any(), &namespace_of(c))).collect();
-        ctx.redis.revoke_clients(&nodes, &ids, now).await?;
+        redis.revoke_clients(&nodes, &ids, now).await?;
         let note = format!(
             "key {kid} was marked compromised: it left the JWKS, a new key signs, and every token of the policy's {} clients issued before now was revoked",
             ids.len()
@@ -107,10 +114,15 @@ async fn apply(policy: &TokenPolicy, ctx: &Context) -> Result<Action, Error> {
 /// Writes what the issuers and verifiers need, in an order where each step
 /// only ever adds a key before it is used: the keys Secret (the issuers'
 /// mount), Redis (their user, the record, the JWKS), then the objects.
-async fn publish(desired: &Desired, ctx: &Context, nodes: &Nodes, password: &str) -> Result<(), Error> {
+async fn publish(
+    desired: &Desired,
+    (ctx, redis): (&Context, &RedisAdmin),
+    nodes: &Nodes,
+    password: &str,
+) -> Result<(), Error> {
     super::apply(&ctx.kube, &desired.keys_secret).await?;
     let published = (&desired.record, desired.jwks.as_str());
-    ctx.redis.apply_policy(nodes, &desired.policy_id, published, &desired.issuer_user, password).await?;
+    redis.apply_policy(nodes, &desired.policy_id, published, &desired.issuer_user, password).await?;
     super::apply(&ctx.kube, &desired.issuer_secret).await?;
     match &desired.serving {
         Serving::Secret(secret) => super::apply(&ctx.kube, secret).await?,
@@ -144,7 +156,7 @@ async fn clients_of(policy: &TokenPolicy, ctx: &Context) -> Result<Vec<OAuth2Cli
 /// has no such user yet), else a fresh one: a hand-set value is not adopted.
 async fn issuer_password(
     policy: &TokenPolicy,
-    ctx: &Context,
+    (ctx, redis): (&Context, &RedisAdmin),
     secrets: &Api<Secret>,
     nodes: &Nodes,
     user: &crate::reconcile::AclUser,
@@ -154,7 +166,7 @@ async fn issuer_password(
         .and_then(|s| s.data?.remove(REDIS_PASSWORD))
         .and_then(|p| String::from_utf8(p.0).ok())
         .filter(|p| !p.is_empty());
-    let hashes = ctx.redis.password_hashes(nodes, user).await?;
+    let hashes = redis.password_hashes(nodes, user).await?;
     Ok(match existing {
         Some(p) if hashes.as_ref().is_none_or(|h| h.contains(&password_hash(&p))) => p,
         _ => (ctx.generate)(),
@@ -166,7 +178,7 @@ async fn refuse(policy: &TokenPolicy, ctx: &Context, invalid: &Invalid) -> Resul
     tracing::info!(policy = %policy.name_any(), reason = invalid.reason, "not reconciled: {}", invalid.message);
     super::event(policy, ctx, EventType::Warning, invalid.reason, &invalid.message).await;
     set_status(policy, ctx, Err(invalid)).await?;
-    Ok(Action::await_change())
+    Ok(super::after_refusal(invalid))
 }
 
 fn rfc3339(unix: u64) -> String {
@@ -258,10 +270,19 @@ async fn set_status(
     Ok(())
 }
 
+/// Forgets the policy in its Redis; a RedisSentinelCluster that is gone
+/// took its users and records with it.
 async fn cleanup(policy: &TokenPolicy, ctx: &Context) -> Result<Action, Error> {
     let policy_id = TokenPolicy::id_for(&policy.name_any(), &policy.namespace().unwrap_or_default());
-    let nodes = ctx.redis.nodes().await?;
-    ctx.redis.remove_policy(&nodes, &policy_id, &tokenpolicy::issuer_user(&policy_id)).await?;
+    let redis = match target_of(policy, ctx).await? {
+        Ok(target) => target.redis,
+        Err(gone) => {
+            tracing::info!(%policy_id, reason = gone.reason, "nothing to remove from Redis: {}", gone.message);
+            return Ok(Action::await_change());
+        }
+    };
+    let nodes = redis.nodes().await?;
+    redis.remove_policy(&nodes, &policy_id, &tokenpolicy::issuer_user(&policy_id)).await?;
     tracing::info!(%policy_id, "policy removed from Redis: its record, JWKS and issuer user are gone");
     Ok(Action::await_change())
 }

@@ -40,6 +40,28 @@ impl Invalid {
     pub fn keys(message: String) -> Self {
         Self { reason: "InvalidKeys", message }
     }
+
+    /// A `redisRef` to a RedisSentinelCluster that does not exist.
+    pub fn redis_cluster_not_found<K: Resource>(cluster: &str, referrer: &K) -> Self {
+        let namespace = referrer.meta().namespace.as_deref().unwrap_or_default();
+        Self {
+            reason: "RedisClusterNotFound",
+            message: format!(
+                "RedisSentinelCluster {namespace}/{cluster} not found: create it or fix spec.redisRef"
+            ),
+        }
+    }
+
+    /// A RedisSentinelCluster whose operator user has no Secret yet.
+    pub fn redis_cluster_not_ready(namespace: &str, cluster: &str) -> Self {
+        Self {
+            reason: "RedisClusterNotReady",
+            message: format!(
+                "RedisSentinelCluster {namespace}/{cluster} has no operator user yet (Secret \
+                 {cluster}-redis-operator); waiting for its controller"
+            ),
+        }
+    }
 }
 
 /// A Redis ACL user, to be set on every node of the cluster.

@@ -66,13 +66,7 @@ pub fn desired(
 ) -> Result<Desired, Invalid> {
     client.spec.validate().map_err(|e| Invalid::spec(e.to_string()))?;
     let (name, namespace) = name_and_namespace(client)?;
-    let policy = policy.ok_or_else(|| {
-        let policy_ns = client.spec.policy_ref.namespace.as_deref().unwrap_or(namespace);
-        Invalid::policy(format!(
-            "TokenPolicy {policy_ns}/{} not found: create it or fix spec.policyRef",
-            client.spec.policy_ref.name
-        ))
-    })?;
+    let policy = policy.ok_or_else(|| policy_not_found(client))?;
     let public = client.spec.token_endpoint_auth_method == AuthMethod::None;
     if public != credentials.client_secret.is_none() {
         return Err(Invalid::spec(
@@ -89,6 +83,16 @@ pub fn desired(
         ..ClientRecord::new(client_id.clone(), &client.spec, hashes)
     };
     Ok(Desired { client_id, secret, registration, agent_user })
+}
+
+/// The condition of a client whose `policyRef` names no TokenPolicy.
+pub fn policy_not_found(client: &OAuth2Client) -> Invalid {
+    let namespace = client.metadata.namespace.as_deref().unwrap_or_default();
+    let policy_ns = client.spec.policy_ref.namespace.as_deref().unwrap_or(namespace);
+    Invalid::policy(format!(
+        "TokenPolicy {policy_ns}/{} not found: create it or fix spec.policyRef",
+        client.spec.policy_ref.name
+    ))
 }
 
 fn name_and_namespace(client: &OAuth2Client) -> Result<(&str, &str), Invalid> {

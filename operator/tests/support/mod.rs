@@ -33,6 +33,8 @@ pub fn admin_config(cluster: &RedisCluster) -> RedisConfig {
         sentinel_password: Some(sentinel.password),
         timeout: Duration::from_secs(2),
         tls,
+        members: None,
+        dial: Default::default(),
     }
 }
 

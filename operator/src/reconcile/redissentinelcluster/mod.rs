@@ -9,6 +9,7 @@
 //! announces its own name to the master. Passwords never enter a ConfigMap:
 //! the start-up step of each pod reads them from the mounted Secrets.
 
+pub mod acl_sync;
 mod changes;
 mod config;
 mod jobs;
@@ -32,6 +33,7 @@ pub use changes::unsafe_change;
 pub use users::{CLUSTER_ROLES, PASSWORD, Passwords};
 
 use super::{Invalid, managed_meta};
+use crate::redis::{Dial, Members, RedisConfig};
 
 pub const REDIS_PORT: i32 = 6379;
 pub const SENTINEL_PORT: i32 = 26379;
@@ -100,11 +102,50 @@ impl Names {
     pub fn service_host(&self, service: &str) -> String {
         format!("{service}.{}.svc.{}", self.namespace, self.domain)
     }
+
+    /// Every data node, `host:port` by its stable name, as each announces itself.
+    pub fn node_addrs(&self, replicas: i32) -> Vec<String> {
+        (0..replicas).map(|i| format!("{}:{REDIS_PORT}", self.pod_host(&self.redis(), i))).collect()
+    }
+
+    /// Every Sentinel, `host:port` by its stable name.
+    pub fn sentinel_addrs(&self, sentinels: i32) -> Vec<String> {
+        (0..sentinels)
+            .map(|i| format!("{}:{SENTINEL_PORT}", self.pod_host(&self.sentinel_peers(), i)))
+            .collect()
+    }
+
+    /// The pod of a stable `host:port` (its first DNS label).
+    pub fn pod_of(addr: &str) -> &str {
+        addr.split(['.', ':']).next().unwrap_or(addr)
+    }
+}
+
+/// How the operator reaches `rsc` as its operator user (the same login on
+/// the nodes and on the Sentinels), each Sentinel by its stable name: ACL
+/// users live on each.
+pub fn operator_login(rsc: &RedisSentinelCluster, names: &Names, password: &str, dial: Dial) -> RedisConfig {
+    let sentinels = names.sentinel_addrs(rsc.spec.sentinels);
+    let username = tokenplane_api::acl::username(AclRole::Operator).to_owned();
+    RedisConfig {
+        members: Some(Members { nodes: names.node_addrs(rsc.spec.replicas), sentinels: sentinels.clone() }),
+        sentinels,
+        master_name: rsc.spec.master_name.clone(),
+        sentinel_username: Some(username.clone()),
+        sentinel_password: Some(password.to_owned()),
+        username,
+        password: password.to_owned(),
+        timeout: std::time::Duration::from_secs(2),
+        tls: None,
+        dial,
+    }
 }
 
 /// Everything a RedisSentinelCluster should have.
 pub struct Desired {
     pub names: Names,
+    /// Every role's password, as the role Secrets hold it.
+    pub passwords: Passwords,
     pub role_secrets: Vec<Secret>,
     pub config: ConfigMap,
     pub redis: StatefulSet,
@@ -149,6 +190,7 @@ pub fn desired(
         cleanup: jobs::cleanup(rsc, env, &names),
         backup: rsc.spec.backup.as_ref().map(|b| jobs::backup(rsc, env, &names, b)),
         names,
+        passwords,
     })
 }
 

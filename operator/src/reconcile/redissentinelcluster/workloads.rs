@@ -230,9 +230,7 @@ fn start_container(rsc: &RedisSentinelCluster, env: &Environment, names: &Names,
         Kind::Node => (REDIS_CONF, names.redis(), REDIS_PORT, mount("runtime", RUNTIME_MOUNT)),
         Kind::Sentinel => (SENTINEL_CONF, names.sentinel_peers(), SENTINEL_PORT, mount("data", DATA_MOUNT)),
     };
-    let nodes: Vec<String> = (0..rsc.spec.replicas)
-        .map(|i| format!("{}:{REDIS_PORT}", names.pod_host(&names.redis(), i)))
-        .collect();
+    let nodes = names.node_addrs(rsc.spec.replicas);
     let args = [
         "redis-node",
         "start",

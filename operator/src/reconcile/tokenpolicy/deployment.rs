@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use tokenplane_api::TokenPolicy;
 use tokenplane_api::credentials::{REDIS_PASSWORD, REDIS_USERNAME};
+use tokenplane_api::{RedisSentinelCluster, TokenPolicy};
 
 use super::tls::{TLS_CRT, TLS_KEY, serving_secret_name};
 use super::{Environment, ISSUER_PORT, SENTINEL_PORT, issuer_meta, selector};
@@ -30,23 +30,72 @@ const SENTINEL_PASSWORD: &str = "sentinel_password";
 /// The CA bundle issuers verify Redis and the Sentinels with.
 const REDIS_CA: &str = "redis_ca.crt";
 
+/// Where a policy's issuers find Redis.
+#[derive(Clone, Copy)]
+pub(crate) enum IssuerRedis<'a> {
+    /// The operator's `--redis-*` Redis, logging in to its Sentinels as the
+    /// operator was told to.
+    Operator(&'a Environment),
+    /// The policy's RedisSentinelCluster (`redisRef`), logging in to its
+    /// Sentinels as the issuer's own user, over its Sentinel Service.
+    Cluster(&'a RedisSentinelCluster),
+}
+
+impl IssuerRedis<'_> {
+    fn sentinels(&self, policy: &TokenPolicy) -> String {
+        match self {
+            IssuerRedis::Operator(env) => env.sentinels.join(","),
+            IssuerRedis::Cluster(cluster) => format!(
+                "{}-sentinel.{}.svc:{SENTINEL_PORT}",
+                cluster.metadata.name.as_deref().unwrap_or_default(),
+                policy.metadata.namespace.as_deref().unwrap_or_default()
+            ),
+        }
+    }
+
+    fn master_name(&self) -> &str {
+        match self {
+            IssuerRedis::Operator(env) => &env.master_name,
+            IssuerRedis::Cluster(cluster) => &cluster.spec.master_name,
+        }
+    }
+
+    /// The Sentinel username and the file of its password in the mount.
+    fn sentinel_login(&self, user: &AclUser) -> Option<(String, &'static str)> {
+        match self {
+            IssuerRedis::Operator(env) => {
+                env.sentinel_login.as_ref().map(|l| (l.username.clone(), SENTINEL_PASSWORD))
+            }
+            IssuerRedis::Cluster(_) => Some((user.name.clone(), REDIS_PASSWORD)),
+        }
+    }
+
+    /// The CA bundle to verify Redis with, with TLS (empty: the system's roots).
+    fn tls(&self) -> Option<&[u8]> {
+        match self {
+            IssuerRedis::Operator(env) => env.redis_tls.as_deref(),
+            IssuerRedis::Cluster(_) => None,
+        }
+    }
+}
+
 pub(super) fn issuer_secret(
     policy: &TokenPolicy,
     user: &AclUser,
     password: &str,
-    env: &Environment,
+    redis: IssuerRedis<'_>,
 ) -> Secret {
     let name = policy.metadata.name.clone().unwrap_or_default();
     let mut data = BTreeMap::from([
         (REDIS_USERNAME.to_owned(), ByteString(user.name.as_bytes().to_vec())),
         (REDIS_PASSWORD.to_owned(), ByteString(password.as_bytes().to_vec())),
     ]);
-    if let Some(login) = &env.sentinel_login {
+    if let IssuerRedis::Operator(Environment { sentinel_login: Some(login), .. }) = redis {
         data.insert(SENTINEL_USERNAME.into(), ByteString(login.username.as_bytes().to_vec()));
         data.insert(SENTINEL_PASSWORD.into(), ByteString(login.password.as_bytes().to_vec()));
     }
-    if let Some(ca) = env.redis_tls.as_ref().filter(|ca| !ca.is_empty()) {
-        data.insert(REDIS_CA.into(), ByteString(ca.clone()));
+    if let Some(ca) = redis.tls().filter(|ca| !ca.is_empty()) {
+        data.insert(REDIS_CA.into(), ByteString(ca.to_vec()));
     }
     Secret {
         metadata: managed_meta(policy, format!("{name}-issuer-redis"), [("tokenplane.io/policy", name)]),
@@ -56,21 +105,10 @@ pub(super) fn issuer_secret(
     }
 }
 
-/// Sentinels and master name as issuer pods reach them: the policy's
-/// RedisSentinelCluster's Service, else the operator's own.
-fn sentinels(policy: &TokenPolicy, env: &Environment) -> String {
-    match &policy.spec.redis_ref {
-        Some(cluster) => format!(
-            "{cluster}-sentinel.{}.svc:{SENTINEL_PORT}",
-            policy.metadata.namespace.as_deref().unwrap_or_default()
-        ),
-        None => env.sentinels.join(","),
-    }
-}
-
 pub(super) fn deployment(
     policy: &TokenPolicy,
     env: &Environment,
+    redis: IssuerRedis<'_>,
     user: &AclUser,
     labels: &BTreeMap<String, String>,
 ) -> Deployment {
@@ -86,9 +124,9 @@ pub(super) fn deployment(
         "--listen",
         &format!("0.0.0.0:{ISSUER_PORT}"),
         "--redis-sentinels",
-        &sentinels(policy, env),
+        &redis.sentinels(policy),
         "--redis-master",
-        &env.master_name,
+        redis.master_name(),
         "--redis-username",
         &user.name,
         "--redis-password-file",
@@ -103,15 +141,15 @@ pub(super) fn deployment(
     .into_iter()
     .map(str::to_owned)
     .collect::<Vec<_>>();
-    if let Some(login) = &env.sentinel_login {
+    if let Some((username, password_file)) = redis.sentinel_login(user) {
         args.extend([
             "--redis-sentinel-username".to_owned(),
-            login.username.clone(),
+            username,
             "--redis-sentinel-password-file".to_owned(),
-            format!("{REDIS_MOUNT}/{SENTINEL_PASSWORD}"),
+            format!("{REDIS_MOUNT}/{password_file}"),
         ]);
     }
-    if let Some(ca) = &env.redis_tls {
+    if let Some(ca) = redis.tls() {
         args.push("--redis-tls".to_owned());
         if !ca.is_empty() {
             args.extend(["--redis-ca-file".to_owned(), format!("{REDIS_MOUNT}/{REDIS_CA}")]);
@@ -196,16 +234,57 @@ mod tests {
         env.redis_tls = Some(b"-----BEGIN CERTIFICATE-----".to_vec());
         let p = policy(DEFAULT);
         let args = |env: &Environment| {
-            let d = deployment(&p, env, &user, &labels);
+            let d = deployment(&p, env, IssuerRedis::Operator(env), &user, &labels);
             d.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap().join(" ")
         };
         assert!(args(&env).ends_with("--redis-tls --redis-ca-file /var/run/tokenplane/redis/redis_ca.crt"));
-        let secret = issuer_secret(&p, &user, "pw", &env);
+        let secret = issuer_secret(&p, &user, "pw", IssuerRedis::Operator(&env));
         assert_eq!(secret.data.unwrap()[REDIS_CA].0, b"-----BEGIN CERTIFICATE-----");
         env.redis_tls = Some(Vec::new());
         assert!(args(&env).ends_with("--redis-tls"), "the system's roots");
         env.redis_tls = None;
         assert!(!args(&env).contains("--redis-tls"));
+    }
+
+    #[test]
+    fn with_a_redis_ref_issuers_use_the_cluster_and_log_in_to_its_sentinels_as_themselves() {
+        let d = reconcile(&policy(&format!("{DEFAULT}  redisRef: tokens\n")), None, &[], 0);
+        let pod = d.deployment.spec.unwrap().template.spec.unwrap();
+        let args = pod.containers[0].args.clone().unwrap().join(" ");
+        assert!(
+            args.contains("--redis-sentinels tokens-sentinel.auth.svc:26379 --redis-master tokens-master"),
+            "{args}"
+        );
+        assert!(
+            args.ends_with(
+                "--redis-sentinel-username issuer:default.auth --redis-sentinel-password-file /var/run/tokenplane/redis/redis_password"
+            ),
+            "{args}"
+        );
+        let data = d.issuer_secret.data.unwrap();
+        assert!(!data.contains_key(SENTINEL_PASSWORD), "the operator's Sentinel login is not handed out");
+        assert_eq!(data[REDIS_PASSWORD].0, b"issuer-password");
+    }
+
+    #[test]
+    fn a_redis_ref_to_a_missing_cluster_is_refused() {
+        let p = policy(&format!("{DEFAULT}  redisRef: tokens\n"));
+        let env = crate::reconcile::tokenpolicy::fixtures::env();
+        let inputs = super::super::Inputs {
+            policy: &p,
+            keys: super::super::Keys::default(),
+            heartbeats: &[],
+            clients: &[],
+            cluster: None,
+            issuer_password: "x",
+            env: &env,
+            serving: crate::reconcile::tokenpolicy::fixtures::serving(),
+            now: 0,
+        };
+        let refused =
+            super::super::desired(inputs, crate::reconcile::tokenpolicy::fixtures::new_key).err().unwrap();
+        assert_eq!(refused.reason, "RedisClusterNotFound");
+        assert!(refused.message.contains("auth/tokens"), "{}", refused.message);
     }
 
     #[test]

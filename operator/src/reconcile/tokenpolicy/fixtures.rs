@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::Secret;
 use tokenplane_api::signing::KeyPair;
 use tokenplane_api::storage::VerifierHeartbeat;
 use tokenplane_api::tokenpolicy::{KeyState, SigningAlgorithm};
-use tokenplane_api::{OAuth2Client, TokenPolicy};
+use tokenplane_api::{OAuth2Client, RedisSentinelCluster, TokenPolicy};
 
 use super::{Desired, Environment, Inputs, Keys, SentinelLogin, ServingInputs, desired};
 use crate::reconcile::ca::{self, Authorities, Authority, Settings};
@@ -52,6 +52,15 @@ pub(super) fn env() -> Environment {
     }
 }
 
+/// A RedisSentinelCluster `name` in `namespace`, masters named `tokens-master`.
+pub(super) fn cluster(name: &str, namespace: &str) -> RedisSentinelCluster {
+    serde_norway::from_str(&format!(
+        "apiVersion: tokenplane.io/v1alpha1\nkind: RedisSentinelCluster\n\
+         metadata: {{name: {name}, namespace: {namespace}}}\nspec: {{masterName: tokens-master}}\n"
+    ))
+    .unwrap()
+}
+
 /// One CA for every test, made at time 0 for a year.
 pub(crate) fn cas() -> &'static Authorities {
     static CAS: std::sync::OnceLock<Authorities> = std::sync::OnceLock::new();
@@ -79,11 +88,13 @@ pub(super) fn reconcile(
 ) -> Desired {
     let env = env();
     let clients = [client("orders", "shop", Some("orders")), client("batch", "jobs", None)];
+    let cluster = policy.spec.redis_ref.as_deref().map(|name| cluster(name, "auth"));
     let inputs = Inputs {
         policy,
         keys: Keys::read(previous, now).unwrap(),
         heartbeats,
         clients: &clients,
+        cluster: cluster.as_ref(),
         issuer_password: "issuer-password",
         env: &env,
         serving: serving(),

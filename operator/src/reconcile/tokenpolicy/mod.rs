@@ -25,8 +25,9 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use tokenplane_api::storage::{self, VerifierHeartbeat};
 use tokenplane_api::tokenpolicy::PolicyRecord;
-use tokenplane_api::{OAuth2Client, TokenPolicy};
+use tokenplane_api::{OAuth2Client, RedisSentinelCluster, TokenPolicy};
 
+use deployment::IssuerRedis;
 pub(crate) use keys::{Keys, Rotation};
 pub(crate) use tls::ServingInputs;
 pub use tls::{Serving, TLS_CRT, TLS_KEY, cert_manager_issuer, certificate_resource, serving_secret_name};
@@ -82,6 +83,9 @@ pub(crate) struct Inputs<'a> {
     pub heartbeats: &'a [(String, VerifierHeartbeat)],
     /// The OAuth2Clients that reference this policy.
     pub clients: &'a [OAuth2Client],
+    /// The RedisSentinelCluster of the policy's `redisRef`, if it has one
+    /// and the cluster exists.
+    pub cluster: Option<&'a RedisSentinelCluster>,
     pub issuer_password: &'a str,
     pub env: &'a Environment,
     pub serving: ServingInputs<'a>,
@@ -129,6 +133,7 @@ pub(crate) fn desired(
         _ => return Err(Invalid::spec("a TokenPolicy needs a name and a namespace".into())),
     };
     let policy_id = TokenPolicy::id_for(name, namespace);
+    let redis = issuer_redis(policy, inputs.cluster, inputs.env)?;
     let issuer_url = super::oauth2client::issuer_url(policy);
     let (rotation, pems) = keys::rotate(&inputs, &issuer_url, new_key);
     let jwks = keys::jwks(&rotation.keys, &pems);
@@ -143,8 +148,8 @@ pub(crate) fn desired(
         jwks_config_map: keys::jwks_config_map(policy, &jwks),
         jwks,
         record: PolicyRecord { issuer: issuer_url.clone(), spec: policy.spec.clone() },
-        issuer_secret: deployment::issuer_secret(policy, &user, inputs.issuer_password, inputs.env),
-        deployment: deployment::deployment(policy, inputs.env, &user, &labels),
+        issuer_secret: deployment::issuer_secret(policy, &user, inputs.issuer_password, redis),
+        deployment: deployment::deployment(policy, inputs.env, redis, &user, &labels),
         service: service::service(policy, &labels),
         pdb: service::pdb(policy, &labels),
         hpa: service::hpa(policy),
@@ -159,6 +164,19 @@ pub(crate) fn desired(
         issuer_url,
         rotation,
     })
+}
+
+/// The policy's RedisSentinelCluster when it names one, which must exist.
+fn issuer_redis<'a>(
+    policy: &TokenPolicy,
+    cluster: Option<&'a RedisSentinelCluster>,
+    env: &'a Environment,
+) -> Result<IssuerRedis<'a>, Invalid> {
+    match (&policy.spec.redis_ref, cluster) {
+        (None, _) => Ok(IssuerRedis::Operator(env)),
+        (Some(_), Some(cluster)) => Ok(IssuerRedis::Cluster(cluster)),
+        (Some(name), None) => Err(Invalid::redis_cluster_not_found(name, policy)),
+    }
 }
 
 fn issuer_labels(policy_name: &str) -> BTreeMap<String, String> {
@@ -218,6 +236,7 @@ mod tests {
             keys: Keys::default(),
             heartbeats: &[],
             clients: &[],
+            cluster: None,
             issuer_password: "x",
             env: &env,
             serving: super::fixtures::serving(),

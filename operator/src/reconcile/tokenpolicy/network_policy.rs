@@ -119,6 +119,7 @@ mod tests {
             keys: Keys::default(),
             heartbeats: &[],
             clients: &[client("batch", "jobs", None)],
+            cluster: None,
             issuer_password: "x",
             env: &env,
             serving: serving(),

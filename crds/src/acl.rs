@@ -52,19 +52,23 @@ pub const REPLICATION_ON_SENTINEL: &str = "resetkeys resetchannels -@all +ping +
 
 /// The operator on the data nodes: registrations, policy records and
 /// not-before marks under `auth:`, the revocation channel, heartbeat scans,
-/// and ACL administration. `ACL SETUSER` can grant anything, so this user
-/// is as powerful as an administrator: its Secret is readable only by the
+/// ACL administration, and `CONFIG SET masterauth` when the replication
+/// password rotates. `ACL SETUSER` can grant anything, so this user is as
+/// powerful as an administrator: its Secret is readable only by the
 /// operator's ServiceAccount.
 pub const OPERATOR: &str = "resetkeys resetchannels ~auth:* &auth:revocations -@all \
      +acl|setuser +acl|deluser +acl|getuser +acl|list +get +set +mget +del +hset +hget +hgetall \
-     +hdel +scan +publish +ping +role +hello +client|setname +info";
+     +hdel +scan +publish +ping +role +hello +client|setname +info +config|set";
 
 /// The operator on the Sentinels: discovery, its ACL administration (ACLs
-/// live on every Sentinel too), and the coordinated `SENTINEL FAILOVER`.
+/// live on every Sentinel too), the coordinated `SENTINEL FAILOVER`, and
+/// the Sentinels' own passwords when the sentinel password rotates
+/// (`SENTINEL SET ... auth-pass`, `SENTINEL CONFIG SET sentinel-pass`).
 pub const OPERATOR_ON_SENTINEL: &str = "resetkeys resetchannels &* -@all +ping +hello +command \
      +role +client|setname +sentinel|get-master-addr-by-name +sentinel|master +sentinel|masters \
      +sentinel|replicas +sentinel|slaves +sentinel|sentinels +sentinel|myid +sentinel|failover \
-     +acl|setuser +acl|deluser +acl|getuser +acl|list +subscribe +unsubscribe";
+     +sentinel|set +sentinel|config +acl|setuser +acl|deluser +acl|getuser +acl|list +subscribe \
+     +unsubscribe";
 
 /// The Prometheus exporter (oliver006/redis_exporter), the readiness probe
 /// and the pods' start-up step (`ROLE`): server statistics only, no key and

@@ -392,8 +392,8 @@ impl RedisAdmin {
         self.on_member(member, redis::cmd("ACL").arg("LIST")).await
     }
 
-    /// Sets `name` on `member` from its password hashes; `rules` apply on
-    /// a node, a Sentinel gets the rules of every Sentinel client.
+    /// Sets `name` on `member` with `rules`, accepting exactly the
+    /// passwords of `hashes`.
     pub async fn set_hashed_user(
         &self,
         member: Member<'_>,
@@ -402,11 +402,12 @@ impl RedisAdmin {
         rules: &str,
     ) -> Result<(), RedisError> {
         let hashes: Vec<String> = hashes.iter().map(|h| format!("#{h}")).collect();
-        let cmd = match member {
-            Member::Node(_) => setuser(name, &hashes, rules),
-            Member::Sentinel(_) => setuser_on_sentinel(name, &hashes),
-        };
-        self.on_member(member, &cmd).await
+        self.on_member(member, &setuser(name, &hashes, rules)).await
+    }
+
+    /// Runs `cmd` on `member`, for what its running configuration holds.
+    pub async fn configure(&self, member: Member<'_>, cmd: &redis::Cmd) -> Result<(), RedisError> {
+        self.on_member::<redis::Value>(member, cmd).await.map(drop)
     }
 
     /// Removes `name` from `member`.

@@ -66,9 +66,9 @@ pub struct Resources {
 
 /// What `render` says on stderr about a RedisSentinelCluster while its
 /// controller is being built.
-pub const CLUSTER_PREVIEW: &str = "the operator applies these objects and keeps the issuers' and agents' \
-     users of the TokenPolicies with this redisRef on every node and Sentinel; spec.tls and spec.acl \
-     (password rotation) are not acted on";
+pub const CLUSTER_PREVIEW: &str = "the operator applies these objects, rotates the role passwords and keeps \
+     the issuers' and agents' users of the TokenPolicies with this redisRef on every node and Sentinel; \
+     spec.tls is not acted on";
 
 /// A document `render` does not turn into objects.
 #[derive(Debug, PartialEq, Eq)]
@@ -272,8 +272,13 @@ fn render_cluster(cluster: &RedisSentinelCluster, out: &mut String) -> Result<()
         cluster_domain: "cluster.local".into(),
         operator_namespace: "tokenplane-system".into(),
     };
-    let d = redissentinelcluster::desired(cluster, &env, &Passwords::default(), || GENERATED_PASSWORD.into())
-        .map_err(|invalid| RenderError::of(cluster, invalid))?;
+    let d = redissentinelcluster::desired(
+        cluster,
+        &env,
+        &Passwords::default(),
+        (|| GENERATED_PASSWORD.into(), 0),
+    )
+    .map_err(|invalid| RenderError::of(cluster, invalid))?;
     out.push_str(&format!(
         "# RedisSentinelCluster {}: clients find the Sentinels at {}:{}\n",
         d.names.cluster,

@@ -113,9 +113,10 @@ async fn a_cluster_gets_its_objects_keeps_its_passwords_and_reports_its_pods() {
         ("False".into(), "Starting".into(), "0 of 3 nodes and 0 of 3 Sentinels ready".into())
     );
     assert_eq!(rsc.status.as_ref().unwrap().acl_users.len(), 6);
-    let pending = rsc.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Complete").unwrap();
-    assert_eq!((pending.status.as_str(), pending.reason.as_str()), ("False", "NotYetActedOn"));
-    assert!(pending.message.contains("password rotation"), "{}", pending.message);
+    let users = &rsc.status.as_ref().unwrap().acl_users;
+    assert!(users.iter().all(|u| u.rotated_at.is_some()), "each password current since its Secret was made");
+    let conditions = &rsc.status.as_ref().unwrap().conditions;
+    assert!(conditions.iter().all(|c| c.type_ != "Complete"), "everything of this spec is acted on");
 
     // The StatefulSets come up: Ready, and the passwords never change.
     let sets: Api<StatefulSet> = Api::namespaced(kube.clone(), "data");
@@ -129,7 +130,12 @@ async fn a_cluster_gets_its_objects_keeps_its_passwords_and_reports_its_pods() {
     let rsc = clusters.get("tokenplane").await.unwrap();
     assert_eq!(ready_condition(&rsc).0, "True");
     let synced = rsc.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "UsersSynced").unwrap();
-    assert_eq!((synced.status.as_str(), synced.reason.as_str()), ("False", "Unreachable"), "{}", synced.message);
+    assert_eq!(
+        (synced.status.as_str(), synced.reason.as_str()),
+        ("False", "Unreachable"),
+        "{}",
+        synced.message
+    );
     assert!(synced.message.contains("no Sentinel of"), "{}", synced.message);
     assert_eq!(
         (rsc.status.as_ref().unwrap().ready_replicas, rsc.status.as_ref().unwrap().ready_sentinels),
@@ -166,6 +172,17 @@ async fn a_cluster_gets_its_objects_keeps_its_passwords_and_reports_its_pods() {
         reconcile(clusters.get("tokenplane").await.unwrap()).await,
         Action::requeue(Duration::from_secs(10))
     );
+
+    // TLS is not acted on yet, and says so.
+    let tls = Patch::Merge(json!({"spec": {"tls": {"enabled": true}}}));
+    clusters.patch("tokenplane", &PatchParams::default(), &tls).await.unwrap();
+    reconcile(clusters.get("tokenplane").await.unwrap()).await;
+    let rsc = clusters.get("tokenplane").await.unwrap();
+    let pending = rsc.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Complete").unwrap();
+    assert_eq!((pending.status.as_str(), pending.reason.as_str()), ("False", "NotYetActedOn"));
+    assert_eq!(pending.message, "not acted on yet: tls");
+    let off = Patch::Merge(json!({"spec": {"tls": {"enabled": false}}}));
+    clusters.patch("tokenplane", &PatchParams::default(), &off).await.unwrap();
 
     // A spec that cannot run safely: a condition, and nothing is touched.
     let even = Patch::Merge(json!({"spec": {"sentinels": 4}}));

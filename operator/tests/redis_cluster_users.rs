@@ -24,6 +24,7 @@ use tokenplane_api::{OAuth2Client, RedisSentinelCluster, TokenPolicy};
 use tokenplane_operator::controller::{
     ClusterLogins, Context, generate_secret, reconcile, redissentinelcluster,
 };
+use tokenplane_operator::error::Error;
 use tokenplane_operator::reconcile::ca::{self, Authorities, Authority};
 use tokenplane_operator::redis::{Dial, RedisAdmin, RedisConfig};
 use tokenplane_testkit::{Credentials, RedisCluster, RedisClusterOptions};
@@ -107,18 +108,107 @@ fn condition(rsc: &RedisSentinelCluster, type_: &str) -> (String, String, String
     (c.status.clone(), c.reason.clone(), c.message.clone())
 }
 
+/// A test harness cluster posing as the RedisSentinelCluster `auth/tokens`,
+/// the in-memory API server, and the operator's context on both.
+struct Setup {
+    redis: Arc<RedisCluster>,
+    server: ApiServer,
+    kube: kube::Client,
+    ctx: Arc<Context>,
+    /// The requests of the reconciles, not of the test's own setup.
+    requests: std::sync::Mutex<Vec<(String, String)>>,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let redis = RedisCluster::start(RedisClusterOptions::default()).await.unwrap();
+        let server = ApiServer::default();
+        let kube = server.client();
+        let mut ctx = Context::new(kube.clone(), unused_redis(), generate_secret);
+        ctx.cluster_logins = ClusterLogins::new(dial(&redis));
+        let cas =
+            ca::plan(Authorities::default(), &ctx.ca_settings, unix_now(), Authority::generate).authorities;
+        ctx.ca.send_replace(cas);
+        Self { redis: Arc::new(redis), server, kube, ctx: Arc::new(ctx), requests: Default::default() }
+    }
+
+    /// Runs a reconcile on a task of its own (its future is large, and made
+    /// there), noting its requests.
+    async fn run<F>(&self, reconcile: impl FnOnce() -> F + Send + 'static) -> Action
+    where
+        F: Future<Output = Result<Action, Error>> + Send,
+    {
+        let before = self.server.used().len();
+        let action = tokio::spawn(async move { reconcile().await }).await.unwrap().unwrap();
+        self.requests.lock().unwrap().extend(self.server.used().split_off(before));
+        action
+    }
+
+    fn clusters(&self) -> Api<RedisSentinelCluster> {
+        Api::namespaced(self.kube.clone(), "auth")
+    }
+
+    async fn reconcile_cluster(&self) -> Action {
+        let rsc = self.clusters().get("tokens").await.unwrap();
+        let ctx = self.ctx.clone();
+        self.run(move || redissentinelcluster::reconcile(Arc::new(rsc), ctx)).await
+    }
+
+    /// Creates the cluster as its pods would have it: the harness's
+    /// replication and Sentinel users are the cluster's (their Secrets say
+    /// so), the operator user is created from its Secret, the StatefulSets
+    /// report every pod ready; one reconcile then creates the other role
+    /// users on every member.
+    async fn start_cluster(&self) {
+        let secrets: Api<Secret> = Api::namespaced(self.kube.clone(), "auth");
+        for (role, login) in [
+            ("replication", self.redis.replication_credentials()),
+            ("sentinel", self.redis.sentinel_link_credentials()),
+        ] {
+            let secret = json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": format!("tokens-redis-{role}"), "namespace": "auth"},
+                "stringData": {}, "data": {"password": base64(&login.password)}});
+            secrets.create(&PostParams::default(), &serde_json::from_value(secret).unwrap()).await.unwrap();
+        }
+        let rsc: RedisSentinelCluster = serde_norway::from_str(
+            "apiVersion: tokenplane.io/v1alpha1\nkind: RedisSentinelCluster\nmetadata: {name: tokens, namespace: auth}\n\
+             spec: {replicas: 3, sentinels: 3, masterName: tokenplane}\n",
+        )
+        .unwrap();
+        self.clusters().create(&PostParams::default(), &rsc).await.unwrap();
+        self.reconcile_cluster().await;
+        let operator = secret_value(&self.kube, "auth", "tokens-redis-operator", "password").await;
+        bootstrap_operator(&self.redis, &operator).await;
+        let sets: Api<StatefulSet> = Api::namespaced(self.kube.clone(), "auth");
+        for name in ["tokens-redis", "tokens-sentinel-peers"] {
+            let status = Patch::Merge(json!({"status": {"replicas": 3, "readyReplicas": 3}}));
+            sets.patch_status(name, &PatchParams::default(), &status).await.unwrap();
+        }
+        assert_eq!(self.reconcile_cluster().await, Action::requeue(Duration::from_secs(60)));
+        let (synced, reason, message) =
+            condition(&self.clusters().get("tokens").await.unwrap(), "UsersSynced");
+        assert_eq!((synced.as_str(), reason.as_str()), ("True", "Synced"), "{message}");
+    }
+
+    fn assert_role_allows_what_was_used(&self) {
+        support::rbac::assert_role_allows(&self.requests.lock().unwrap());
+    }
+}
+
+fn base64(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
 #[tokio::test]
 async fn a_policy_on_a_cluster_gets_its_users_everywhere_and_the_sync_keeps_them_there() {
-    let redis = RedisCluster::start(RedisClusterOptions::default()).await.unwrap();
-    let server = ApiServer::default();
-    let kube = server.client();
-    let mut ctx = Context::new(kube.clone(), unused_redis(), generate_secret);
-    ctx.cluster_logins = ClusterLogins::new(dial(&redis));
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let cas = ca::plan(Authorities::default(), &ctx.ca_settings, now, Authority::generate).authorities;
-    ctx.ca.send_replace(cas);
-    let ctx = Arc::new(ctx);
-    let clusters: Api<RedisSentinelCluster> = Api::namespaced(kube.clone(), "auth");
+    let setup = Setup::new().await;
+    let (redis, kube, ctx) = (&setup.redis, &setup.kube, &setup.ctx);
+    let clusters = setup.clusters();
     let policies: Api<TokenPolicy> = Api::namespaced(kube.clone(), "auth");
     let clients: Api<OAuth2Client> = Api::namespaced(kube.clone(), "shop");
 
@@ -129,17 +219,10 @@ async fn a_policy_on_a_cluster_gets_its_users_everywhere_and_the_sync_keeps_them
     )
     .unwrap();
     policies.create(&PostParams::default(), &policy).await.unwrap();
-    // The requests of the reconciles, not of the test's own setup.
-    let operator_requests = std::sync::Mutex::new(Vec::new());
-    let operator = async |run: tokio::task::JoinHandle<Result<Action, _>>| {
-        let before = server.used().len();
-        let action = run.await.unwrap().unwrap();
-        operator_requests.lock().unwrap().extend(server.used().split_off(before));
-        action
-    };
     let reconcile_policy = async || {
         let policy = policies.get("default").await.unwrap();
-        operator(tokio::spawn(reconcile::<TokenPolicy>(Arc::new(policy), ctx.clone()))).await
+        let ctx = ctx.clone();
+        setup.run(move || reconcile::<TokenPolicy>(Arc::new(policy), ctx)).await
     };
     reconcile_policy().await; // adds the finalizer
     assert_eq!(reconcile_policy().await, Action::requeue(Duration::from_secs(15)));
@@ -147,24 +230,8 @@ async fn a_policy_on_a_cluster_gets_its_users_everywhere_and_the_sync_keeps_them
     assert_eq!((ready[0].status.as_str(), ready[0].reason.as_str()), ("False", "RedisClusterNotFound"));
 
     // The cluster comes: its controller makes the role Secrets, its pods
-    // (here the harness's processes) create the operator user from them.
-    let rsc: RedisSentinelCluster = serde_norway::from_str(
-        "apiVersion: tokenplane.io/v1alpha1\nkind: RedisSentinelCluster\nmetadata: {name: tokens, namespace: auth}\n\
-         spec: {replicas: 3, sentinels: 3, masterName: tokenplane}\n",
-    )
-    .unwrap();
-    clusters.create(&PostParams::default(), &rsc).await.unwrap();
-    let reconcile_cluster = async || {
-        let rsc = clusters.get("tokens").await.unwrap();
-        operator(tokio::spawn(redissentinelcluster::reconcile(Arc::new(rsc), ctx.clone()))).await
-    };
-    reconcile_cluster().await;
-    bootstrap_operator(&redis, &secret_value(&kube, "auth", "tokens-redis-operator", "password").await).await;
-    let sets: Api<StatefulSet> = Api::namespaced(kube.clone(), "auth");
-    for name in ["tokens-redis", "tokens-sentinel-peers"] {
-        let status = Patch::Merge(json!({"status": {"replicas": 3, "readyReplicas": 3}}));
-        sets.patch_status(name, &PatchParams::default(), &status).await.unwrap();
-    }
+    // (here the harness's processes) create their users from them.
+    setup.start_cluster().await;
 
     // The policy and its client land on the cluster.
     assert_eq!(reconcile_policy().await, Action::requeue(Duration::from_secs(300)));
@@ -176,20 +243,21 @@ async fn a_policy_on_a_cluster_gets_its_users_everywhere_and_the_sync_keeps_them
     clients.create(&PostParams::default(), &client).await.unwrap();
     let reconcile_client = async || {
         let client = clients.get("orders").await.unwrap();
-        operator(tokio::spawn(reconcile::<OAuth2Client>(Arc::new(client), ctx.clone()))).await
+        let ctx = ctx.clone();
+        setup.run(move || reconcile::<OAuth2Client>(Arc::new(client), ctx)).await
     };
     reconcile_client().await;
     reconcile_client().await;
-    let issuer_password = secret_value(&kube, "auth", "default-issuer-redis", "redis_password").await;
-    let agent_password = secret_value(&kube, "shop", "orders-oauth2-credentials", "redis_password").await;
+    let issuer_password = secret_value(kube, "auth", "default-issuer-redis", "redis_password").await;
+    let agent_password = secret_value(kube, "shop", "orders-oauth2-credentials", "redis_password").await;
     let issuer_hash = tokenplane_api::acl::password_hash(&issuer_password);
     let agent_hash = tokenplane_api::acl::password_hash(&agent_password);
-    everywhere(&redis, ISSUER, &issuer_hash, None).await;
-    everywhere(&redis, AGENT, &agent_hash, None).await;
+    everywhere(redis, ISSUER, &issuer_hash, None).await;
+    everywhere(redis, AGENT, &agent_hash, None).await;
 
     // Each logs in to a Sentinel as itself, finds the master, reads its own.
     let sentinel = &redis.sentinel_addrs()[1];
-    let mut conn = connect_as(&redis, sentinel, ISSUER, &issuer_password).await;
+    let mut conn = connect_as(redis, sentinel, ISSUER, &issuer_password).await;
     let (host, port): (String, u16) = redis::cmd("SENTINEL")
         .arg("get-master-addr-by-name")
         .arg("tokenplane")
@@ -197,14 +265,14 @@ async fn a_policy_on_a_cluster_gets_its_users_everywhere_and_the_sync_keeps_them
         .await
         .unwrap();
     let master = format!("{host}:{port}");
-    let mut conn = connect_as(&redis, &master, ISSUER, &issuer_password).await;
+    let mut conn = connect_as(redis, &master, ISSUER, &issuer_password).await;
     let record: Option<String> =
         redis::cmd("GET").arg("auth:policy:default.auth").query_async(&mut conn).await.unwrap();
     assert!(record.is_some_and(|r| r.contains("issuer")), "the policy record is on the cluster's master");
     let registered: Option<String> =
         redis::cmd("GET").arg("auth:client:orders.shop").query_async(&mut conn).await.unwrap();
     assert!(registered.is_some(), "the client's registration is on the cluster's master");
-    let mut conn = connect_as(&redis, &master, AGENT, &agent_password).await;
+    let mut conn = connect_as(redis, &master, AGENT, &agent_password).await;
     let _: BTreeMap<String, String> =
         redis::cmd("HGETALL").arg("auth:notbefore").query_async(&mut conn).await.unwrap();
     let deployment = Api::<Deployment>::namespaced(kube.clone(), "auth").get("default-issuer").await.unwrap();
@@ -219,7 +287,7 @@ async fn a_policy_on_a_cluster_gets_its_users_everywhere_and_the_sync_keeps_them
     let replica = redis.node_addrs().into_iter().find(|a| *a != master).unwrap();
     redis.kill_node(&replica).await.unwrap();
     redis.restart_node(&replica).await.unwrap();
-    assert_eq!(hashes_on(&redis, &replica, ISSUER).await, None, "a restarted node has lost it");
+    assert_eq!(hashes_on(redis, &replica, ISSUER).await, None, "a restarted node has lost it");
     let mut admin = redis.admin_connection(&redis.sentinel_addrs()[2]).await.unwrap();
     let _: i64 = redis::cmd("ACL").arg("DELUSER").arg(AGENT).query_async(&mut admin).await.unwrap();
     let mut admin = redis.admin_connection(&master).await.unwrap();
@@ -228,17 +296,24 @@ async fn a_policy_on_a_cluster_gets_its_users_everywhere_and_the_sync_keeps_them
         .query_async(&mut admin)
         .await
         .unwrap();
-    assert_eq!(reconcile_cluster().await, Action::requeue(Duration::from_secs(60)), "ready and in sync");
-    everywhere(&redis, ISSUER, &issuer_hash, None).await;
-    everywhere(&redis, AGENT, &agent_hash, None).await;
-    assert_eq!(hashes_on(&redis, &master, "agent:gone.shop").await, None, "the leftover is gone");
-    let mut conn = connect_as(&redis, &replica, ISSUER, &issuer_password).await;
+    assert_eq!(
+        setup.reconcile_cluster().await,
+        Action::requeue(Duration::from_secs(60)),
+        "ready and in sync"
+    );
+    everywhere(redis, ISSUER, &issuer_hash, None).await;
+    everywhere(redis, AGENT, &agent_hash, None).await;
+    assert_eq!(hashes_on(redis, &master, "agent:gone.shop").await, None, "the leftover is gone");
+    let mut conn = connect_as(redis, &replica, ISSUER, &issuer_password).await;
     let () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
     let status = clusters.get("tokens").await.unwrap();
     let (synced, reason, message) = condition(&status, "UsersSynced");
     assert_eq!((synced.as_str(), reason.as_str()), ("True", "Synced"), "{message}");
+    // The replica lacks the issuer, the agent and the role users its file
+    // does not hold (monitor, cleanup, backup); a Sentinel the agent; the
+    // master has a leftover: 7 changes.
     assert!(
-        message.contains("the 2 issuer and agent users") && message.contains("(4 changes made)"),
+        message.contains("the 2 issuer and agent users") && message.contains("(7 changes made)"),
         "{message}"
     );
     let master_pod = status.status.as_ref().unwrap().master.clone().unwrap();
@@ -251,7 +326,7 @@ async fn a_policy_on_a_cluster_gets_its_users_everywhere_and_the_sync_keeps_them
     redis.kill_node(&master).await.unwrap();
     let promoted = redis.wait_for_failover(&master, Duration::from_secs(30)).await.unwrap();
     assert_eq!(
-        reconcile_cluster().await,
+        setup.reconcile_cluster().await,
         Action::requeue(Duration::from_secs(10)),
         "a member is out of reach"
     );
@@ -273,20 +348,20 @@ async fn a_policy_on_a_cluster_gets_its_users_everywhere_and_the_sync_keeps_them
         note,
         format!("the Sentinels made tokens-redis-{second} the master (it was tokens-redis-{first})")
     );
-    let mut conn = connect_as(&redis, &promoted, ISSUER, &issuer_password).await;
+    let mut conn = connect_as(redis, &promoted, ISSUER, &issuer_password).await;
     let record: Option<String> =
         redis::cmd("GET").arg("auth:policy:default.auth").query_async(&mut conn).await.unwrap();
     assert!(record.is_some(), "the issuer reads its policy on the new master");
     redis.restart_node(&master).await.unwrap();
-    assert_eq!(reconcile_cluster().await, Action::requeue(Duration::from_secs(60)));
-    everywhere(&redis, ISSUER, &issuer_hash, None).await;
+    assert_eq!(setup.reconcile_cluster().await, Action::requeue(Duration::from_secs(60)));
+    everywhere(redis, ISSUER, &issuer_hash, None).await;
 
     // The client is deleted: its agent user leaves every node and Sentinel.
     clients.delete("orders", &DeleteParams::default()).await.unwrap();
     reconcile_client().await;
     for addr in redis.node_addrs().iter().chain(&redis.sentinel_addrs()) {
         assert_eq!(
-            hashes_on(&redis, addr, AGENT).await,
+            hashes_on(redis, addr, AGENT).await,
             None,
             "{AGENT} on {addr} of {:?} {:?}",
             redis.node_addrs(),
@@ -294,5 +369,192 @@ async fn a_policy_on_a_cluster_gets_its_users_everywhere_and_the_sync_keeps_them
         );
     }
 
-    support::rbac::assert_role_allows(&operator_requests.lock().unwrap());
+    setup.assert_role_allows_what_was_used();
+}
+
+/// Writes `probe:<n>` on the master as the harness's admin, each
+/// acknowledged once a replica has it (`WAIT 1`), until `stop`; follows the
+/// master through failovers. The numbers acknowledged.
+async fn acknowledged_writes(redis: Arc<RedisCluster>, stop: Arc<std::sync::atomic::AtomicBool>) -> Vec<u64> {
+    let mut acked = Vec::new();
+    let mut n = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let Ok(master) = redis.master_addr().await else { continue };
+        let Ok(mut conn) = redis.admin_connection(&master).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            n += 1;
+            let set: redis::RedisResult<()> =
+                redis::cmd("SET").arg(format!("probe:{n}")).arg(n).query_async(&mut conn).await;
+            let wait: redis::RedisResult<i64> =
+                redis::cmd("WAIT").arg(1).arg(1000).query_async(&mut conn).await;
+            match (set, wait) {
+                (Ok(()), Ok(replicas)) if replicas >= 1 => acked.push(n),
+                (Ok(()), Ok(_)) => {}
+                _ => break,
+            }
+        }
+    }
+    acked
+}
+
+const ROLES: [&str; 6] = ["operator", "monitor", "cleanup", "backup", "replication", "sentinel"];
+
+/// Every role's Secret, by role.
+async fn role_secrets(kube: &kube::Client) -> BTreeMap<&'static str, Secret> {
+    let secrets: Api<Secret> = Api::namespaced(kube.clone(), "auth");
+    let mut all = BTreeMap::new();
+    for role in ROLES {
+        all.insert(role, secrets.get(&format!("tokens-redis-{role}")).await.unwrap());
+    }
+    all
+}
+
+fn data(secret: &Secret, key: &str) -> String {
+    String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap()
+}
+
+async fn annotate_roles(kube: &kube::Client, key: &str, value: &str) {
+    let secrets: Api<Secret> = Api::namespaced(kube.clone(), "auth");
+    for role in ROLES {
+        let patch = Patch::Merge(json!({"metadata": {"annotations": {key: value}}}));
+        secrets.patch(&format!("tokens-redis-{role}"), &PatchParams::default(), &patch).await.unwrap();
+    }
+}
+
+/// Whether `user` logs in with `password` on `addr`.
+async fn logs_in(redis: &RedisCluster, addr: &str, user: &str, password: &str) -> bool {
+    redis.connection(addr, &Credentials::new(user, password)).await.is_ok()
+}
+
+#[tokio::test]
+async fn every_role_password_rotates_under_load_and_the_cluster_fails_over_on_the_new_ones() {
+    let setup = Setup::new().await;
+    setup.start_cluster().await;
+    let redis = &setup.redis;
+    let before = role_secrets(&setup.kube).await;
+    let old: BTreeMap<&str, String> = before.iter().map(|(r, s)| (*r, data(s, "password"))).collect();
+
+    // Writes go on all along, each acknowledged by a replica.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stream = {
+        let (cluster, stop) = (setup.redis.clone(), stop.clone());
+        tokio::spawn(acknowledged_writes(cluster, stop))
+    };
+
+    // Every role is due: begin, spread, promote, in one reconcile.
+    annotate_roles(&setup.kube, "tokenplane.io/password-since", "1").await;
+    assert_eq!(setup.reconcile_cluster().await, Action::requeue(Duration::from_secs(60)));
+    let promoted = role_secrets(&setup.kube).await;
+    let now = unix_now();
+    for role in ROLES {
+        let secret = &promoted[role];
+        let new = data(secret, "password");
+        assert_ne!(new, old[role], "{role} has a new password");
+        assert_eq!(data(secret, "sha256"), tokenplane_api::acl::password_hash(&new));
+        assert_eq!(
+            data(secret, "also_sha256"),
+            tokenplane_api::acl::password_hash(&old[role]),
+            "{role}: the old one, in the overlap"
+        );
+        assert_eq!(data(secret, "next_password"), "");
+        let until: u64 =
+            secret.metadata.annotations.as_ref().unwrap()["tokenplane.io/previous-password-until"]
+                .parse()
+                .unwrap();
+        assert!(until.abs_diff(now + 3600) < 60, "{role}: the previous password works for the overlap");
+    }
+    let node = &redis.node_addrs()[1];
+    let sentinel = &redis.sentinel_addrs()[0];
+    for role in ROLES {
+        let new = data(&promoted[role], "password");
+        assert!(
+            logs_in(redis, node, role, &new).await && logs_in(redis, node, role, &old[role]).await,
+            "{role} on a node"
+        );
+        if role != "backup" {
+            assert!(
+                logs_in(redis, sentinel, role, &new).await
+                    && logs_in(redis, sentinel, role, &old[role]).await,
+                "{role} on a Sentinel"
+            );
+        }
+    }
+    let replication = data(&promoted["replication"], "password");
+    for addr in redis.node_addrs() {
+        let mut admin = redis.admin_connection(&addr).await.unwrap();
+        let (_, masterauth): (String, String) =
+            redis::cmd("CONFIG").arg("GET").arg("masterauth").query_async(&mut admin).await.unwrap();
+        assert_eq!(masterauth, replication, "{addr} replicates with the new password");
+    }
+    let events =
+        Api::<Event>::namespaced(setup.kube.clone(), "auth").list(&ListParams::default()).await.unwrap();
+    let notes: Vec<String> = events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("PasswordRotated"))
+        .filter_map(|e| e.note.clone())
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n
+                .starts_with("the replication user's new password is current; the previous one works until")),
+        "{notes:?}"
+    );
+    let status = setup.clusters().get("tokens").await.unwrap().status.unwrap();
+    assert!(status.acl_users.iter().all(|u| u.rotated_at.is_some()), "{:?}", status.acl_users);
+
+    // The overlap ends.
+    annotate_roles(&setup.kube, "tokenplane.io/previous-password-until", "1").await;
+    setup.reconcile_cluster().await;
+    let retired = role_secrets(&setup.kube).await;
+    for role in ROLES {
+        assert_eq!(data(&retired[role], "also_sha256"), "", "{role}: the overlap is over");
+        assert!(!logs_in(redis, node, role, &old[role]).await, "{role}: the old password is refused");
+        assert!(
+            logs_in(redis, node, role, &data(&retired[role], "password")).await,
+            "{role}: the new one works"
+        );
+    }
+    assert_eq!(
+        setup.reconcile_cluster().await,
+        Action::requeue(Duration::from_secs(60)),
+        "the operator logs in with its new password"
+    );
+
+    // The master dies: the Sentinels promote and reconfigure, the replicas
+    // follow, all on the new passwords only; no acknowledged write is lost.
+    let master = redis.kill_master().await.unwrap();
+    let promoted_addr = redis.wait_for_failover(&master, Duration::from_secs(30)).await.unwrap();
+    let mut admin = redis.admin_connection(&promoted_addr).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let info: String = redis::cmd("INFO").arg("replication").query_async(&mut admin).await.unwrap();
+        if info.contains("connected_slaves:1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica never followed the new master:\n{info}\n{}",
+            redis.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = stream.await.unwrap();
+    assert!(acked.len() > 100, "the stream ran: {} writes acknowledged", acked.len());
+    let keys: Vec<String> = acked.iter().map(|n| format!("probe:{n}")).collect();
+    let mut found = Vec::new();
+    for chunk in keys.chunks(500) {
+        let values: Vec<Option<u64>> = redis::cmd("MGET").arg(chunk).query_async(&mut admin).await.unwrap();
+        found.extend(values);
+    }
+    let lost = found.iter().filter(|v| v.is_none()).count();
+    assert_eq!(lost, 0, "{lost} of {} acknowledged writes lost", acked.len());
+    println!("{} acknowledged writes, none lost", acked.len());
+    setup.assert_role_allows_what_was_used();
 }

@@ -16,10 +16,10 @@ fn a_cluster_renders_as_a_preview_and_says_what_is_not_acted_on() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout.matches("kind: StatefulSet").count(), 2, "{stdout}");
     assert!(
-        stderr.contains("RedisSentinelCluster tokenplane: the operator applies these objects and keeps"),
+        stderr.contains("RedisSentinelCluster tokenplane: the operator applies these objects, rotates"),
         "{stderr}"
     );
-    assert!(stderr.contains("spec.tls and spec.acl (password rotation) are not acted on"), "{stderr}");
+    assert!(stderr.contains("spec.tls is not acted on"), "{stderr}");
 }
 
 #[test]

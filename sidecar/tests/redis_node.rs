@@ -36,11 +36,11 @@ fn render(edit: impl FnOnce(&mut serde_json::Value)) -> (Desired, BTreeMap<Strin
         operator_namespace: "tokenplane-system".into(),
     };
     let mut n = 0;
-    let d = redissentinelcluster::desired(&rsc, &env, &Passwords::default(), || {
+    let numbered = || {
         n += 1;
         format!("pw{n}-{}", std::process::id())
-    })
-    .unwrap();
+    };
+    let d = redissentinelcluster::desired(&rsc, &env, &Passwords::default(), (numbered, 0)).unwrap();
     let config = d.config.data.clone().unwrap();
     (d, config)
 }
@@ -455,7 +455,8 @@ async fn each_user_a_pod_creates_can_do_its_job_and_nothing_more() {
     allowed(&mut operator, cmd("ACL").arg("SETUSER").arg("probe").arg("on").arg(">pw").arg("+ping")).await;
     assert_eq!(refused(&mut operator, cmd("SET").arg("other:x").arg("1")).await, "NOPERM");
     assert_eq!(refused(&mut operator, &mut cmd("FLUSHALL")).await, "NOPERM");
-    assert_eq!(refused(&mut operator, cmd("CONFIG").arg("SET").arg("appendonly").arg("no")).await, "NOPERM");
+    assert_eq!(refused(&mut operator, &mut cmd("SHUTDOWN")).await, "NOPERM");
+    assert_eq!(refused(&mut operator, cmd("CONFIG").arg("REWRITE")).await, "NOPERM");
     assert_eq!(refused(&mut operator, cmd("KEYS").arg("*")).await, "NOPERM");
 
     for user in ["replication", "sentinel", "backup", "cleanup"] {
@@ -485,10 +486,8 @@ async fn each_user_a_pod_creates_can_do_its_job_and_nothing_more() {
     );
     let mut operator = cluster.connect(&sentinel, "operator").await.unwrap();
     allowed(&mut operator, cmd("ACL").arg("SETUSER").arg("probe").arg("on").arg(">pw").arg("+ping")).await;
-    assert_eq!(
-        refused(&mut operator, cmd("SENTINEL").arg("set").arg(MASTER_NAME).arg("quorum").arg("1")).await,
-        "NOPERM"
-    );
+    assert_eq!(refused(&mut operator, cmd("SENTINEL").arg("remove").arg(MASTER_NAME)).await, "NOPERM");
+    assert_eq!(refused(&mut operator, cmd("SENTINEL").arg("reset").arg("*")).await, "NOPERM");
 }
 
 /// The issuer's user, set on every node as the operator's ACL sync does.

@@ -13,14 +13,15 @@ use tokenplane_api::{OAuth2Client, RedisSentinelCluster, TokenPolicy};
 use super::Context;
 use crate::error::Error;
 use crate::reconcile::password_hash;
-use crate::reconcile::redissentinelcluster::Names;
-use crate::reconcile::redissentinelcluster::acl_sync::{self, MemberUsers, Step, Wanted};
+use crate::reconcile::redissentinelcluster::acl_sync::{self, Hashes, MemberUsers, Step, Wanted};
+use crate::reconcile::redissentinelcluster::{Names, Passwords};
 use crate::redis::{Member, RedisAdmin};
 
 /// What a sync found and did.
 pub(super) struct Synced {
     /// The issuers' and agents' users the cluster should have.
     pub wanted: usize,
+    /// Changes made, role users' included.
     /// Users set or removed on some member.
     pub changes: usize,
     /// Pods that did not answer (restarting, or gone); they are synced
@@ -28,11 +29,12 @@ pub(super) struct Synced {
     pub unreachable: Vec<String>,
 }
 
-/// Brings every node and Sentinel of `cluster` in line; `master` is the
-/// master's stable address.
+/// Brings every node and Sentinel of `cluster` in line with `passwords`
+/// (the role Secrets) and the policies and clients that use it; `master`
+/// is the master's stable address.
 pub(super) async fn sync(
     cluster: &RedisSentinelCluster,
-    names: &Names,
+    (names, passwords): (&Names, &Passwords),
     redis: &RedisAdmin,
     master: &str,
     ctx: &Context,
@@ -46,14 +48,17 @@ pub(super) async fn sync(
         .await?
         .items;
     let clients = Api::<OAuth2Client>::all(ctx.kube.clone()).list(&ListParams::default()).await?.items;
-    let wanted = acl_sync::wanted(cluster, &policies, &clients);
+    let mut wanted = acl_sync::role_users(passwords);
+    let owned = acl_sync::wanted(cluster, &policies, &clients);
+    let owned_count = owned.len();
+    wanted.extend(owned);
     let hashes = hashes(&wanted, members.iter().find(|m| m.addr == master), ctx).await?;
     let steps = acl_sync::plan(&wanted, &hashes, &members);
     for step in &steps {
         match step {
             Step::Set { addr, sentinel, name, hashes, rules } => {
                 redis.set_hashed_user(member(addr, *sentinel), name, hashes, rules).await?;
-                tracing::info!(cluster = %names.cluster, pod = Names::pod_of(addr), user = %name, "ACL user restored");
+                tracing::info!(cluster = %names.cluster, pod = Names::pod_of(addr), user = %name, "ACL user brought in line");
             }
             Step::Delete { addr, sentinel, name } => {
                 redis.delete_user_on(member(addr, *sentinel), name).await?;
@@ -61,7 +66,7 @@ pub(super) async fn sync(
             }
         }
     }
-    Ok(Synced { wanted: wanted.len(), changes: steps.len(), unreachable })
+    Ok(Synced { wanted: owned_count, changes: steps.len(), unreachable })
 }
 
 fn member(addr: &str, sentinel: bool) -> Member<'_> {
@@ -92,9 +97,10 @@ async fn read_members(
     (members, unreachable)
 }
 
-/// The password hashes each wanted user should have: the master's, which
-/// the owner's reconcile writes first; for a user the master lacks (it
-/// restarted too), from the owner's Secret.
+/// The password hashes each wanted user should have: a role user's from
+/// its Secret; an issuer's or agent's from the master, which its owner's
+/// reconcile writes first, or for a user the master lacks (it restarted
+/// too) from the owner's Secret.
 async fn hashes(
     wanted: &[Wanted],
     master: Option<&MemberUsers>,
@@ -102,17 +108,21 @@ async fn hashes(
 ) -> Result<BTreeMap<String, BTreeSet<String>>, Error> {
     let mut hashes = BTreeMap::new();
     for w in wanted {
-        let on_master = master.and_then(|m| m.users.get(&w.user.name)).filter(|u| u.enabled);
-        let known = match on_master {
-            Some(user) => user.hashes.clone(),
-            None => from_secret(&w.secret, ctx).await?.into_iter().collect(),
+        let known = match &w.hashes {
+            Hashes::Role(known) => known.clone(),
+            Hashes::Owned(namespace, secret) => {
+                match master.and_then(|m| m.users.get(&w.name)).filter(|u| u.enabled) {
+                    Some(user) => user.hashes.clone(),
+                    None => from_secret(namespace, secret, ctx).await?.into_iter().collect(),
+                }
+            }
         };
-        hashes.insert(w.user.name.clone(), known);
+        hashes.insert(w.name.clone(), known);
     }
     Ok(hashes)
 }
 
-async fn from_secret((namespace, name): &(String, String), ctx: &Context) -> Result<Option<String>, Error> {
+async fn from_secret(namespace: &str, name: &str, ctx: &Context) -> Result<Option<String>, Error> {
     let secret = Api::<Secret>::namespaced(ctx.kube.clone(), namespace).get_opt(name).await?;
     Ok(secret
         .and_then(|s| s.data?.remove(REDIS_PASSWORD))

@@ -9,6 +9,7 @@ mod context;
 mod events;
 mod leader;
 pub mod oauth2client;
+mod password_rotation;
 mod redis_target;
 pub mod redissentinelcluster;
 pub mod tokenpolicy;
@@ -36,7 +37,7 @@ use crate::error::Error;
 use apply::{apply, apply_dynamic};
 use conditions::condition;
 use context::unix_now;
-use events::event;
+use events::{event, event_of_action};
 
 /// Retries soon when Redis is the problem (it comes back by itself), later
 /// for the API server.

@@ -25,9 +25,11 @@ use tokenplane_api::acl::username;
 use tokenplane_api::redis::{AclRole, AclUserStatus};
 
 use super::acl_sync::{self, Synced};
-use super::{CONCURRENCY, Context, apply, error_policy, log, managed};
+use super::password_rotation;
+use super::{CONCURRENCY, Context, apply, error_policy, log, managed, unix_now};
 use crate::error::Error;
-use crate::reconcile::redissentinelcluster::{self, CLUSTER_ROLES, Desired, Names, Passwords};
+use crate::reconcile::redissentinelcluster::rotation::{self, Step};
+use crate::reconcile::redissentinelcluster::{self, CLUSTER_ROLES, Credentials, Desired, Names, Passwords};
 use crate::reconcile::{Invalid, MANAGED_BY};
 
 /// The longest a cluster goes unexamined once ready and in sync (also the
@@ -59,11 +61,18 @@ async fn apply_cluster(cluster: &RedisSentinelCluster, ctx: &Context) -> Result<
         Ok(names) => names,
         Err(invalid) => return refuse(cluster, ctx, &invalid).await,
     };
-    let existing = passwords(&names, ctx).await?;
-    let desired = match redissentinelcluster::desired(cluster, &ctx.clusters, &existing, ctx.generate) {
-        Ok(desired) => desired,
-        Err(invalid) => return refuse(cluster, ctx, &invalid).await,
-    };
+    let now = unix_now();
+    let (passwords, stepped) = password_rotation::begin_and_retire(
+        cluster,
+        &credentials(&names, ctx, now).await?,
+        now,
+        ctx.generate,
+    );
+    let mut desired =
+        match redissentinelcluster::desired(cluster, &ctx.clusters, &passwords, (ctx.generate, now)) {
+            Ok(desired) => desired,
+            Err(invalid) => return refuse(cluster, ctx, &invalid).await,
+        };
     let sets: Api<StatefulSet> = Api::namespaced(ctx.kube.clone(), &namespace);
     if let Some(invalid) = sets
         .get_opt(&desired.names.redis())
@@ -72,8 +81,37 @@ async fn apply_cluster(cluster: &RedisSentinelCluster, ctx: &Context) -> Result<
     {
         return refuse(cluster, ctx, &invalid).await;
     }
-    // Secrets before the pods that mount them, the ConfigMap before the
-    // pods that read it.
+    apply_objects(&desired, ctx, &namespace).await?;
+    announce_steps(cluster, ctx, &stepped, &desired.passwords).await;
+    let pods = Pods {
+        nodes: ready(ctx, &namespace, &desired.names.redis()).await?,
+        sentinels: ready(ctx, &namespace, &desired.names.sentinel_peers()).await?,
+    };
+    let live = if pods.nodes > 0 && pods.sentinels > 0 {
+        look(cluster, &desired, ctx).await?
+    } else {
+        Live::NotRunning
+    };
+    if let Live::Seen { master, synced } = &live {
+        announce_failover(cluster, ctx, master).await;
+        if synced.unreachable.is_empty() {
+            desired = promote(cluster, desired, ctx, now).await?;
+        }
+    }
+    let settled = set_status(cluster, ctx, Ok((&desired, &pods, &live))).await?;
+    let rotating = CLUSTER_ROLES
+        .into_iter()
+        .filter_map(|role| desired.passwords.credentials(role))
+        .map(|c| rotation::wake_at(c, &cluster.spec.acl));
+    let wake =
+        rotating.map(|at| at.map_or(STARTING, |at| Duration::from_secs(at.saturating_sub(now).max(1)))).min();
+    let idle = if settled { RESYNC } else { STARTING };
+    Ok(Action::requeue(wake.map_or(idle, |w| w.min(idle))))
+}
+
+/// Secrets before the pods that mount them, the ConfigMap before the pods
+/// that read it.
+async fn apply_objects(desired: &Desired, ctx: &Context, namespace: &str) -> Result<(), Error> {
     for secret in &desired.role_secrets {
         apply(&ctx.kube, secret).await?;
     }
@@ -91,25 +129,74 @@ async fn apply_cluster(cluster: &RedisSentinelCluster, ctx: &Context) -> Result<
     match &desired.backup {
         Some((claim, job)) => {
             apply(&ctx.kube, claim).await?;
-            apply(&ctx.kube, job).await?;
+            apply(&ctx.kube, job).await
         }
         // Backups turned off: the job goes, the volume and its snapshots stay.
-        None => drop_backup_job(ctx, &namespace, &desired.names).await?,
+        None => drop_backup_job(ctx, namespace, &desired.names).await,
     }
-    let pods = Pods {
-        nodes: ready(ctx, &namespace, &desired.names.redis()).await?,
-        sentinels: ready(ctx, &namespace, &desired.names.sentinel_peers()).await?,
-    };
-    let live = if pods.nodes > 0 && pods.sentinels > 0 {
-        look(cluster, &desired, ctx).await?
-    } else {
-        Live::NotRunning
-    };
-    if let Live::Seen { master, .. } = &live {
-        announce_failover(cluster, ctx, master).await;
+}
+
+/// Makes every next password that all members accept current, then writes
+/// the Secrets and the data nodes' StatefulSet (a new monitor password
+/// restarts the exporters) again.
+async fn promote(
+    cluster: &RedisSentinelCluster,
+    desired: Desired,
+    ctx: &Context,
+    now: u64,
+) -> Result<Desired, Error> {
+    let password =
+        desired.passwords.get(AclRole::Operator).expect("desired passwords hold every cluster role");
+    let redis = ctx.cluster_logins.admin(cluster, &desired.names, password);
+    let (passwords, promoted) =
+        password_rotation::promote(cluster, &desired.passwords, (&redis, &desired.names), now).await;
+    if promoted.is_empty() {
+        return Ok(desired);
     }
-    let settled = set_status(cluster, ctx, Ok((&desired, &pods, &live))).await?;
-    Ok(Action::requeue(if settled { RESYNC } else { STARTING }))
+    let after = redissentinelcluster::desired(cluster, &ctx.clusters, &passwords, (ctx.generate, now))
+        .expect("the spec was checked a moment ago");
+    for secret in &after.role_secrets {
+        apply(&ctx.kube, secret).await?;
+    }
+    apply(&ctx.kube, &after.redis).await?;
+    let steps: Vec<(AclRole, Step)> = promoted.into_iter().map(|role| (role, Step::Promote)).collect();
+    announce_steps(cluster, ctx, &steps, &after.passwords).await;
+    Ok(after)
+}
+
+/// A log line and an event for each rotation step taken.
+async fn announce_steps(
+    cluster: &RedisSentinelCluster,
+    ctx: &Context,
+    steps: &[(AclRole, Step)],
+    passwords: &Passwords,
+) {
+    for (role, step) in steps {
+        let user = username(*role);
+        let note = match step {
+            Step::Begin => {
+                format!("a new password of the {user} user is being added to every node and Sentinel")
+            }
+            Step::Promote => {
+                let until =
+                    passwords.credentials(*role).and_then(|c| c.previous.as_ref()).map(|(_, until)| *until);
+                format!(
+                    "the {user} user's new password is current; the previous one works until {}",
+                    until.map(rfc3339).unwrap_or_default()
+                )
+            }
+            Step::Retire => format!("the {user} user's previous password no longer works"),
+        };
+        tracing::info!(cluster = %cluster.name_any(), user, step = step.as_str(), "password rotation");
+        let action = format!("RotatePassword:{user}");
+        super::event_of_action(cluster, ctx, (EventType::Normal, step.reason(), &action), &note).await;
+    }
+}
+
+fn rfc3339(unix: u64) -> String {
+    k8s_openapi::jiff::Timestamp::from_second(i64::try_from(unix).unwrap_or(i64::MAX))
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }
 
 /// Ready pods of each StatefulSet.
@@ -139,7 +226,7 @@ async fn look(cluster: &RedisSentinelCluster, desired: &Desired, ctx: &Context) 
         Err(e) => return Ok(unreachable(&e)),
     };
     let master = ctx.cluster_logins.dial().name_of(&nodes.master).to_owned();
-    match acl_sync::sync(cluster, &desired.names, &redis, &master, ctx).await {
+    match acl_sync::sync(cluster, (&desired.names, &desired.passwords), &redis, &master, ctx).await {
         Ok(synced) => Ok(Live::Seen { master: Names::pod_of(&master).to_owned(), synced }),
         Err(Error::Redis(e)) => Ok(unreachable(&e)),
         Err(e) => Err(e),
@@ -152,7 +239,8 @@ async fn announce_failover(cluster: &RedisSentinelCluster, ctx: &Context, master
     if previous != master {
         let note = format!("the Sentinels made {master} the master (it was {previous})");
         tracing::warn!(cluster = %cluster.name_any(), %master, %previous, "failover");
-        super::event(cluster, ctx, EventType::Warning, "Failover", &note).await;
+        let action = format!("Failover:{master}");
+        super::event_of_action(cluster, ctx, (EventType::Warning, "Failover", &action), &note).await;
     }
 }
 
@@ -165,16 +253,15 @@ async fn drop_backup_job(ctx: &Context, namespace: &str, names: &Names) -> Resul
     }
 }
 
-/// The passwords the role Secrets hold now; a Secret without one (or not
-/// there) gets a new password.
-async fn passwords(names: &Names, ctx: &Context) -> Result<Passwords, Error> {
+/// The credentials the role Secrets hold now; a role without a Secret (or
+/// a password in it) gets a new password.
+async fn credentials(names: &Names, ctx: &Context, now: u64) -> Result<Passwords, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &names.namespace);
     let mut passwords = Passwords::default();
     for role in CLUSTER_ROLES {
         let Some(secret) = secrets.get_opt(&names.role_secret(role)).await? else { continue };
-        let password = secret.data.as_ref().and_then(|d| d.get(redissentinelcluster::PASSWORD));
-        if let Some(password) = password.and_then(|p| String::from_utf8(p.0.clone()).ok()) {
-            passwords.0.insert(username(role).to_owned(), password);
+        if let Some(credentials) = Credentials::read(&secret, now) {
+            passwords.0.insert(username(role).to_owned(), credentials);
         }
     }
     Ok(passwords)
@@ -189,12 +276,8 @@ async fn refuse(cluster: &RedisSentinelCluster, ctx: &Context, invalid: &Invalid
 
 /// What of the spec this operator version does not act on yet, said on
 /// the resource rather than ignored.
-fn not_acted_on(cluster: &RedisSentinelCluster) -> String {
-    let mut fields = vec!["acl (password rotation)"];
-    if cluster.spec.tls.enabled {
-        fields.push("tls");
-    }
-    format!("not acted on yet: {}", fields.join(", "))
+fn not_acted_on(cluster: &RedisSentinelCluster) -> Option<String> {
+    cluster.spec.tls.enabled.then(|| "not acted on yet: tls".to_owned())
 }
 
 /// Ready pods of a StatefulSet as it reports them.
@@ -258,11 +341,14 @@ async fn set_status(
             let reason = if is_ready { "Ready" } else { "Starting" };
             let (synced, synced_reason, synced_message) = users_synced(live);
             settled = is_ready && synced;
-            status["conditions"] = json!([
+            let mut conditions = vec![
                 condition("Ready", is_ready, reason, message),
                 condition("UsersSynced", synced, synced_reason, synced_message),
-                condition("Complete", false, "NotYetActedOn", not_acted_on(cluster)),
-            ]);
+            ];
+            if let Some(pending) = not_acted_on(cluster) {
+                conditions.push(condition("Complete", false, "NotYetActedOn", pending));
+            }
+            status["conditions"] = json!(conditions);
             status["readyReplicas"] = pods.nodes.into();
             status["readySentinels"] = pods.sentinels.into();
             let seen = cluster.status.as_ref();
@@ -284,7 +370,12 @@ async fn set_status(
                     role,
                     username: username(role).into(),
                     secret_name: d.names.role_secret(role),
-                    rotated_at: None,
+                    rotated_at: d
+                        .passwords
+                        .credentials(role)
+                        .map(|c| c.since)
+                        .filter(|s| *s > 0)
+                        .map(rfc3339),
                 })
                 .collect();
             status["aclUsers"] = json!(users);

@@ -10,23 +10,32 @@ use tokenplane_api::redis::AclRole;
 use super::Addr;
 use super::discover::Login;
 
-/// A user's secret as mounted: the password, or only its SHA-256.
+/// A user as mounted: its password where this pod logs in with it, and the
+/// hashes of every password it accepts.
 #[derive(Clone, PartialEq, Eq)]
-enum Credential {
-    Password(String),
-    Hash(String),
+struct User {
+    role: AclRole,
+    password: Option<String>,
+    hashes: Vec<String>,
 }
 
 /// The users a pod creates, read from its users directory: `<user>` holds
-/// a password, `<user>.sha256` the hash of one.
+/// a password, `<user>.sha256` the hash of one, and `<user>.also.sha256`
+/// (empty but while a rotation overlaps) the hash of another it accepts.
 #[derive(Clone, Default)]
-pub struct Users(BTreeMap<String, (AclRole, Credential)>);
+pub struct Users(BTreeMap<String, User>);
 
 /// Never prints a password.
 impl std::fmt::Debug for Users {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_set().entries(self.0.keys()).finish()
     }
+}
+
+/// What one file of the users directory gives a user.
+enum Entry {
+    Password(String),
+    Hash(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +60,7 @@ pub enum UsersError {
 impl Users {
     pub fn load(dir: &Path) -> Result<Self, UsersError> {
         let entries = std::fs::read_dir(dir).map_err(|source| UsersError::Dir { dir: dir.into(), source })?;
-        let mut users = BTreeMap::new();
+        let mut users: BTreeMap<String, User> = BTreeMap::new();
         for entry in entries {
             let entry = entry.map_err(|source| UsersError::Dir { dir: dir.into(), source })?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -63,32 +72,48 @@ impl Users {
             let text = std::fs::read_to_string(&file)
                 .map_err(|source| UsersError::File { file: file.clone(), source })?;
             let text = text.strip_suffix('\n').unwrap_or(&text).to_owned();
-            let (user, credential) = match name.strip_suffix(".sha256") {
+            let (user, entry) = match name
+                .strip_suffix(".also.sha256")
+                .or_else(|| name.strip_suffix(".sha256"))
+            {
+                Some(user) if text.is_empty() && name.ends_with(".also.sha256") => (user.to_owned(), None),
                 Some(user) => {
                     let ok = text.len() == 64
                         && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
                     ok.then_some(()).ok_or_else(|| UsersError::BadHash { file: file.clone() })?;
-                    (user.to_owned(), Credential::Hash(text))
+                    (user.to_owned(), Some(Entry::Hash(text)))
                 }
                 None => {
                     let ok = !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic());
                     ok.then_some(()).ok_or_else(|| UsersError::BadPassword { file: file.clone() })?;
-                    (name, Credential::Password(text))
+                    (name, Some(Entry::Password(text)))
                 }
             };
             let role =
                 acl::role_named(&user).ok_or_else(|| UsersError::UnknownUser { file, user: user.clone() })?;
-            users.insert(user, (role, credential));
+            let known = users.entry(user).or_insert(User { role, password: None, hashes: Vec::new() });
+            match entry {
+                Some(Entry::Password(p)) => {
+                    known.hashes.push(acl::password_hash(&p));
+                    known.password = Some(p);
+                }
+                Some(Entry::Hash(h)) => known.hashes.push(h),
+                None => {}
+            }
+        }
+        for user in users.values_mut() {
+            user.hashes.sort();
+            user.hashes.dedup();
         }
         Ok(Self(users))
     }
 
     /// The password of `role`'s user, when mounted.
     pub fn password(&self, role: AclRole) -> Result<&str, UsersError> {
-        match self.0.get(acl::username(role)) {
-            Some((_, Credential::Password(p))) => Ok(p),
-            _ => Err(UsersError::Missing(acl::username(role))),
-        }
+        self.0
+            .get(acl::username(role))
+            .and_then(|u| u.password.as_deref())
+            .ok_or(UsersError::Missing(acl::username(role)))
     }
 
     /// How to log in as `role`'s user, with its mounted password.
@@ -100,13 +125,10 @@ impl Users {
     /// whose role has none here are left out.
     fn directives(&self, rules: impl Fn(AclRole) -> Option<&'static str>) -> String {
         let mut out = format!("user default {DEFAULT_OFF}\n");
-        for (name, (role, credential)) in &self.0 {
-            let Some(rules) = rules(*role) else { continue };
-            let secret = match credential {
-                Credential::Password(p) => format!("#{}", acl::password_hash(p)),
-                Credential::Hash(h) => format!("#{h}"),
-            };
-            out.push_str(&format!("user {name} on {secret} {rules}\n"));
+        for (name, user) in &self.0 {
+            let Some(rules) = rules(user.role) else { continue };
+            let hashes: Vec<String> = user.hashes.iter().map(|h| format!("#{h}")).collect();
+            out.push_str(&format!("user {name} on {} {rules}\n", hashes.join(" ")));
         }
         out
     }
@@ -220,6 +242,31 @@ mod tests {
     }
 
     #[test]
+    fn while_a_rotation_overlaps_a_user_accepts_both_passwords() {
+        let next = acl::password_hash("next-pw");
+        let users = users(&[
+            ("replication", "repl-pw"),
+            ("replication.also.sha256", &next),
+            ("operator.sha256", &acl::password_hash("op-pw")),
+            ("operator.also.sha256", ""),
+        ])
+        .unwrap();
+        let me = Addr::parse("r-1.r.ns.svc.cluster.local:6379").unwrap();
+        let conf = node_config("", &me, None, &users).unwrap();
+        let mut both = [acl::password_hash("repl-pw"), next].map(|h| format!("#{h}"));
+        both.sort();
+        assert!(
+            conf.contains(&format!("user replication on {} {}", both.join(" "), acl::REPLICATION)),
+            "{conf}"
+        );
+        assert!(conf.contains("masterauth repl-pw"), "it logs in with its current password");
+        assert!(
+            conf.contains(&format!("user operator on #{} {}", acl::password_hash("op-pw"), acl::OPERATOR)),
+            "an empty also-file adds nothing: {conf}"
+        );
+    }
+
+    #[test]
     fn a_sentinel_monitors_first_and_keeps_its_id() {
         let users = users(&[("sentinel", "s-pw"), ("monitor", "m-pw")]).unwrap();
         let me = Addr::parse("s-0.s.ns.svc.cluster.local:26379").unwrap();
@@ -251,6 +298,7 @@ mod tests {
             Err(UsersError::BadPassword { .. })
         ));
         assert!(matches!(users(&[("operator.sha256", "abc")]), Err(UsersError::BadHash { .. })));
+        assert!(matches!(users(&[("monitor.also.sha256", "xyz")]), Err(UsersError::BadHash { .. })));
         let no_replication = users(&[("monitor", "pw")]).unwrap();
         let me = Addr::parse("h:1").unwrap();
         let err = node_config("", &me, None, &no_replication).unwrap_err();

@@ -42,8 +42,8 @@ use ::redis::{
 use tempfile::TempDir;
 
 use self::config::{
-    ADMIN_USER, Listen, Passwords, QUORUM, SENTINEL_CLIENT_USER, SENTINELS, Timings, TlsFiles, node_acl_file,
-    node_config, sentinel_config,
+    ADMIN_USER, Listen, Passwords, QUORUM, REPLICATION_USER, SENTINEL_CLIENT_USER, SENTINEL_USER, SENTINELS,
+    Timings, TlsFiles, node_acl_file, node_config, sentinel_config,
 };
 pub use self::error::HarnessError;
 pub use self::process::free_port;
@@ -329,6 +329,18 @@ impl RedisCluster {
     /// on the data nodes.
     pub fn sentinel_credentials(&self) -> Credentials {
         Credentials::new(SENTINEL_CLIENT_USER, &self.passwords.sentinel_client)
+    }
+
+    /// The `replication` user replicas log in to their master with
+    /// (`masterauth`), whose rules are `acl::REPLICATION`.
+    pub fn replication_credentials(&self) -> Credentials {
+        Credentials::new(REPLICATION_USER, &self.passwords.replication)
+    }
+
+    /// The `sentinel` user the Sentinels log in to the nodes and to each
+    /// other with (`auth-pass`, `sentinel-pass`).
+    pub fn sentinel_link_credentials(&self) -> Credentials {
+        Credentials::new(SENTINEL_USER, &self.passwords.sentinel)
     }
 
     /// The master's address as the first Sentinel that answers reports it

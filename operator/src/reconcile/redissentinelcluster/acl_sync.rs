@@ -1,15 +1,20 @@
 //! The ACL sync. Redis replicates no ACL user, and a node or Sentinel that
 //! restarts comes back with only the cluster's role users (its start-up
-//! step creates those). The issuers' and agents' users, which the
-//! TokenPolicy and OAuth2Client reconciles create, are brought back here,
-//! and the users of policies and clients that are gone leave the members
-//! that missed their deletion (a partitioned node).
+//! step creates those, from the role Secrets as they were when it started).
+//! Every member is brought in line here: each role user accepts exactly the
+//! passwords its Secret holds (a rotation spreads this way), the issuers'
+//! and agents' users, which the TokenPolicy and OAuth2Client reconciles
+//! create, come back where they were lost, and the users of policies and
+//! clients that are gone leave the members that missed their deletion (a
+//! partitioned node).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use tokenplane_api::{OAuth2Client, RedisSentinelCluster, TokenPolicy};
 
-use crate::reconcile::AclUser;
+use tokenplane_api::acl::{self, SENTINEL_CLIENT};
+
+use super::{CLUSTER_ROLES, Passwords, roles_on};
 use crate::reconcile::oauth2client::agent_user;
 use crate::reconcile::tokenpolicy::issuer_user;
 
@@ -27,14 +32,13 @@ pub struct Listed {
     pub hashes: BTreeSet<String>,
 }
 
-/// The managed users of one member's `ACL LIST` (`user NAME on #HASH ... RULES`).
+/// The users of one member's `ACL LIST` (`user NAME on #HASH ... RULES`).
 pub fn listed(lines: &[String]) -> BTreeMap<String, Listed> {
     lines
         .iter()
         .filter_map(|line| {
             let mut words = line.split_whitespace();
             let name = words.nth(1).filter(|_| line.starts_with("user "))?;
-            managed(name).then_some(())?;
             let mut user = Listed::default();
             for word in words {
                 match word {
@@ -52,12 +56,45 @@ pub fn listed(lines: &[String]) -> BTreeMap<String, Listed> {
         .collect()
 }
 
-/// A user the cluster should have, and the Secret (namespace, name) in
-/// whose `redis_password` its owner keeps the password.
+/// A user the cluster should have: its rules on the data nodes and on the
+/// Sentinels (`None`: it has no user on that kind), and its passwords.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Wanted {
-    pub user: AclUser,
-    pub secret: (String, String),
+    pub name: String,
+    pub node_rules: Option<String>,
+    pub sentinel_rules: Option<String>,
+    pub hashes: Hashes,
+}
+
+/// Where a wanted user's password hashes come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hashes {
+    /// A role user's: exactly those of its Secret.
+    Role(BTreeSet<String>),
+    /// An issuer's or agent's: the master's (its owner's reconcile writes
+    /// the master first), else those of its owner's Secret (namespace,
+    /// name; the password in `redis_password`).
+    Owned(String, String),
+}
+
+/// The cluster's role users, as their Secrets say.
+pub fn role_users(passwords: &Passwords) -> Vec<Wanted> {
+    CLUSTER_ROLES
+        .into_iter()
+        .filter_map(|role| {
+            let credentials = passwords.credentials(role)?;
+            Some(Wanted {
+                name: acl::username(role).to_owned(),
+                node_rules: roles_on(false).any(|r| r == role).then(|| acl::node_rules(role).to_owned()),
+                sentinel_rules: roles_on(true)
+                    .any(|r| r == role)
+                    .then(|| acl::sentinel_rules(role))
+                    .flatten()
+                    .map(str::to_owned),
+                hashes: Hashes::Role(credentials.hashes().into_iter().collect()),
+            })
+        })
+        .collect()
 }
 
 /// The issuers of the policies whose `redisRef` names `cluster` and the
@@ -73,13 +110,17 @@ pub fn wanted(
         .iter()
         .filter(|p| p.metadata.namespace.as_deref() == Some(namespace) && p.spec.redis_ref.as_deref() == name)
         .collect();
+    let owned = |user: crate::reconcile::AclUser, secret_ns: &str, secret: String| Wanted {
+        name: user.name,
+        node_rules: Some(user.rules),
+        sentinel_rules: Some(SENTINEL_CLIENT.to_owned()),
+        hashes: Hashes::Owned(secret_ns.to_owned(), secret),
+    };
     let mut wanted = Vec::new();
     for policy in &ours {
         let policy_name = policy.metadata.name.as_deref().unwrap_or_default();
-        wanted.push(Wanted {
-            user: issuer_user(&TokenPolicy::id_for(policy_name, namespace)),
-            secret: (namespace.to_owned(), format!("{policy_name}-issuer-redis")),
-        });
+        let user = issuer_user(&TokenPolicy::id_for(policy_name, namespace));
+        wanted.push(owned(user, namespace, format!("{policy_name}-issuer-redis")));
     }
     let ids: BTreeSet<String> = ours
         .iter()
@@ -90,10 +131,7 @@ pub fn wanted(
         if ids.contains(&client.spec.policy_ref.policy_id(client_ns)) {
             let id =
                 OAuth2Client::client_id_for(client.metadata.name.as_deref().unwrap_or_default(), client_ns);
-            wanted.push(Wanted {
-                user: agent_user(&id),
-                secret: (client_ns.to_owned(), client.credentials_secret_name()),
-            });
+            wanted.push(owned(agent_user(&id), client_ns, client.credentials_secret_name()));
         }
     }
     wanted
@@ -110,48 +148,38 @@ pub struct MemberUsers {
 /// One change on one member.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// `rules` as on a data node; a Sentinel gives every such user the
-    /// rules of a Sentinel client.
-    Set {
-        addr: String,
-        sentinel: bool,
-        name: String,
-        hashes: Vec<String>,
-        rules: String,
-    },
-    Delete {
-        addr: String,
-        sentinel: bool,
-        name: String,
-    },
+    Set { addr: String, sentinel: bool, name: String, hashes: Vec<String>, rules: String },
+    Delete { addr: String, sentinel: bool, name: String },
 }
 
 /// What brings every member in line with `wanted`. `hashes` holds each
-/// wanted user's password hashes as they should be (the master's, else
-/// its Secret's); a wanted user without them is left to its own reconcile,
-/// which is writing it right now.
+/// wanted user's password hashes as they should be; a user without them is
+/// left to its own reconcile, which is writing it right now.
 pub fn plan(
     wanted: &[Wanted],
     hashes: &BTreeMap<String, BTreeSet<String>>,
     members: &[MemberUsers],
 ) -> Vec<Step> {
-    let names: BTreeSet<&str> = wanted.iter().map(|w| w.user.name.as_str()).collect();
+    let names: BTreeSet<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
     let mut steps = Vec::new();
     for member in members {
         for w in wanted {
-            let Some(want) = hashes.get(&w.user.name).filter(|h| !h.is_empty()) else { continue };
-            let current = member.users.get(&w.user.name);
+            let rules = if member.sentinel { &w.sentinel_rules } else { &w.node_rules };
+            let Some(rules) = rules else { continue };
+            let Some(want) = hashes.get(&w.name).filter(|h| !h.is_empty()) else { continue };
+            let current = member.users.get(&w.name);
             if current.is_none_or(|c| !c.enabled || c.hashes != *want) {
                 steps.push(Step::Set {
                     addr: member.addr.clone(),
                     sentinel: member.sentinel,
-                    name: w.user.name.clone(),
+                    name: w.name.clone(),
                     hashes: want.iter().cloned().collect(),
-                    rules: w.user.rules.clone(),
+                    rules: rules.clone(),
                 });
             }
         }
-        for name in member.users.keys().filter(|n| !names.contains(n.as_str())) {
+        let leftovers = member.users.keys().filter(|n| managed(n) && !names.contains(n.as_str()));
+        for name in leftovers {
             steps.push(Step::Delete {
                 addr: member.addr.clone(),
                 sentinel: member.sentinel,
@@ -199,11 +227,16 @@ mod tests {
         ];
         let clients = [client("orders", "shop", "default"), client("batch", "jobs", "other")];
         let wanted = wanted(&cluster(), &policies, &clients);
-        let names: Vec<_> = wanted.iter().map(|w| w.user.name.as_str()).collect();
+        let names: Vec<_> = wanted.iter().map(|w| w.name.as_str()).collect();
         assert_eq!(names, ["issuer:default.auth", "agent:orders.shop"]);
-        assert_eq!(wanted[0].secret, ("auth".into(), "default-issuer-redis".into()));
-        assert_eq!(wanted[1].secret, ("shop".into(), "orders-oauth2-credentials".into()));
-        assert_eq!(wanted[1].user, agent_user("orders.shop"), "the rules its reconcile sets");
+        assert_eq!(wanted[0].hashes, Hashes::Owned("auth".into(), "default-issuer-redis".into()));
+        assert_eq!(wanted[1].hashes, Hashes::Owned("shop".into(), "orders-oauth2-credentials".into()));
+        assert_eq!(
+            wanted[1].node_rules,
+            Some(agent_user("orders.shop").rules),
+            "the rules its reconcile sets"
+        );
+        assert_eq!(wanted[1].sentinel_rules.as_deref(), Some(SENTINEL_CLIENT), "discovery on the Sentinels");
     }
 
     #[test]
@@ -215,18 +248,42 @@ mod tests {
             "user default off resetchannels -@all".to_owned(),
         ];
         let users = listed(&lines);
-        assert_eq!(users.len(), 2, "role users are not the sync's");
+        assert_eq!(users.len(), 4);
+        assert_eq!(users["operator"].hashes, BTreeSet::from(["dd".into()]));
         assert_eq!(users["agent:orders.shop"].hashes, BTreeSet::from(["aa".into(), "bb".into()]));
         assert!(users["agent:orders.shop"].enabled);
         assert!(!users["issuer:default.auth"].enabled);
     }
 
+    fn owned(user: crate::reconcile::AclUser) -> Wanted {
+        Wanted {
+            name: user.name,
+            node_rules: Some(user.rules),
+            sentinel_rules: Some(SENTINEL_CLIENT.into()),
+            hashes: Hashes::Owned("ns".into(), "s".into()),
+        }
+    }
+
+    #[test]
+    fn role_users_accept_what_their_secrets_hold_on_the_members_that_have_them() {
+        let mut passwords = Passwords::default().completed(|| "pw".into(), 0);
+        let backup = passwords.0.get_mut("backup").unwrap();
+        backup.next = Some("next".into());
+        let roles = role_users(&passwords);
+        assert_eq!(roles.len(), CLUSTER_ROLES.len());
+        let backup = roles.iter().find(|w| w.name == "backup").unwrap();
+        assert_eq!(backup.node_rules.as_deref(), Some(acl::BACKUP));
+        assert_eq!(backup.sentinel_rules, None, "backups never talk to a Sentinel");
+        let both = BTreeSet::from([acl::password_hash("pw"), acl::password_hash("next")]);
+        assert_eq!(backup.hashes, Hashes::Role(both));
+        let sentinel = roles.iter().find(|w| w.name == "sentinel").unwrap();
+        assert_eq!(sentinel.node_rules.as_deref(), Some(acl::SENTINEL_ON_NODE));
+        assert_eq!(sentinel.sentinel_rules.as_deref(), Some(acl::SENTINEL_ON_SENTINEL));
+    }
+
     #[test]
     fn missing_disabled_and_stale_users_are_set_and_unknown_ones_removed() {
-        let wanted = vec![
-            Wanted { user: issuer_user("default.auth"), secret: ("auth".into(), "s".into()) },
-            Wanted { user: agent_user("new.shop"), secret: ("shop".into(), "t".into()) },
-        ];
+        let wanted = vec![owned(issuer_user("default.auth")), owned(agent_user("new.shop"))];
         let hashes = BTreeMap::from([("issuer:default.auth".to_owned(), BTreeSet::from(["h1".to_owned()]))]);
         let listed = |enabled, hash: &str| Listed { enabled, hashes: BTreeSet::from([hash.to_owned()]) };
         let member = |addr: &str, sentinel, users: Vec<(&str, Listed)>| MemberUsers {
@@ -247,7 +304,7 @@ mod tests {
             sentinel,
             name: "issuer:default.auth".into(),
             hashes: vec!["h1".into()],
-            rules: issuer_user("default.auth").rules,
+            rules: if sentinel { SENTINEL_CLIENT.into() } else { issuer_user("default.auth").rules },
         };
         assert_eq!(
             steps,

@@ -27,8 +27,9 @@ pub fn env() -> Environment {
 /// Reconciles `rsc` with `existing` passwords; new ones are numbered.
 pub fn reconcile(rsc: &RedisSentinelCluster, existing: &Passwords) -> Result<Desired, Invalid> {
     let mut n = 0;
-    desired(rsc, &env(), existing, || {
+    let numbered = || {
         n += 1;
         format!("generated-{n}")
-    })
+    };
+    desired(rsc, &env(), existing, (numbered, 0))
 }

@@ -14,6 +14,7 @@ mod changes;
 mod config;
 mod jobs;
 mod network_policy;
+pub mod rotation;
 mod service;
 mod users;
 mod workloads;
@@ -30,7 +31,8 @@ use tokenplane_api::RedisSentinelCluster;
 use tokenplane_api::redis::AclRole;
 
 pub use changes::unsafe_change;
-pub use users::{CLUSTER_ROLES, PASSWORD, Passwords};
+pub use users::{CLUSTER_ROLES, Credentials, PASSWORD, Passwords};
+pub use workloads::roles_on;
 
 use super::{Invalid, managed_meta};
 use crate::redis::{Dial, Members, RedisConfig};
@@ -166,23 +168,24 @@ pub fn quorum(sentinels: i32) -> i32 {
 }
 
 /// Checks `rsc` and builds what it should have. `existing` holds the
-/// passwords the role Secrets have now; `new_password` makes one for a
-/// role that has none.
+/// credentials the role Secrets have now; `new_password` makes one for a
+/// role that has none, current from `now`.
 pub fn desired(
     rsc: &RedisSentinelCluster,
     env: &Environment,
     existing: &Passwords,
-    new_password: impl FnMut() -> String,
+    (new_password, now): (impl FnMut() -> String, u64),
 ) -> Result<Desired, Invalid> {
     check(rsc)?;
     let names = Names::of(rsc, &env.cluster_domain)?;
-    let passwords = existing.completed(new_password);
+    let passwords = existing.completed(new_password, now);
+    let monitor = passwords.get(AclRole::Monitor).expect("completed passwords hold every cluster role");
     let redis_labels = labels(&names.cluster, "redis");
     let sentinel_labels = labels(&names.cluster, "sentinel");
     Ok(Desired {
         role_secrets: users::role_secrets(rsc, &names, &passwords),
         config: config::config_map(rsc, &names),
-        redis: workloads::redis(rsc, env, &names, &redis_labels),
+        redis: workloads::redis(rsc, env, &names, &redis_labels, monitor),
         sentinel: workloads::sentinel(rsc, env, &names, &sentinel_labels),
         services: service::services(rsc, &names, &redis_labels, &sentinel_labels),
         budgets: service::budgets(rsc, &names, &redis_labels, &sentinel_labels),

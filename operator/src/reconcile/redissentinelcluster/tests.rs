@@ -33,7 +33,8 @@ fn arg_after<'a>(c: &'a Container, flag: &str) -> &'a str {
 
 #[test]
 fn the_sample_gets_a_user_per_role_and_keeps_the_passwords_it_has() {
-    let existing = Passwords(BTreeMap::from([("replication".to_owned(), "kept".to_owned())]));
+    let existing =
+        Passwords(BTreeMap::from([("replication".to_owned(), Credentials::new("kept".into(), 0))]));
     let d = reconcile(&cluster(|_| {}), &existing).unwrap();
     assert_eq!(d.role_secrets.len(), CLUSTER_ROLES.len());
     let mut passwords = Vec::new();

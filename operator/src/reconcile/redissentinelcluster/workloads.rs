@@ -24,7 +24,7 @@ use tokenplane_api::redis::AclRole;
 use super::config::{REDIS_CONF, SENTINEL_CONF};
 use tokenplane_api::acl::username;
 
-use super::users::{HASH, PASSWORD};
+use super::users::{ALSO_HASH, HASH, PASSWORD};
 use super::{EXPORTER_PORT, Environment, Names, REDIS_PORT, SENTINEL_PORT, meta, quorum, selector};
 use crate::reconcile::pod::{mount, pod_security, read_only_mount, restricted};
 
@@ -94,11 +94,23 @@ impl Kind {
     }
 }
 
+/// The pod template annotation that restarts the data nodes' pods when the
+/// monitor password changes: the exporter reads it from its environment,
+/// at start only.
+pub const MONITOR_PASSWORD: &str = "tokenplane.io/monitor-password";
+
+/// The roles whose users a Sentinel (`sentinel`) or a data node creates.
+pub fn roles_on(sentinel: bool) -> impl Iterator<Item = AclRole> {
+    let kind = if sentinel { Kind::Sentinel } else { Kind::Node };
+    kind.users().iter().map(|(role, _)| *role)
+}
+
 pub(super) fn redis(
     rsc: &RedisSentinelCluster,
     env: &Environment,
     names: &Names,
     labels: &BTreeMap<String, String>,
+    monitor_password: &str,
 ) -> StatefulSet {
     let spec = &rsc.spec;
     let server = Container {
@@ -118,10 +130,11 @@ pub(super) fn redis(
             ..Lifecycle::default()
         }),
         // LOADING, a master link down or a wrong password all answer
-        // something other than PONG.
+        // something other than PONG. The password is read from the mount at
+        // each probe: a rotated one arrives there without a restart.
         readiness_probe: Some(exec_probe(&format!(
-            "[ \"$(redis-cli --no-auth-warning --user {} -p {REDIS_PORT} ping)\" = PONG ]",
-            username(AclRole::Monitor)
+            "[ \"$(REDISCLI_AUTH=\"$(cat {USERS_MOUNT}/{user})\" redis-cli --no-auth-warning --user {user} -p {REDIS_PORT} ping)\" = PONG ]",
+            user = username(AclRole::Monitor)
         ))),
         liveness_probe: Some(tcp_probe(REDIS_PORT)),
         resources: Some(spec.resources.clone().unwrap_or_else(|| resources("100m", "128Mi", "512Mi"))),
@@ -156,6 +169,10 @@ pub(super) fn redis(
         stateful_set(rsc, names.redis(), labels, spec.replicas, vec![start], vec![server, exporter], volumes);
     let spec = set.spec.get_or_insert_default();
     spec.template.spec.get_or_insert_default().termination_grace_period_seconds = Some(NODE_GRACE_SECS);
+    // A fingerprint, not the hash: nothing to test guesses against.
+    let fingerprint = tokenplane_api::acl::password_hash(monitor_password)[..16].to_owned();
+    let template = spec.template.metadata.get_or_insert_default();
+    template.annotations.get_or_insert_default().insert(MONITOR_PASSWORD.into(), fingerprint);
     if persistent {
         spec.volume_claim_templates = Some(vec![data_claim(rsc)]);
     }
@@ -204,7 +221,6 @@ fn hand_over_env(rsc: &RedisSentinelCluster, names: &Names) -> Vec<EnvVar> {
         plain_env("TOKENPLANE_REDIS_MASTER_NAME", rsc.spec.master_name.clone()),
         plain_env("TOKENPLANE_REDIS_USERS_DIR", USERS_MOUNT.into()),
         plain_env("TOKENPLANE_REDIS_MIN_REPLICAS", rsc.spec.min_replicas_to_acknowledge.to_string()),
-        secret_env("REDISCLI_AUTH", names.role_secret(AclRole::Monitor)),
     ]
 }
 
@@ -285,10 +301,15 @@ fn common_volumes(names: &Names, kind: Kind) -> Vec<Volume> {
                 Secret::Password => (PASSWORD, username(*role).to_owned()),
                 Secret::Hash => (HASH, format!("{}.{HASH}", username(*role))),
             };
+            let also = KeyToPath {
+                key: ALSO_HASH.into(),
+                path: format!("{}.also.{HASH}", username(*role)),
+                mode: None,
+            };
             VolumeProjection {
                 secret: Some(SecretProjection {
                     name: names.role_secret(*role),
-                    items: Some(vec![KeyToPath { key: key.into(), path, mode: None }]),
+                    items: Some(vec![KeyToPath { key: key.into(), path, mode: None }, also]),
                     ..SecretProjection::default()
                 }),
                 ..VolumeProjection::default()

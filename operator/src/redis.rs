@@ -120,18 +120,19 @@ enum Query<'a> {
     Pipeline(&'a redis::Pipeline),
 }
 
-/// `ACL SETUSER name reset on <passwords> <rules>`; each password is
-/// `>plain` or `#sha256`.
-fn setuser(name: &str, passwords: &[String], rules: &str) -> redis::Cmd {
+/// `ACL SETUSER name reset on #<hash>... <rules>`: the user accepts exactly
+/// the passwords of `hashes` (SHA-256 hex), so no password is ever sent.
+fn setuser(name: &str, hashes: &[String], rules: &str) -> redis::Cmd {
     let mut cmd = redis::cmd("ACL");
-    cmd.arg("SETUSER").arg(name).arg("reset").arg("on").arg(passwords);
+    cmd.arg("SETUSER").arg(name).arg("reset").arg("on");
+    cmd.arg(hashes.iter().map(|h| format!("#{h}")).collect::<Vec<_>>());
     cmd.arg(tokenplane_api::acl::split_rules(rules));
     cmd
 }
 
 /// On a Sentinel, every issuer and agent only discovers the master.
-fn setuser_on_sentinel(name: &str, passwords: &[String]) -> redis::Cmd {
-    setuser(name, passwords, tokenplane_api::acl::SENTINEL_CLIENT)
+fn setuser_on_sentinel(name: &str, hashes: &[String]) -> redis::Cmd {
+    setuser(name, hashes, tokenplane_api::acl::SENTINEL_CLIENT)
 }
 
 fn deluser(name: &str) -> redis::Cmd {
@@ -326,21 +327,16 @@ impl RedisAdmin {
         Err(RedisError::NoSentinel { sentinels: c.sentinels.clone(), last })
     }
 
-    /// Creates (or redefines) `user` with `passwords` (two while a password
-    /// rotation overlaps) on every node the Sentinels count, and on a
-    /// cluster's other members: ACL users are not replicated.
-    pub async fn set_user(
-        &self,
-        nodes: &Nodes,
-        user: &AclUser,
-        passwords: &[&str],
-    ) -> Result<(), RedisError> {
-        let passwords: Vec<String> = passwords.iter().map(|p| format!(">{p}")).collect();
-        let setuser = setuser(&user.name, &passwords, &user.rules);
+    /// Creates (or redefines) `user`, accepting exactly the passwords of
+    /// `hashes` (SHA-256 hex; two while a password rotation overlaps), on
+    /// every node the Sentinels count, and on a cluster's other members:
+    /// ACL users are not replicated.
+    pub async fn set_user(&self, nodes: &Nodes, user: &AclUser, hashes: &[String]) -> Result<(), RedisError> {
+        let setuser = setuser(&user.name, hashes, &user.rules);
         for addr in nodes.all() {
             self.on::<()>(addr, &setuser).await?;
         }
-        self.on_other_members(nodes, &setuser, &setuser_on_sentinel(&user.name, &passwords)).await
+        self.on_other_members(nodes, &setuser, &setuser_on_sentinel(&user.name, hashes)).await
     }
 
     /// Removes `user` from every node and the cluster's other members.
@@ -401,8 +397,7 @@ impl RedisAdmin {
         hashes: &[String],
         rules: &str,
     ) -> Result<(), RedisError> {
-        let hashes: Vec<String> = hashes.iter().map(|h| format!("#{h}")).collect();
-        self.on_member(member, &setuser(name, &hashes, rules)).await
+        self.on_member(member, &setuser(name, hashes, rules)).await
     }
 
     /// Runs `cmd` on `member`, for what its running configuration holds.
@@ -438,9 +433,9 @@ impl RedisAdmin {
         nodes: &Nodes,
         registration: &ClientRecord,
         user: &AclUser,
-        passwords: &[&str],
+        hashes: &[String],
     ) -> Result<(), RedisError> {
-        self.set_user(nodes, user, passwords).await?;
+        self.set_user(nodes, user, hashes).await?;
         let json = serde_json::to_string(registration).expect("a registration serializes");
         let mut set = redis::cmd("SET");
         set.arg(storage::client(&registration.client_id)).arg(json);
@@ -559,9 +554,9 @@ impl RedisAdmin {
         policy_id: &str,
         (record, jwks): (&PolicyRecord, &str),
         user: &AclUser,
-        password: &str,
+        hashes: &[String],
     ) -> Result<(), RedisError> {
-        self.set_user(nodes, user, &[password]).await?;
+        self.set_user(nodes, user, hashes).await?;
         let mut pipe = redis::pipe();
         pipe.set(storage::policy(policy_id), serde_json::to_string(record).expect("a record serializes"))
             .ignore();

@@ -17,6 +17,7 @@ use tokenplane_api::{OAuth2Client, RedisSentinelCluster, TokenPolicy, storage};
 use crate::reconcile::Invalid;
 use crate::reconcile::ca::{self, Authorities, Authority, BUNDLE_KEY, Settings};
 use crate::reconcile::oauth2client::{self, Credentials};
+use crate::reconcile::redis_password::Credentials as RedisCredentials;
 use crate::reconcile::redissentinelcluster::{self, Passwords};
 use crate::reconcile::tokenpolicy::{
     self, Environment, Inputs, Keys, Serving, ServingInputs, TLS_CRT, TLS_KEY,
@@ -165,7 +166,7 @@ impl Resources {
             let public = client.spec.token_endpoint_auth_method == AuthMethod::None;
             let placeholders = Credentials {
                 client_secret: (!public).then(|| GENERATED_SECRET.to_owned()),
-                redis_password: GENERATED_PASSWORD.to_owned(),
+                redis: RedisCredentials::new(GENERATED_PASSWORD.to_owned(), 0),
             };
             let desired = oauth2client::desired(client, self.policy_of(client), &placeholders)
                 .map_err(|invalid| RenderError::of(client, invalid))?;
@@ -211,7 +212,7 @@ impl Resources {
             heartbeats: &[],
             clients: &clients,
             cluster: self.cluster_of(policy),
-            issuer_password: GENERATED_PASSWORD,
+            issuer_redis: &RedisCredentials::new(GENERATED_PASSWORD.to_owned(), 0),
             env: &env,
             serving: ServingInputs { cas: &cas, existing: None, lifetime: Settings::default().leaf_lifetime },
             now: 0,

@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokenplane_api::TokenPolicy;
+use tokenplane_api::acl::password_hash;
 use tokenplane_operator::controller::generate_secret;
 use tokenplane_operator::reconcile::oauth2client::{self, Credentials, Desired};
+use tokenplane_operator::reconcile::redis_password::Credentials as RedisCredentials;
 use tokenplane_operator::reconcile::tokenpolicy::issuer_user;
 use tokenplane_operator::redis::{Nodes, RedisAdmin};
 use tokenplane_sidecar::{agent, issuer, keys::KeySet, server, store};
@@ -23,10 +25,11 @@ use tokenplane_testkit::{RedisCluster, RedisClusterOptions};
 /// Registers the client `name` as the reconcile does: fresh credentials,
 /// then its registration and its agent's ACL user. Returns it and its secret.
 async fn register(admin: &RedisAdmin, nodes: &Nodes, policy: &TokenPolicy, name: &str) -> (Desired, String) {
-    let creds = Credentials { client_secret: Some(generate_secret()), redis_password: generate_secret() };
+    let redis = RedisCredentials::new(generate_secret(), 0);
+    let creds = Credentials { client_secret: Some(generate_secret()), redis };
     let desired = oauth2client::desired(&support::client(name), Some(policy), &creds).unwrap();
     let user = &desired.agent_user;
-    admin.apply_client(nodes, &desired.registration, user, &[&creds.redis_password]).await.unwrap();
+    admin.apply_client(nodes, &desired.registration, user, &creds.redis.hashes()).await.unwrap();
     (desired, creds.client_secret.unwrap())
 }
 
@@ -50,16 +53,16 @@ async fn a_deleted_clients_live_token_fails_at_the_issuer_and_at_its_agent() {
     let sentinel = cluster.sentinel_credentials();
     let redis = store::RedisConfig {
         sentinel_username: Some(sentinel.username),
-        sentinel_password: Some(sentinel.password),
+        sentinel_password: Some(sentinel.password.into()),
         timeout: Duration::from_millis(500),
         ..store::RedisConfig::new(cluster.sentinel_addrs(), cluster.master_name())
     };
     let policy_id = TokenPolicy::id_for("default", "auth");
     let (issuer_user, issuer_password) = (issuer_user(&policy_id), generate_secret());
-    admin.set_user(&nodes, &issuer_user, &[&issuer_password]).await.unwrap();
+    admin.set_user(&nodes, &issuer_user, &[password_hash(&issuer_password)]).await.unwrap();
     let issuer_redis = store::RedisConfig {
         username: Some(issuer_user.name),
-        password: Some(issuer_password),
+        password: Some(issuer_password.into()),
         ..redis.clone()
     };
     let (listener, base) = listen().await;

@@ -8,18 +8,20 @@ mod support;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
+use tokenplane_api::acl::password_hash;
 use tokenplane_api::client::ClientRecord;
 use tokenplane_api::redis_tls::RedisTls;
 use tokenplane_api::storage;
 use tokenplane_operator::reconcile::oauth2client::{self, Credentials};
+use tokenplane_operator::reconcile::redis_password::Credentials as RedisCredentials;
 use tokenplane_operator::redis::{RedisAdmin, RedisConfig};
 use tokenplane_testkit::{ClientAuth, Credentials as Login, RedisCluster, RedisClusterOptions};
 
 /// What the operator builds for the client `orders`, with known credentials.
 fn orders() -> oauth2client::Desired {
     let (client, policy) = (support::client("orders"), support::policy());
-    let creds =
-        Credentials { client_secret: Some("secret-0123".into()), redis_password: "agent-pw-0123".into() };
+    let redis = RedisCredentials::new("agent-pw-0123".into(), 0);
+    let creds = Credentials { client_secret: Some("secret-0123".into()), redis };
     oauth2client::desired(&client, Some(&policy), &creds).unwrap()
 }
 
@@ -42,7 +44,10 @@ async fn a_client_gets_its_agent_user_everywhere_and_deletion_kills_its_tokens()
     let nodes = admin.nodes().await.unwrap();
     assert_eq!(nodes.replicas.len(), 2, "every replica is found through the Sentinels");
     let master = nodes.master.clone();
-    admin.apply_client(&nodes, &desired.registration, &desired.agent_user, &["agent-pw-0123"]).await.unwrap();
+    admin
+        .apply_client(&nodes, &desired.registration, &desired.agent_user, &[password_hash("agent-pw-0123")])
+        .await
+        .unwrap();
 
     let agent = Login::new(&desired.agent_user.name, "agent-pw-0123");
     agent_has_its_rights_everywhere(&cluster, &agent).await;
@@ -52,7 +57,10 @@ async fn a_client_gets_its_agent_user_everywhere_and_deletion_kills_its_tokens()
     assert!(stored.secret_matches("secret-0123", 0) && !json.contains("secret-0123"));
 
     // A second apply (a password rotation) redefines the user from scratch.
-    admin.apply_client(&nodes, &desired.registration, &desired.agent_user, &["agent-pw-4567"]).await.unwrap();
+    admin
+        .apply_client(&nodes, &desired.registration, &desired.agent_user, &[password_hash("agent-pw-4567")])
+        .await
+        .unwrap();
     assert!(cluster.connection(&master, &agent).await.is_err(), "the old password stopped working");
 
     let before: Option<String> = conn.hget(storage::NOT_BEFORE, "orders.shop").await.unwrap();
@@ -78,7 +86,14 @@ async fn a_restarted_node_gets_a_new_connection() {
     let admin = support::admin(&cluster);
     let apply = async || {
         let nodes = admin.nodes().await?;
-        admin.apply_client(&nodes, &desired.registration, &desired.agent_user, &["agent-pw-0123"]).await
+        admin
+            .apply_client(
+                &nodes,
+                &desired.registration,
+                &desired.agent_user,
+                &[password_hash("agent-pw-0123")],
+            )
+            .await
     };
     apply().await.unwrap();
     let replica = admin.nodes().await.unwrap().replicas[0].clone();
@@ -109,7 +124,10 @@ async fn over_tls_the_agent_user_reaches_every_node_and_a_wrong_ca_says_so() {
     let admin = support::admin(&cluster);
     let nodes = admin.nodes().await.unwrap();
     assert_eq!(nodes.replicas.len(), 2, "every replica is found through the Sentinels, over TLS");
-    admin.apply_client(&nodes, &desired.registration, &desired.agent_user, &["agent-pw-0123"]).await.unwrap();
+    admin
+        .apply_client(&nodes, &desired.registration, &desired.agent_user, &[password_hash("agent-pw-0123")])
+        .await
+        .unwrap();
     agent_has_its_rights_everywhere(&cluster, &Login::new(&desired.agent_user.name, "agent-pw-0123")).await;
 
     let config = support::admin_config(&cluster);

@@ -190,6 +190,40 @@ impl Setup {
         assert_eq!((synced.as_str(), reason.as_str()), ("True", "Synced"), "{message}");
     }
 
+    /// Reconciles the `K` called `name` in `namespace`, as it is now.
+    async fn reconcile_one<K>(&self, namespace: &str, name: &str) -> Action
+    where
+        K: tokenplane_operator::controller::Reconciled,
+    {
+        let object = Api::<K>::namespaced(self.kube.clone(), namespace).get(name).await.unwrap();
+        let ctx = self.ctx.clone();
+        self.run(move || reconcile::<K>(Arc::new(object), ctx)).await
+    }
+
+    async fn reconcile_policy(&self) -> Action {
+        self.reconcile_one::<TokenPolicy>("auth", "default").await
+    }
+
+    async fn reconcile_client(&self) -> Action {
+        self.reconcile_one::<OAuth2Client>("shop", "orders").await
+    }
+
+    /// The policy `auth/default` on the cluster and its client `shop/orders`.
+    async fn create_policy_and_client(&self) {
+        let policy: TokenPolicy = serde_norway::from_str(
+            "apiVersion: tokenplane.io/v1alpha1\nkind: TokenPolicy\nmetadata: {name: default, namespace: auth}\n\
+             spec: {redisRef: tokens}\n",
+        )
+        .unwrap();
+        Api::namespaced(self.kube.clone(), "auth").create(&PostParams::default(), &policy).await.unwrap();
+        let client: OAuth2Client = serde_norway::from_str(
+            "apiVersion: tokenplane.io/v1alpha1\nkind: OAuth2Client\nmetadata: {name: orders, namespace: shop}\n\
+             spec: {policyRef: {name: default, namespace: auth}, audiences: [https://orders]}\n",
+        )
+        .unwrap();
+        Api::namespaced(self.kube.clone(), "shop").create(&PostParams::default(), &client).await.unwrap();
+    }
+
     fn assert_role_allows_what_was_used(&self) {
         support::rbac::assert_role_allows(&self.requests.lock().unwrap());
     }
@@ -207,25 +241,15 @@ fn unix_now() -> u64 {
 #[tokio::test]
 async fn a_policy_on_a_cluster_gets_its_users_everywhere_and_the_sync_keeps_them_there() {
     let setup = Setup::new().await;
-    let (redis, kube, ctx) = (&setup.redis, &setup.kube, &setup.ctx);
+    let (redis, kube) = (&setup.redis, &setup.kube);
     let clusters = setup.clusters();
     let policies: Api<TokenPolicy> = Api::namespaced(kube.clone(), "auth");
     let clients: Api<OAuth2Client> = Api::namespaced(kube.clone(), "shop");
 
     // A policy naming a cluster that does not exist waits for it.
-    let policy: TokenPolicy = serde_norway::from_str(
-        "apiVersion: tokenplane.io/v1alpha1\nkind: TokenPolicy\nmetadata: {name: default, namespace: auth}\n\
-         spec: {redisRef: tokens}\n",
-    )
-    .unwrap();
-    policies.create(&PostParams::default(), &policy).await.unwrap();
-    let reconcile_policy = async || {
-        let policy = policies.get("default").await.unwrap();
-        let ctx = ctx.clone();
-        setup.run(move || reconcile::<TokenPolicy>(Arc::new(policy), ctx)).await
-    };
-    reconcile_policy().await; // adds the finalizer
-    assert_eq!(reconcile_policy().await, Action::requeue(Duration::from_secs(15)));
+    setup.create_policy_and_client().await;
+    setup.reconcile_policy().await; // adds the finalizer
+    assert_eq!(setup.reconcile_policy().await, Action::requeue(Duration::from_secs(15)));
     let ready = policies.get("default").await.unwrap().status.unwrap().conditions;
     assert_eq!((ready[0].status.as_str(), ready[0].reason.as_str()), ("False", "RedisClusterNotFound"));
 
@@ -234,20 +258,9 @@ async fn a_policy_on_a_cluster_gets_its_users_everywhere_and_the_sync_keeps_them
     setup.start_cluster().await;
 
     // The policy and its client land on the cluster.
-    assert_eq!(reconcile_policy().await, Action::requeue(Duration::from_secs(300)));
-    let client: OAuth2Client = serde_norway::from_str(
-        "apiVersion: tokenplane.io/v1alpha1\nkind: OAuth2Client\nmetadata: {name: orders, namespace: shop}\n\
-         spec: {policyRef: {name: default, namespace: auth}, audiences: [https://orders]}\n",
-    )
-    .unwrap();
-    clients.create(&PostParams::default(), &client).await.unwrap();
-    let reconcile_client = async || {
-        let client = clients.get("orders").await.unwrap();
-        let ctx = ctx.clone();
-        setup.run(move || reconcile::<OAuth2Client>(Arc::new(client), ctx)).await
-    };
-    reconcile_client().await;
-    reconcile_client().await;
+    assert_eq!(setup.reconcile_policy().await, Action::requeue(Duration::from_secs(300)));
+    setup.reconcile_client().await;
+    setup.reconcile_client().await;
     let issuer_password = secret_value(kube, "auth", "default-issuer-redis", "redis_password").await;
     let agent_password = secret_value(kube, "shop", "orders-oauth2-credentials", "redis_password").await;
     let issuer_hash = tokenplane_api::acl::password_hash(&issuer_password);
@@ -358,7 +371,7 @@ async fn a_policy_on_a_cluster_gets_its_users_everywhere_and_the_sync_keeps_them
 
     // The client is deleted: its agent user leaves every node and Sentinel.
     clients.delete("orders", &DeleteParams::default()).await.unwrap();
-    reconcile_client().await;
+    setup.reconcile_client().await;
     for addr in redis.node_addrs().iter().chain(&redis.sentinel_addrs()) {
         assert_eq!(
             hashes_on(redis, addr, AGENT).await,
@@ -556,5 +569,126 @@ async fn every_role_password_rotates_under_load_and_the_cluster_fails_over_on_th
     let lost = found.iter().filter(|v| v.is_none()).count();
     assert_eq!(lost, 0, "{lost} of {} acknowledged writes lost", acked.len());
     println!("{} acknowledged writes, none lost", acked.len());
+    setup.assert_role_allows_what_was_used();
+}
+
+/// The issuer's and the agent's Secrets, by user, and their current password.
+async fn owned_passwords(kube: &kube::Client) -> [(&'static str, Secret, String); 2] {
+    let get = async |namespace: &str, name: &str| {
+        let secret = Api::<Secret>::namespaced(kube.clone(), namespace).get(name).await.unwrap();
+        let password = data(&secret, "redis_password");
+        (secret, password)
+    };
+    let (issuer, issuer_password) = get("auth", "default-issuer-redis").await;
+    let (agent, agent_password) = get("shop", "orders-oauth2-credentials").await;
+    [(ISSUER, issuer, issuer_password), (AGENT, agent, agent_password)]
+}
+
+async fn annotate_owned(kube: &kube::Client, key: &str, value: &str) {
+    let patch = Patch::Merge(json!({"metadata": {"annotations": {key: value}}}));
+    for (namespace, name) in [("auth", "default-issuer-redis"), ("shop", "orders-oauth2-credentials")] {
+        let secrets: Api<Secret> = Api::namespaced(kube.clone(), namespace);
+        secrets.patch(name, &PatchParams::default(), &patch).await.unwrap();
+    }
+}
+
+/// Every node and Sentinel holds `user` with exactly the passwords `hashes`.
+async fn everywhere_exactly(redis: &RedisCluster, user: &str, hashes: &[String]) {
+    let mut want = hashes.to_vec();
+    want.sort();
+    for addr in redis.node_addrs().iter().chain(&redis.sentinel_addrs()) {
+        let mut have = hashes_on(redis, addr, user).await.unwrap_or_default();
+        have.sort();
+        assert_eq!(have, want, "{user} on {addr}");
+    }
+}
+
+#[tokio::test]
+async fn the_issuer_and_agent_passwords_rotate_on_the_clusters_schedule_without_cutting_anyone_off() {
+    let setup = Setup::new().await;
+    setup.start_cluster().await;
+    let (redis, kube) = (&setup.redis, &setup.kube);
+    setup.create_policy_and_client().await;
+    for _ in 0..2 {
+        setup.reconcile_policy().await;
+        setup.reconcile_client().await;
+    }
+    let old = owned_passwords(kube).await;
+    let hash = tokenplane_api::acl::password_hash;
+    let master = redis.master_addr().await.unwrap();
+    let mut open = Vec::new();
+    for (user, _, password) in &old {
+        everywhere_exactly(redis, user, &[hash(password)]).await;
+        open.push(connect_as(redis, &master, user, password).await);
+    }
+
+    // Due (spec.acl's 720h are over): the next password joins every member,
+    // nobody is told to use it yet.
+    annotate_owned(kube, "tokenplane.io/redis-password-since", "1").await;
+    assert_eq!(setup.reconcile_policy().await, Action::requeue(Duration::from_secs(1)));
+    assert_eq!(setup.reconcile_client().await, Action::requeue(Duration::from_secs(1)));
+    let begun = owned_passwords(kube).await;
+    let mut next = BTreeMap::new();
+    for ((user, secret, password), (_, _, old_password)) in begun.iter().zip(&old) {
+        assert_eq!(password, old_password, "{user} still logs in with the current one");
+        let upcoming = data(secret, "next_redis_password");
+        assert!(upcoming.len() >= 32 && upcoming != *password, "{user}");
+        everywhere_exactly(redis, user, &[hash(password), hash(&upcoming)]).await;
+        next.insert(*user, upcoming);
+    }
+
+    // Promoted: the Secret hands out the new one; the old one still works
+    // for the overlap, on nodes and Sentinels.
+    setup.reconcile_policy().await;
+    setup.reconcile_client().await;
+    let promoted = owned_passwords(kube).await;
+    let now = unix_now();
+    for ((user, secret, password), (_, _, old_password)) in promoted.iter().zip(&old) {
+        assert_eq!(password, &next[user], "{user} has its new password");
+        assert_eq!(data(secret, "next_redis_password"), "");
+        assert_eq!(data(secret, "redis_also_sha256"), hash(old_password));
+        let until: u64 =
+            secret.metadata.annotations.as_ref().unwrap()["tokenplane.io/previous-redis-password-until"]
+                .parse()
+                .unwrap();
+        assert!(until.abs_diff(now + 3600) < 60, "{user}: the overlap is spec.acl's hour");
+        for addr in [&master, &redis.sentinel_addrs()[0]] {
+            assert!(logs_in(redis, addr, user, password).await, "{user} new on {addr}");
+            assert!(logs_in(redis, addr, user, old_password).await, "{user} old on {addr}");
+        }
+    }
+    let notes = async |namespace: &str| {
+        let events = Api::<Event>::namespaced(kube.clone(), namespace).list(&ListParams::default()).await;
+        let events = events.unwrap().items.into_iter();
+        events
+            .filter(|e| e.reason.as_deref() == Some("PasswordRotated"))
+            .filter_map(|e| e.note)
+            .collect::<Vec<_>>()
+    };
+    for (namespace, user) in [("auth", ISSUER), ("shop", AGENT)] {
+        let notes = notes(namespace).await;
+        assert!(
+            notes.iter().any(|n| n.starts_with(&format!("the {user} user's new password is current"))),
+            "{notes:?}"
+        );
+    }
+
+    // The overlap ends: only the new password works; connections opened
+    // with the old one before stay.
+    annotate_owned(kube, "tokenplane.io/previous-redis-password-until", "1").await;
+    setup.reconcile_policy().await;
+    setup.reconcile_client().await;
+    for ((user, secret, password), (_, _, old_password)) in owned_passwords(kube).await.iter().zip(&old) {
+        assert_eq!(data(secret, "redis_also_sha256"), "", "{user}");
+        everywhere_exactly(redis, user, &[hash(password)]).await;
+        assert!(!logs_in(redis, &master, user, old_password).await, "{user}: the old one is gone");
+    }
+    for conn in &mut open {
+        let _: String = redis::cmd("PING").query_async(conn).await.unwrap();
+    }
+    // The cluster's ACL sync agrees: nothing to bring in line.
+    assert_eq!(setup.reconcile_cluster().await, Action::requeue(Duration::from_secs(60)));
+    everywhere_exactly(redis, ISSUER, &[hash(&owned_passwords(kube).await[0].2)]).await;
+
     setup.assert_role_allows_what_was_used();
 }

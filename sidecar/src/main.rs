@@ -11,7 +11,7 @@ use tokenplane_api::redis_tls::{RedisTls, RedisTlsArgs};
 use tokenplane_sidecar::agent::{self, Agent};
 use tokenplane_sidecar::issuer::{Issuer, Settings, managed};
 use tokenplane_sidecar::keys::KeySet;
-use tokenplane_sidecar::store::{MemoryStore, RedisConfig, RedisStore, Store};
+use tokenplane_sidecar::store::{MemoryStore, Password, RedisConfig, RedisStore, Store};
 use tokenplane_sidecar::tls::{PairFiles, ServingTls};
 use tokenplane_sidecar::{manifests, redis_node, server};
 use tracing_subscriber::EnvFilter;
@@ -359,9 +359,9 @@ impl RedisArgs {
             sentinels: self.redis_sentinels.clone(),
             master_name: self.redis_master.clone(),
             username: self.redis_username.clone(),
-            password: self.redis_password_file.as_deref().map(read_secret).transpose()?,
+            password: self.redis_password_file.as_deref().map(password_file).transpose()?,
             sentinel_username: self.redis_sentinel_username.clone(),
-            sentinel_password: self.redis_sentinel_password_file.as_deref().map(read_secret).transpose()?,
+            sentinel_password: self.redis_sentinel_password_file.as_deref().map(password_file).transpose()?,
             tls: self.tls()?,
             min_replicas: self.redis_min_replicas,
             timeout: std::time::Duration::from_millis(self.redis_timeout_ms),
@@ -372,6 +372,14 @@ impl RedisArgs {
         let tls = self.tls.files().map(|files| RedisTls::load(&files, |path| std::fs::read(path)));
         tls.transpose().context("cannot talk TLS to Redis")
     }
+}
+
+/// A password file, read again whenever a connection opens (rotation);
+/// one that cannot be read now stops the start.
+fn password_file(path: &std::path::Path) -> anyhow::Result<Password> {
+    let password = Password::File(path.to_owned());
+    password.read()?;
+    Ok(password)
 }
 
 /// The trimmed content of a file holding a password or token.
@@ -439,7 +447,7 @@ async fn backup(args: BackupArgs) -> anyhow::Result<()> {
         "backup does not speak TLS to Redis yet: run it without --redis-tls"
     );
     let (user, password) = match (&config.username, &config.password) {
-        (Some(u), Some(p)) => (u.clone(), p.clone()),
+        (Some(u), Some(p)) => (u.clone(), p.read()?),
         _ => anyhow::bail!(
             "backup logs in as the backup user: give --redis-username and --redis-password-file"
         ),

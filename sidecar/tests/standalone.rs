@@ -231,6 +231,70 @@ async fn two_issuers_on_one_redis_with_the_keys_secret_honour_each_others_tokens
     assert_eq!(jwks(a).await, jwks(b).await);
 }
 
+/// The operator's rotation of an issuer's Redis password, as Redis and the
+/// issuer see it: the new password joins the user on every node, the
+/// mounted Secret (the password file) changes, the old password leaves.
+/// Open connections stay logged in; the ones opened afterwards (here after
+/// Redis dropped them all) must log in with the file as it is now.
+#[tokio::test]
+async fn an_issuer_logs_in_with_a_rotated_password_file_without_a_restart() {
+    let cluster = support::redis::cluster().await;
+    let dir = samples_dir(Some(&KeyPair::generate(SigningAlgorithm::EdDSA).unwrap()));
+    let mut child = issuer_with(dir.path(), &redis_flags(&cluster, dir.path()));
+    let mut logs = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = ready_address(&mut logs, &mut String::new()).await;
+    let http = reqwest::Client::new();
+    let token = async || {
+        as_sample_client(&http, &addr, "/oauth2/token", &[("grant_type", "client_credentials")]).await
+    };
+    // Every connection the issuer keeps is open: a token, a revocation
+    // (durable) and an introspection that sees it.
+    let first = token().await.1["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(as_sample_client(&http, &addr, "/oauth2/revoke", &[("token", &first)]).await.0, 200);
+    let seen = as_sample_client(&http, &addr, "/oauth2/introspect", &[("token", &first)]).await;
+    assert_eq!(seen.1["active"], false);
+
+    let on_every_node = async |args: &[&str]| {
+        for node in cluster.node_addrs() {
+            let mut admin = cluster.admin_connection(&node).await.unwrap();
+            let _: () = redis::cmd("ACL").arg(args).query_async(&mut admin).await.unwrap();
+        }
+    };
+    let rotated = "the-rotated-issuer-password";
+    on_every_node(&["SETUSER", "issuer", &format!(">{rotated}")]).await;
+    std::fs::write(dir.path().join("redis-password"), rotated).unwrap();
+    on_every_node(&["SETUSER", "issuer", &format!("<{}", support::redis::ISSUER_PASSWORD)]).await;
+    let open = token().await.1["access_token"].as_str().unwrap().to_owned();
+    let revoked = as_sample_client(&http, &addr, "/oauth2/revoke", &[("token", &open)]).await;
+    assert_eq!(revoked.0, 200, "open connections stay logged in");
+
+    let master = cluster.master_addr().await.unwrap();
+    let mut admin = cluster.admin_connection(&master).await.unwrap();
+    let killed: u64 =
+        redis::cmd("CLIENT").arg(&["KILL", "USER", "issuer"]).query_async(&mut admin).await.unwrap();
+    assert!(killed >= 1, "the issuer was connected");
+    // A revocation is a durable write: it needs the master, on a new connection.
+    let access = token().await.1["access_token"].as_str().unwrap().to_owned();
+    let revoke = async || as_sample_client(&http, &addr, "/oauth2/revoke", &[("token", &access)]).await;
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let (status, body) = revoke().await;
+        statuses.push(status);
+        if status == 200 {
+            break;
+        }
+        assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(statuses.last(), Some(&200), "the issuer came back on the new password: {statuses:?}");
+    let introspected = as_sample_client(&http, &addr, "/oauth2/introspect", &[("token", &access)]).await;
+    assert_eq!(introspected.1["active"], false, "the revocation is in Redis");
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut admin).await.unwrap();
+    assert!(clients.contains(" user=issuer "), "logged in again as issuer: {clients}");
+    let old = tokenplane_testkit::redis::Credentials::new("issuer", support::redis::ISSUER_PASSWORD);
+    assert!(cluster.connection(&master, &old).await.is_err(), "the old password is gone");
+}
+
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| (*a).to_owned()).collect()
 }

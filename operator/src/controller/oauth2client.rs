@@ -18,9 +18,11 @@ use super::{Context, unix_now};
 use crate::error::Error;
 use crate::reconcile::ca::BUNDLE_KEY;
 use crate::reconcile::oauth2client::{self, Credentials, Desired, Registered};
+use crate::reconcile::redis_password::Credentials as RedisCredentials;
+use crate::reconcile::redis_password::rotation;
 use crate::reconcile::secret_rotation::{self, Plan, Recorded, SecretStatus};
 use crate::reconcile::tokenpolicy;
-use crate::reconcile::{Invalid, MANAGED_BY};
+use crate::reconcile::{Invalid, MANAGED_BY, rfc3339};
 use crate::redis::{Nodes, RedisAdmin};
 
 /// Finalizer that holds a deleted client until Redis forgot it.
@@ -60,7 +62,12 @@ async fn apply(client: &OAuth2Client, ctx: &Context) -> Result<Action, Error> {
         redis.registered(&nodes, &client_id, &oauth2client::agent_user(&client_id)).await?;
     let registered = Registered { registration: registration.as_ref(), password_hashes: hashes.as_deref() };
     let now = unix_now();
-    let (credentials, plan) = credentials_and_plan(client, ctx, existing.as_ref(), &registered, now).await;
+    let (mut credentials, plan) =
+        credentials_and_plan(client, ctx, existing.as_ref(), &registered, now).await;
+    let acl = target.cluster.as_ref().map(|c| &c.spec.acl);
+    let (redis_credentials, rotated) =
+        rotation::owned(Some(credentials.redis), registered.password_hashes, acl, now, ctx.generate);
+    credentials.redis = redis_credentials;
     let mut desired = match oauth2client::desired(client, Some(&policy), &credentials) {
         Ok(desired) => desired,
         Err(invalid) => return refuse(client, ctx, &invalid).await,
@@ -71,9 +78,13 @@ async fn apply(client: &OAuth2Client, ctx: &Context) -> Result<Action, Error> {
     // Redis before the Secret: a new secret reaches workloads only once
     // issuers accept it, and should the Secret not be written, it keeps the
     // old secret, still registered, so the next reconcile rotates afresh.
-    let password = credentials.redis_password.as_str();
-    redis.apply_client(&nodes, &desired.registration, &desired.agent_user, &[password]).await?;
+    let hashes = credentials.redis.hashes();
+    redis.apply_client(&nodes, &desired.registration, &desired.agent_user, &hashes).await?;
     super::apply(&ctx.kube, &desired.secret).await?;
+    if let Some(step) = rotated {
+        let note = rotation::note(&desired.agent_user.name, step, &credentials.redis);
+        super::event(client, ctx, EventType::Normal, step.reason(), &note).await;
+    }
     match issuer_bundle(&policy, ctx).await? {
         Some(bundle) => super::apply(&ctx.kube, &oauth2client::issuer_ca(client, &bundle)).await?,
         None => {
@@ -86,7 +97,8 @@ async fn apply(client: &OAuth2Client, ctx: &Context) -> Result<Action, Error> {
         None => None,
     };
     set_status(client, ctx, Ok(&desired), secret_status.as_ref()).await?;
-    Ok(Action::requeue(next_look(plan.as_ref(), now)))
+    let password_at = rotation::owned_wake_at(&credentials.redis, acl, rotated.is_some(), now);
+    Ok(Action::requeue(next_look(plan.as_ref(), password_at, now)))
 }
 
 /// The credentials to use and, for a confidential client, the plan of its
@@ -99,9 +111,11 @@ async fn credentials_and_plan(
     now: u64,
 ) -> (Credentials, Option<Plan>) {
     let public = client.spec.token_endpoint_auth_method == AuthMethod::None;
-    let fresh =
-        || Credentials { client_secret: (!public).then(ctx.generate), redis_password: (ctx.generate)() };
-    let kept = existing.and_then(|s| oauth2client::existing_credentials(s, public));
+    let fresh = || Credentials {
+        client_secret: (!public).then(ctx.generate),
+        redis: RedisCredentials::new((ctx.generate)(), now),
+    };
+    let kept = existing.and_then(|s| oauth2client::existing_credentials(s, public, now));
     let had = kept.is_some();
     let (mut credentials, replaced) = oauth2client::credentials_to_use(kept, registered, now, fresh);
     if replaced {
@@ -128,7 +142,7 @@ async fn secret_status(
 ) -> Result<SecretStatus, Error> {
     if let Some(trigger) = plan.rotate {
         let previous = match plan.previous.as_ref().and_then(|p| p.expires_at) {
-            Some(at) => format!("works until {}", secret_rotation::rfc3339(at)),
+            Some(at) => format!("works until {}", rfc3339(at)),
             None => "stopped working (no grace period)".to_owned(),
         };
         let note =
@@ -143,9 +157,11 @@ async fn secret_status(
 
 /// When to look again: at the resync, or sooner when something is due (the
 /// previous secret's expiry, a scheduled rotation).
-fn next_look(plan: Option<&Plan>, now: u64) -> std::time::Duration {
-    plan.and_then(|p| p.wake_at)
-        .map_or(RESYNC, |at| RESYNC.min(std::time::Duration::from_secs(at.saturating_sub(now).max(1))))
+/// When to look again: the secret's plan or the agent password's rotation
+/// wants it (unix seconds), or the resync.
+fn next_look(plan: Option<&Plan>, password_at: u64, now: u64) -> std::time::Duration {
+    let at = plan.and_then(|p| p.wake_at).unwrap_or(u64::MAX).min(password_at);
+    RESYNC.min(std::time::Duration::from_secs(at.saturating_sub(now).max(1)))
 }
 
 async fn policy_of(
@@ -227,7 +243,7 @@ async fn set_status(
         ];
         for (field, at) in times {
             if let Some(at) = at {
-                patch["status"][field] = secret_rotation::rfc3339(at).into();
+                patch["status"][field] = rfc3339(at).into();
             }
         }
     }

@@ -7,7 +7,7 @@ use tokenplane_api::RedisSentinelCluster;
 use tokenplane_api::acl::username;
 use tokenplane_api::redis::AclRole;
 
-use crate::reconcile::redissentinelcluster::rotation::{self, Step};
+use crate::reconcile::redis_password::rotation::{self, Step};
 use crate::reconcile::redissentinelcluster::{CLUSTER_ROLES, Names, Passwords};
 use crate::redis::{Member, RedisAdmin, RedisError};
 
@@ -23,12 +23,14 @@ pub(super) fn begin_and_retire(
     let mut taken = Vec::new();
     for role in CLUSTER_ROLES {
         let Some(c) = passwords.credentials(role) else { continue };
-        let (step, next) = match rotation::due(c, &cluster.spec.acl, now, false) {
-            Some(Step::Begin) => (Step::Begin, rotation::begin(c, generate())),
-            Some(Step::Retire) => (Step::Retire, rotation::retire(c)),
-            Some(Step::Promote) | None => continue,
+        let Some(step @ (Step::Begin | Step::Retire)) = rotation::due(c, &cluster.spec.acl, now, false)
+        else {
+            continue;
         };
-        after.0.insert(username(role).to_owned(), next);
+        after.0.insert(
+            username(role).to_owned(),
+            rotation::take(step, c, &cluster.spec.acl, now, &mut generate),
+        );
         taken.push((role, step));
     }
     (after, taken)

@@ -28,9 +28,10 @@ use super::acl_sync::{self, Synced};
 use super::password_rotation;
 use super::{CONCURRENCY, Context, apply, error_policy, log, managed, unix_now};
 use crate::error::Error;
-use crate::reconcile::redissentinelcluster::rotation::{self, Step};
-use crate::reconcile::redissentinelcluster::{self, CLUSTER_ROLES, Credentials, Desired, Names, Passwords};
-use crate::reconcile::{Invalid, MANAGED_BY};
+use crate::reconcile::redis_password::rotation::{self, Step};
+use crate::reconcile::redis_password::{Credentials, ROLE_KEYS};
+use crate::reconcile::redissentinelcluster::{self, CLUSTER_ROLES, Desired, Names, Passwords};
+use crate::reconcile::{Invalid, MANAGED_BY, rfc3339};
 
 /// The longest a cluster goes unexamined once ready and in sync (also the
 /// longest a node restarted between two looks waits for the issuers' and
@@ -173,30 +174,12 @@ async fn announce_steps(
 ) {
     for (role, step) in steps {
         let user = username(*role);
-        let note = match step {
-            Step::Begin => {
-                format!("a new password of the {user} user is being added to every node and Sentinel")
-            }
-            Step::Promote => {
-                let until =
-                    passwords.credentials(*role).and_then(|c| c.previous.as_ref()).map(|(_, until)| *until);
-                format!(
-                    "the {user} user's new password is current; the previous one works until {}",
-                    until.map(rfc3339).unwrap_or_default()
-                )
-            }
-            Step::Retire => format!("the {user} user's previous password no longer works"),
-        };
+        let Some(c) = passwords.credentials(*role) else { continue };
+        let note = rotation::note(user, *step, c);
         tracing::info!(cluster = %cluster.name_any(), user, step = step.as_str(), "password rotation");
         let action = format!("RotatePassword:{user}");
         super::event_of_action(cluster, ctx, (EventType::Normal, step.reason(), &action), &note).await;
     }
-}
-
-fn rfc3339(unix: u64) -> String {
-    k8s_openapi::jiff::Timestamp::from_second(i64::try_from(unix).unwrap_or(i64::MAX))
-        .map(|t| t.to_string())
-        .unwrap_or_default()
 }
 
 /// Ready pods of each StatefulSet.
@@ -260,7 +243,7 @@ async fn credentials(names: &Names, ctx: &Context, now: u64) -> Result<Passwords
     let mut passwords = Passwords::default();
     for role in CLUSTER_ROLES {
         let Some(secret) = secrets.get_opt(&names.role_secret(role)).await? else { continue };
-        if let Some(credentials) = Credentials::read(&secret, now) {
+        if let Some(credentials) = Credentials::read(&secret, &ROLE_KEYS, now) {
             passwords.0.insert(username(role).to_owned(), credentials);
         }
     }

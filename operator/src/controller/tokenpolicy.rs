@@ -12,16 +12,17 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use tokenplane_api::credentials::REDIS_PASSWORD;
 use tokenplane_api::signing::KeyPair;
 use tokenplane_api::tokenpolicy::KeyStatus;
-use tokenplane_api::{OAuth2Client, TokenPolicy};
+use tokenplane_api::{OAuth2Client, RedisSentinelCluster, TokenPolicy};
 
 use super::redis_target::target_of;
 use super::{Context, unix_now};
 use crate::error::Error;
+use crate::reconcile::redis_password::rotation::{self, Step};
+use crate::reconcile::redis_password::{Credentials, OWNED_KEYS};
 use crate::reconcile::tokenpolicy::{self, Desired, Inputs, Keys, Rotation, Serving, ServingInputs};
-use crate::reconcile::{Invalid, MANAGED_BY, password_hash};
+use crate::reconcile::{Invalid, MANAGED_BY, rfc3339};
 use crate::redis::{Nodes, RedisAdmin};
 
 /// Finalizer that holds a deleted policy until Redis forgot it.
@@ -62,7 +63,9 @@ async fn apply(policy: &TokenPolicy, ctx: &Context) -> Result<Action, Error> {
     let nodes = redis.nodes().await?;
     let heartbeats = redis.heartbeats(&nodes).await?;
     let user = tokenpolicy::issuer_user(&TokenPolicy::id_for(&policy.name_any(), &namespace));
-    let password = issuer_password(policy, (ctx, redis), &secrets, &nodes, &user).await?;
+    let (credentials, rotated) =
+        issuer_credentials(policy, (ctx, redis), (&secrets, &nodes), (&user, target.cluster.as_ref()), now)
+            .await?;
     let algorithm = policy.spec.signing.algorithm;
     let new_key = || {
         let key = KeyPair::generate(algorithm).expect("the system can generate keys");
@@ -74,7 +77,7 @@ async fn apply(policy: &TokenPolicy, ctx: &Context) -> Result<Action, Error> {
         heartbeats: &heartbeats,
         clients: &clients,
         cluster: target.cluster.as_ref(),
-        issuer_password: &password,
+        issuer_redis: &credentials,
         env: &ctx.issuers,
         serving: ServingInputs {
             cas: &cas,
@@ -87,7 +90,11 @@ async fn apply(policy: &TokenPolicy, ctx: &Context) -> Result<Action, Error> {
         Ok(desired) => desired,
         Err(invalid) => return refuse(policy, ctx, &invalid).await,
     };
-    publish(&desired, (ctx, redis), &nodes, &password).await?;
+    publish(&desired, (ctx, redis), &nodes, &credentials).await?;
+    if let Some(step) = rotated {
+        let note = rotation::note(&user.name, step, &credentials);
+        super::event(policy, ctx, EventType::Normal, step.reason(), &note).await;
+    }
     if let Some(kid) = &desired.rotation.compromised {
         let ids: Vec<String> =
             clients.iter().map(|c| OAuth2Client::client_id_for(&c.name_any(), &namespace_of(c))).collect();
@@ -106,7 +113,9 @@ async fn apply(policy: &TokenPolicy, ctx: &Context) -> Result<Action, Error> {
         super::event(policy, ctx, EventType::Warning, "KeyPromotedBeforePropagation", &note).await;
     }
     set_status(policy, ctx, Ok(&desired)).await?;
-    let next_at = desired.rotation.next_at.min(desired.serving_renew_at);
+    let acl = target.cluster.as_ref().map(|c| &c.spec.acl);
+    let password_at = rotation::owned_wake_at(&credentials, acl, rotated.is_some(), now);
+    let next_at = desired.rotation.next_at.min(desired.serving_renew_at).min(password_at);
     let wake = Duration::from_secs(next_at.saturating_sub(now).max(1));
     Ok(Action::requeue(wake.min(RESYNC)))
 }
@@ -118,11 +127,12 @@ async fn publish(
     desired: &Desired,
     (ctx, redis): (&Context, &RedisAdmin),
     nodes: &Nodes,
-    password: &str,
+    credentials: &Credentials,
 ) -> Result<(), Error> {
     super::apply(&ctx.kube, &desired.keys_secret).await?;
     let published = (&desired.record, desired.jwks.as_str());
-    redis.apply_policy(nodes, &desired.policy_id, published, &desired.issuer_user, password).await?;
+    let hashes = credentials.hashes();
+    redis.apply_policy(nodes, &desired.policy_id, published, &desired.issuer_user, &hashes).await?;
     super::apply(&ctx.kube, &desired.issuer_secret).await?;
     match &desired.serving {
         Serving::Secret(secret) => super::apply(&ctx.kube, secret).await?,
@@ -152,25 +162,21 @@ async fn clients_of(policy: &TokenPolicy, ctx: &Context) -> Result<Vec<OAuth2Cli
     Ok(all.items.into_iter().filter(|c| c.spec.policy_ref.policy_id(&namespace_of(c)) == id).collect())
 }
 
-/// The issuer user's password: the one in its Secret while Redis agrees (or
-/// has no such user yet), else a fresh one: a hand-set value is not adopted.
-async fn issuer_password(
+/// The issuer user's passwords: those in its Secret while Redis agrees (or
+/// has no such user yet), else a fresh one: a hand-set value is not
+/// adopted. On a RedisSentinelCluster, with the rotation step due at `now`.
+async fn issuer_credentials(
     policy: &TokenPolicy,
     (ctx, redis): (&Context, &RedisAdmin),
-    secrets: &Api<Secret>,
-    nodes: &Nodes,
-    user: &crate::reconcile::AclUser,
-) -> Result<String, Error> {
+    (secrets, nodes): (&Api<Secret>, &Nodes),
+    (user, cluster): (&crate::reconcile::AclUser, Option<&RedisSentinelCluster>),
+    now: u64,
+) -> Result<(Credentials, Option<Step>), Error> {
     let secret = secrets.get_opt(&format!("{}-issuer-redis", policy.name_any())).await?;
-    let existing = secret
-        .and_then(|s| s.data?.remove(REDIS_PASSWORD))
-        .and_then(|p| String::from_utf8(p.0).ok())
-        .filter(|p| !p.is_empty());
+    let kept = secret.and_then(|s| Credentials::read(&s, &OWNED_KEYS, now));
     let hashes = redis.password_hashes(nodes, user).await?;
-    Ok(match existing {
-        Some(p) if hashes.as_ref().is_none_or(|h| h.contains(&password_hash(&p))) => p,
-        _ => (ctx.generate)(),
-    })
+    let acl = cluster.map(|c| &c.spec.acl);
+    Ok(rotation::owned(kept, hashes.as_deref(), acl, now, ctx.generate))
 }
 
 /// An invalid policy or keys Secret: a condition and an event, nothing applied.
@@ -179,12 +185,6 @@ async fn refuse(policy: &TokenPolicy, ctx: &Context, invalid: &Invalid) -> Resul
     super::event(policy, ctx, EventType::Warning, invalid.reason, &invalid.message).await;
     set_status(policy, ctx, Err(invalid)).await?;
     Ok(super::after_refusal(invalid))
-}
-
-fn rfc3339(unix: u64) -> String {
-    k8s_openapi::jiff::Timestamp::from_second(i64::try_from(unix).unwrap_or(i64::MAX))
-        .map(|t| t.to_string())
-        .unwrap_or_default()
 }
 
 fn key_statuses(policy: &TokenPolicy, rotation: &Rotation) -> Vec<KeyStatus> {

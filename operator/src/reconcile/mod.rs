@@ -5,6 +5,7 @@
 pub mod ca;
 pub mod oauth2client;
 pub mod pod;
+pub mod redis_password;
 pub mod redissentinelcluster;
 pub mod secret_rotation;
 pub mod signing;
@@ -90,4 +91,13 @@ pub fn managed_meta<K: Resource<DynamicType = ()>, const N: usize>(
         owner_references: owner.controller_owner_ref(&()).map(|r| vec![r]),
         ..ObjectMeta::default()
     }
+}
+
+/// Unix seconds as RFC 3339 (UTC), as status and annotations show times.
+pub fn rfc3339(unix: u64) -> String {
+    i64::try_from(unix)
+        .ok()
+        .and_then(|s| k8s_openapi::jiff::Timestamp::from_second(s).ok())
+        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+        .to_string()
 }

@@ -9,12 +9,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use tokenplane_api::client::{ClientRecord, SecretHash};
-use tokenplane_api::credentials::{
-    CLIENT_ID, CLIENT_SECRET, ISSUER, REDIS_PASSWORD, REDIS_USERNAME, TOKEN_ENDPOINT,
-};
+use tokenplane_api::credentials::{CLIENT_ID, CLIENT_SECRET, ISSUER, REDIS_USERNAME, TOKEN_ENDPOINT};
 use tokenplane_api::oauth2client::AuthMethod;
 use tokenplane_api::{OAuth2Client, TokenPolicy, storage};
 
+use super::redis_password::{Credentials as RedisCredentials, OWNED_KEYS};
 use super::{AclUser, Invalid, managed_meta, password_hash};
 
 /// Secrets the operator generated for a client (256-bit random each), kept
@@ -23,7 +22,8 @@ use super::{AclUser, Invalid, managed_meta, password_hash};
 pub struct Credentials {
     /// `None` for a public client.
     pub client_secret: Option<String>,
-    pub redis_password: String,
+    /// The agent user's passwords.
+    pub redis: RedisCredentials,
 }
 
 /// Never prints a secret, should one reach a log line.
@@ -109,26 +109,22 @@ fn credentials_secret(
     agent_user: &AclUser,
     credentials: &Credentials,
 ) -> Secret {
-    let mut data = BTreeMap::new();
+    let (mut data, times) = credentials.redis.written(&OWNED_KEYS);
     let mut put = |key: &str, value: &str| data.insert(key.to_owned(), ByteString(value.as_bytes().to_vec()));
     put(CLIENT_ID, client_id);
     put(ISSUER, issuer);
     put(TOKEN_ENDPOINT, &format!("{issuer}/oauth2/token"));
     put(REDIS_USERNAME, &agent_user.name);
-    put(REDIS_PASSWORD, &credentials.redis_password);
     if let Some(secret) = &credentials.client_secret {
         put(CLIENT_SECRET, secret);
     }
-    Secret {
-        metadata: managed_meta(
-            client,
-            client.credentials_secret_name(),
-            [("tokenplane.io/client", client.metadata.name.clone().unwrap_or_default())],
-        ),
-        type_: Some("Opaque".into()),
-        data: Some(data),
-        ..Secret::default()
-    }
+    let mut metadata = managed_meta(
+        client,
+        client.credentials_secret_name(),
+        [("tokenplane.io/client", client.metadata.name.clone().unwrap_or_default())],
+    );
+    metadata.annotations.get_or_insert_default().extend(times);
+    Secret { metadata, type_: Some("Opaque".into()), data: Some(data), ..Secret::default() }
 }
 
 /// The CA bundle of the client's issuer, in a ConfigMap beside its
@@ -147,7 +143,8 @@ pub fn issuer_ca(client: &OAuth2Client, bundle: &str) -> ConfigMap {
 
 /// The credentials kept in an existing credentials Secret, if complete for
 /// this kind of client: reused, so a reconcile never rotates by accident.
-pub fn existing_credentials(secret: &Secret, public: bool) -> Option<Credentials> {
+/// A password without a time counts from `now`.
+pub fn existing_credentials(secret: &Secret, public: bool, now: u64) -> Option<Credentials> {
     let data = secret.data.as_ref()?;
     let text =
         |key: &str| data.get(key).and_then(|v| String::from_utf8(v.0.clone()).ok()).filter(|s| !s.is_empty());
@@ -155,7 +152,7 @@ pub fn existing_credentials(secret: &Secret, public: bool) -> Option<Credentials
     if public != client_secret.is_none() {
         return None;
     }
-    Some(Credentials { client_secret, redis_password: text(REDIS_PASSWORD)? })
+    Some(Credentials { client_secret, redis: RedisCredentials::read(secret, &OWNED_KEYS, now)? })
 }
 
 /// What Redis holds for a client, to check its credentials Secret against:
@@ -184,7 +181,7 @@ pub fn credentials_to_use(
     };
     let password_ok = registered
         .password_hashes
-        .is_none_or(|hashes| hashes.contains(&password_hash(&existing.redis_password)));
+        .is_none_or(|hashes| hashes.contains(&password_hash(&existing.redis.password)));
     if secret_ok && password_ok { (existing, false) } else { (fresh(), true) }
 }
 
@@ -211,7 +208,7 @@ mod tests {
         spec: {policyRef: {name: default, namespace: auth}, scopes: [orders.read], audiences: [https://orders]}\n";
 
     fn credentials() -> Credentials {
-        Credentials { client_secret: Some("s3cret".into()), redis_password: "pw".into() }
+        Credentials { client_secret: Some("s3cret".into()), redis: RedisCredentials::new("pw".into(), 0) }
     }
 
     fn text(secret: &Secret, key: &str) -> String {
@@ -241,7 +238,7 @@ mod tests {
         let json = serde_json::to_string(&d.registration).unwrap();
         assert!(!json.contains("s3cret"), "never the secret itself: {json}");
         assert_eq!(
-            existing_credentials(&d.secret, false),
+            existing_credentials(&d.secret, false, 0),
             Some(credentials()),
             "reused on the next reconcile"
         );
@@ -250,18 +247,21 @@ mod tests {
     #[test]
     fn a_public_client_has_no_secret() {
         let spa = ORDERS.replace("scopes:", "tokenEndpointAuthMethod: none, grantTypes: [authorization_code], redirectUris: [https://spa/cb], scopes:");
-        let creds = Credentials { client_secret: None, redis_password: "pw".into() };
+        let creds = Credentials { client_secret: None, redis: RedisCredentials::new("pw".into(), 0) };
         let d = desired(&client(&spa), Some(&policy()), &creds).unwrap();
         assert!(!d.secret.data.as_ref().unwrap().contains_key(CLIENT_SECRET));
         assert!(d.registration.secrets.is_empty());
-        assert_eq!(existing_credentials(&d.secret, true), Some(creds));
-        assert_eq!(existing_credentials(&d.secret, false), None, "a confidential client needs a secret");
+        assert_eq!(existing_credentials(&d.secret, true, 0), Some(creds));
+        assert_eq!(existing_credentials(&d.secret, false, 0), None, "a confidential client needs a secret");
     }
 
     #[test]
     fn hand_edited_credentials_are_replaced_not_adopted() {
         let d = desired(&client(ORDERS), Some(&policy()), &credentials()).unwrap();
-        let fresh = || Credentials { client_secret: Some("new".into()), redis_password: "new-pw".into() };
+        let fresh = || Credentials {
+            client_secret: Some("new".into()),
+            redis: RedisCredentials::new("new-pw".into(), 0),
+        };
         let held = |hashes: &[String]| {
             let registered =
                 Registered { registration: Some(&d.registration), password_hashes: Some(hashes) };

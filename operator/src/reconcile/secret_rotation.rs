@@ -19,6 +19,7 @@ use tokenplane_api::client::{ClientRecord, SecretHash};
 use tokenplane_api::oauth2client::SecretRotation;
 
 use super::oauth2client::{Credentials, Desired};
+use super::rfc3339;
 
 /// On an OAuth2Client: set it to a new value to rotate the secret once. On
 /// the credentials Secret: the value the current secret answers.
@@ -152,7 +153,7 @@ pub fn record(plan: &Plan, client: &OAuth2Client, desired: &mut Desired) {
     if let Some(request) = requested(client) {
         annotations.insert(ROTATE_ANNOTATION.to_owned(), request.to_owned());
     }
-    desired.secret.metadata.annotations = Some(annotations);
+    desired.secret.metadata.annotations.get_or_insert_default().extend(annotations);
 }
 
 /// What the status says about the client secret; times only, never a
@@ -208,15 +209,6 @@ impl SecretStatus {
     }
 }
 
-/// Unix seconds as RFC 3339 (UTC), as status and annotations show times.
-pub fn rfc3339(unix: u64) -> String {
-    i64::try_from(unix)
-        .ok()
-        .and_then(|s| Timestamp::from_second(s).ok())
-        .unwrap_or(Timestamp::UNIX_EPOCH)
-        .to_string()
-}
-
 fn parse_rfc3339(text: &str) -> Option<u64> {
     let t: Timestamp = text.parse().ok()?;
     u64::try_from(t.as_second()).ok()
@@ -226,6 +218,7 @@ fn parse_rfc3339(text: &str) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::reconcile::oauth2client::desired;
+    use crate::reconcile::redis_password::Credentials as RedisCredentials;
 
     const NOW: u64 = 1_900_000_000;
     const HOUR: u64 = 3600;
@@ -246,7 +239,7 @@ mod tests {
     const MONTHLY: &str = ", secretRotation: {interval: 720h, gracePeriod: 24h}";
 
     fn credentials(secret: &str) -> Credentials {
-        Credentials { client_secret: Some(secret.into()), redis_password: "pw".into() }
+        Credentials { client_secret: Some(secret.into()), redis: RedisCredentials::new("pw".into(), 0) }
     }
 
     fn recorded(issued_at: u64, request: Option<&str>) -> Recorded {
@@ -337,7 +330,7 @@ mod tests {
             fresh,
             Plan { rotate: None, issued_at: NOW, previous: None, wake_at: Some(NOW + 720 * HOUR) }
         );
-        let public = Credentials { client_secret: None, redis_password: "pw".into() };
+        let public = Credentials { client_secret: None, redis: RedisCredentials::new("pw".into(), 0) };
         assert_eq!(plan(&c, &recorded(0, None), &public, None, true, NOW), None, "no secret, no rotation");
         let instant = client(", secretRotation: {gracePeriod: 0s}", Some("x"));
         let rotated = plan_at(&instant, &Recorded::default(), NOW);
@@ -355,7 +348,8 @@ mod tests {
         )
         .unwrap();
         let plan = plan_at(&c, &recorded(NOW - 60, None), NOW);
-        let mut d = desired(&c, Some(&policy), &credentials("next")).unwrap();
+        let since_7 = Credentials { redis: RedisCredentials::new("pw".into(), 7), ..credentials("next") };
+        let mut d = desired(&c, Some(&policy), &since_7).unwrap();
         record(&plan, &c, &mut d);
         assert!(d.registration.secret_matches("next", NOW) && d.registration.secret_matches("current", NOW));
         assert!(!d.registration.secret_matches("current", NOW + 24 * HOUR), "until the grace ends");
@@ -363,6 +357,8 @@ mod tests {
         assert_eq!(back, recorded(NOW, Some("r1")), "read back on the next reconcile");
         let annotations = format!("{:?}", d.secret.metadata.annotations);
         assert!(!annotations.contains("current") && !annotations.contains("next"), "{annotations}");
+        let redis = RedisCredentials::read(&d.secret, &crate::reconcile::redis_password::OWNED_KEYS, 0);
+        assert_eq!(redis, Some(RedisCredentials::new("pw".into(), 7)), "the Redis password's times stay");
     }
 
     #[test]

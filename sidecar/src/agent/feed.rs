@@ -25,7 +25,7 @@ use super::credentials::Watched;
 use super::jwks::Jwks;
 use crate::clock::unix_now;
 use crate::heartbeat;
-use crate::store::RedisConfig;
+use crate::store::{Password, RedisConfig};
 
 /// Revoked ids read per `ZSCAN` call during a resync.
 const RESYNC_CHUNK: usize = 2_000;
@@ -198,7 +198,7 @@ pub async fn follow(
         let creds = credentials.get();
         let config = RedisConfig {
             username: config.username.clone().or_else(|| creds.redis_username.clone()),
-            password: config.password.clone().or_else(|| creds.redis_password.clone()),
+            password: config.password.clone().or_else(|| creds.redis_password.clone().map(Password::Given)),
             ..config.clone()
         };
         if let Err(e) = session(&revocations, &config, ping_every, (&reporter, &creds.client_id)).await {

@@ -17,7 +17,7 @@ mod throttle;
 pub use crate::issuer::Rate;
 pub use memory::MemoryStore;
 pub(crate) use redis::sentinel_client;
-pub use redis::{RedisConfig, RedisStore, master_address, master_connection};
+pub use redis::{Password, RedisConfig, RedisStore, master_address, master_connection};
 
 /// The store could not answer. Callers fail closed: nothing is issued or
 /// acknowledged that the store did not record.

@@ -44,7 +44,7 @@ pub fn config(cluster: &RedisCluster) -> RedisConfig {
     let sentinel = cluster.sentinel_credentials();
     RedisConfig {
         sentinel_username: Some(sentinel.username),
-        sentinel_password: Some(sentinel.password),
+        sentinel_password: Some(sentinel.password.into()),
         timeout: Duration::from_millis(500),
         tls: cluster.tls().map(|_| tls(cluster, true)),
         ..RedisConfig::new(cluster.sentinel_addrs(), cluster.master_name())

@@ -14,7 +14,6 @@ mod changes;
 mod config;
 mod jobs;
 mod network_policy;
-pub mod rotation;
 mod service;
 mod users;
 mod workloads;
@@ -31,7 +30,7 @@ use tokenplane_api::RedisSentinelCluster;
 use tokenplane_api::redis::AclRole;
 
 pub use changes::unsafe_change;
-pub use users::{CLUSTER_ROLES, Credentials, PASSWORD, Passwords};
+pub use users::{CLUSTER_ROLES, PASSWORD, Passwords};
 pub use workloads::roles_on;
 
 use super::{Invalid, managed_meta};

@@ -7,6 +7,7 @@ use super::config::{REDIS_CONF, SENTINEL_CONF};
 use super::fixtures::{cluster, reconcile};
 use super::users::{PASSWORD, USERNAME};
 use super::*;
+use crate::reconcile::redis_password::Credentials;
 
 fn config(d: &Desired, key: &str) -> String {
     d.config.data.as_ref().unwrap()[key].clone()

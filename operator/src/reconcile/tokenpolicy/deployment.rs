@@ -16,6 +16,7 @@ use tokenplane_api::{RedisSentinelCluster, TokenPolicy};
 use super::tls::{TLS_CRT, TLS_KEY, serving_secret_name};
 use super::{Environment, ISSUER_PORT, SENTINEL_PORT, issuer_meta, selector};
 use crate::reconcile::pod::{pod_security, read_only_mount, restricted, secret_volume};
+use crate::reconcile::redis_password::{Credentials, OWNED_KEYS};
 use crate::reconcile::{AclUser, managed_meta};
 
 const KEYS_MOUNT: &str = "/var/run/tokenplane/keys";
@@ -79,17 +80,16 @@ impl IssuerRedis<'_> {
     }
 }
 
+/// The issuer's Redis login, with its password's rotation state.
 pub(super) fn issuer_secret(
     policy: &TokenPolicy,
     user: &AclUser,
-    password: &str,
+    credentials: &Credentials,
     redis: IssuerRedis<'_>,
 ) -> Secret {
     let name = policy.metadata.name.clone().unwrap_or_default();
-    let mut data = BTreeMap::from([
-        (REDIS_USERNAME.to_owned(), ByteString(user.name.as_bytes().to_vec())),
-        (REDIS_PASSWORD.to_owned(), ByteString(password.as_bytes().to_vec())),
-    ]);
+    let (mut data, times) = credentials.written(&OWNED_KEYS);
+    data.insert(REDIS_USERNAME.to_owned(), ByteString(user.name.as_bytes().to_vec()));
     if let IssuerRedis::Operator(Environment { sentinel_login: Some(login), .. }) = redis {
         data.insert(SENTINEL_USERNAME.into(), ByteString(login.username.as_bytes().to_vec()));
         data.insert(SENTINEL_PASSWORD.into(), ByteString(login.password.as_bytes().to_vec()));
@@ -97,12 +97,9 @@ pub(super) fn issuer_secret(
     if let Some(ca) = redis.tls().filter(|ca| !ca.is_empty()) {
         data.insert(REDIS_CA.into(), ByteString(ca.to_vec()));
     }
-    Secret {
-        metadata: managed_meta(policy, format!("{name}-issuer-redis"), [("tokenplane.io/policy", name)]),
-        type_: Some("Opaque".into()),
-        data: Some(data),
-        ..Secret::default()
-    }
+    let mut metadata = managed_meta(policy, format!("{name}-issuer-redis"), [("tokenplane.io/policy", name)]);
+    metadata.annotations.get_or_insert_default().extend(times);
+    Secret { metadata, type_: Some("Opaque".into()), data: Some(data), ..Secret::default() }
 }
 
 pub(super) fn deployment(
@@ -238,7 +235,7 @@ mod tests {
             d.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap().join(" ")
         };
         assert!(args(&env).ends_with("--redis-tls --redis-ca-file /var/run/tokenplane/redis/redis_ca.crt"));
-        let secret = issuer_secret(&p, &user, "pw", IssuerRedis::Operator(&env));
+        let secret = issuer_secret(&p, &user, &Credentials::new("pw".into(), 0), IssuerRedis::Operator(&env));
         assert_eq!(secret.data.unwrap()[REDIS_CA].0, b"-----BEGIN CERTIFICATE-----");
         env.redis_tls = Some(Vec::new());
         assert!(args(&env).ends_with("--redis-tls"), "the system's roots");
@@ -267,6 +264,21 @@ mod tests {
     }
 
     #[test]
+    fn the_issuer_secret_keeps_a_rotation_under_its_own_keys() {
+        let user = AclUser { name: "issuer:default.auth".into(), rules: String::new() };
+        let env = crate::reconcile::tokenpolicy::fixtures::env();
+        let begun = crate::reconcile::redis_password::rotation::begin(
+            &Credentials::new("current".into(), 17),
+            "next".into(),
+        );
+        let secret = issuer_secret(&policy(DEFAULT), &user, &begun, IssuerRedis::Operator(&env));
+        assert_eq!(Credentials::read(&secret, &OWNED_KEYS, 0), Some(begun));
+        let data = secret.data.unwrap();
+        assert_eq!(data[REDIS_PASSWORD].0, b"current", "the issuer logs in with the current one");
+        assert_eq!(data[REDIS_USERNAME].0, b"issuer:default.auth");
+    }
+
+    #[test]
     fn a_redis_ref_to_a_missing_cluster_is_refused() {
         let p = policy(&format!("{DEFAULT}  redisRef: tokens\n"));
         let env = crate::reconcile::tokenpolicy::fixtures::env();
@@ -276,7 +288,7 @@ mod tests {
             heartbeats: &[],
             clients: &[],
             cluster: None,
-            issuer_password: "x",
+            issuer_redis: &Credentials::new("x".into(), 0),
             env: &env,
             serving: crate::reconcile::tokenpolicy::fixtures::serving(),
             now: 0,

@@ -9,6 +9,7 @@ use tokenplane_api::{OAuth2Client, RedisSentinelCluster, TokenPolicy};
 
 use super::{Desired, Environment, Inputs, Keys, SentinelLogin, ServingInputs, desired};
 use crate::reconcile::ca::{self, Authorities, Authority, Settings};
+use crate::reconcile::redis_password::Credentials;
 
 pub(super) const DAY: u64 = 86_400;
 
@@ -95,7 +96,7 @@ pub(super) fn reconcile(
         heartbeats,
         clients: &clients,
         cluster: cluster.as_ref(),
-        issuer_password: "issuer-password",
+        issuer_redis: &Credentials::new("issuer-password".into(), 0),
         env: &env,
         serving: serving(),
         now,

@@ -32,6 +32,7 @@ pub(crate) use keys::{Keys, Rotation};
 pub(crate) use tls::ServingInputs;
 pub use tls::{Serving, TLS_CRT, TLS_KEY, cert_manager_issuer, certificate_resource, serving_secret_name};
 
+use super::redis_password::Credentials;
 use super::{AclUser, Invalid, managed_meta};
 
 /// The issuer container's port.
@@ -86,7 +87,8 @@ pub(crate) struct Inputs<'a> {
     /// The RedisSentinelCluster of the policy's `redisRef`, if it has one
     /// and the cluster exists.
     pub cluster: Option<&'a RedisSentinelCluster>,
-    pub issuer_password: &'a str,
+    /// The issuer user's passwords.
+    pub issuer_redis: &'a Credentials,
     pub env: &'a Environment,
     pub serving: ServingInputs<'a>,
     pub now: u64,
@@ -148,7 +150,7 @@ pub(crate) fn desired(
         jwks_config_map: keys::jwks_config_map(policy, &jwks),
         jwks,
         record: PolicyRecord { issuer: issuer_url.clone(), spec: policy.spec.clone() },
-        issuer_secret: deployment::issuer_secret(policy, &user, inputs.issuer_password, redis),
+        issuer_secret: deployment::issuer_secret(policy, &user, inputs.issuer_redis, redis),
         deployment: deployment::deployment(policy, inputs.env, redis, &user, &labels),
         service: service::service(policy, &labels),
         pdb: service::pdb(policy, &labels),
@@ -237,7 +239,7 @@ mod tests {
             heartbeats: &[],
             clients: &[],
             cluster: None,
-            issuer_password: "x",
+            issuer_redis: &Credentials::new("x".into(), 0),
             env: &env,
             serving: super::fixtures::serving(),
             now: 0,

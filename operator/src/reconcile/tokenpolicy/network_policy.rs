@@ -97,6 +97,7 @@ pub(super) fn network_policies(
 
 #[cfg(test)]
 mod tests {
+    use crate::reconcile::redis_password::Credentials;
     use crate::reconcile::tokenpolicy::fixtures::{
         DEFAULT, client, env, new_key, policy, reconcile, serving,
     };
@@ -120,7 +121,7 @@ mod tests {
             heartbeats: &[],
             clients: &[client("batch", "jobs", None)],
             cluster: None,
-            issuer_password: "x",
+            issuer_redis: &Credentials::new("x".into(), 0),
             env: &env,
             serving: serving(),
             now: 0,

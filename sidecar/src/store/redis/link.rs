@@ -12,7 +12,7 @@ use redis::caching::{CacheConfig, CacheMode};
 use redis::{AsyncConnectionConfig, ErrorKind, FromRedisValue, Pipeline, RedisError, ServerErrorKind, Value};
 use tokio::sync::RwLock;
 
-use super::{RedisStore, unavailable};
+use super::{RedisStore, sentinel_client, unavailable};
 use crate::store::{Result, StoreError};
 
 /// How long a cached registration may be served without Redis having
@@ -127,7 +127,9 @@ impl RedisStore {
         if let Some(conn) = slot.as_ref() {
             return Ok(conn.clone());
         }
-        let client = self.sentinel.lock().await.async_get_client().await.map_err(|e| {
+        // A new Sentinel client each time: it logs in with the passwords
+        // their files hold now.
+        let client = sentinel_client(&self.config)?.async_get_client().await.map_err(|e| {
             let hint = if self.config.tls.is_some() { TLS_HINT } else { "" };
             StoreError(format!(
                 "no Redis master {:?} found through the Sentinels: {e}{hint}",

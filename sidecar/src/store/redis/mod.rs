@@ -29,16 +29,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::sentinel::SentinelClient;
 use redis::{CommandCacheConfig, FromRedisValue, Pipeline, RedisError, Value};
 use serde::Serialize;
 use tokenplane_api::client::{ClientRecord, SecretHash};
 use tokenplane_api::grant::{CodeGrant, Issued, PendingAuthorization, RefreshFamily};
 use tokenplane_api::storage::{self, VerifierHeartbeat};
 use tokenplane_api::tokenpolicy::PolicyRecord;
-use tokio::sync::Mutex;
 
-pub use config::RedisConfig;
+pub use config::{Password, RedisConfig};
 use link::{Link, Links};
 use records::{CodeState, family_fields, family_from};
 use scripts::Scripts;
@@ -51,7 +49,6 @@ use crate::clock::unix_now;
 
 pub struct RedisStore {
     config: RedisConfig,
-    sentinel: Mutex<SentinelClient>,
     links: Arc<Links>,
     batch: Batcher,
     scripts: Scripts,
@@ -108,16 +105,16 @@ pub async fn master_address(config: &RedisConfig) -> Result<(String, u16)> {
 }
 
 impl RedisStore {
-    /// Prepares the store; nothing is contacted until the first call.
+    /// Prepares the store; nothing is contacted until the first call, but
+    /// settings that cannot work (an unreadable password file) fail here.
     pub fn new(config: RedisConfig) -> Result<Self> {
-        let sentinel = sentinel_client(&config)?;
+        sentinel_client(&config)?;
         let links = Arc::new(Links::new());
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(sentinel::follow_failovers(config.clone(), Arc::downgrade(&links)));
             tokio::spawn(link::heartbeat(Arc::downgrade(&links), config.timeout / 4));
         }
         Ok(Self {
-            sentinel: Mutex::new(sentinel),
             links,
             batch: Batcher::default(),
             scripts: Scripts::new(),

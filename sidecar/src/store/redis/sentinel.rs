@@ -35,7 +35,7 @@ fn certificates(tls: &RedisTls) -> TlsCertificates {
 
 /// A client that finds the master through the Sentinels and talks RESP3
 /// to it (for the tracking cache and pushed pub/sub messages), with the
-/// credentials and TLS of `config`.
+/// credentials (as their files hold them now) and TLS of `config`.
 pub(crate) fn sentinel_client(config: &RedisConfig) -> Result<SentinelClient> {
     let sentinels =
         config.sentinels.iter().map(|s| addr(s, config.tls.is_some())).collect::<Result<Vec<_>>>()?;
@@ -47,13 +47,13 @@ pub(crate) fn sentinel_client(config: &RedisConfig) -> Result<SentinelClient> {
         builder = builder.set_client_to_redis_username(u);
     }
     if let Some(p) = &config.password {
-        builder = builder.set_client_to_redis_password(p);
+        builder = builder.set_client_to_redis_password(p.read()?);
     }
     if let Some(u) = &config.sentinel_username {
         builder = builder.set_client_to_sentinel_username(u);
     }
     if let Some(p) = &config.sentinel_password {
-        builder = builder.set_client_to_sentinel_password(p);
+        builder = builder.set_client_to_sentinel_password(p.read()?);
     }
     if let Some(tls) = &config.tls {
         crate::tls::install_default_provider();
@@ -90,7 +90,9 @@ async fn watch_sentinel(config: &RedisConfig, sentinel: &str, links: &Weak<Links
         auth = auth.set_username(u);
     }
     if let Some(p) = &config.sentinel_password {
-        auth = auth.set_password(p);
+        auth = auth.set_password(
+            p.read().map_err(|e| RedisError::from((ErrorKind::InvalidClientConfig, "no password", e.0)))?,
+        );
     }
     let addr = addr(sentinel, config.tls.is_some())
         .map_err(|e| RedisError::from((ErrorKind::InvalidClientConfig, "bad address", e.0)))?;

@@ -111,7 +111,12 @@ pub fn role_named(name: &str) -> Option<AclRole> {
 /// A password as `ACL GETUSER` shows it and `#<hash>` sets it: SHA-256 in
 /// lowercase hex. A pod that only creates a user gets this, never the password.
 pub fn password_hash(password: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, password.as_bytes());
+    sha256_hex(password.as_bytes())
+}
+
+/// SHA-256 of `bytes`, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -82,7 +82,8 @@ struct RunArgs {
     issuer_redis_sentinels: Vec<String>,
     /// Where to reach RedisSentinelCluster pods instead of their stable
     /// names, `NAME:PORT=HOST:PORT`, comma separated: for an operator run
-    /// outside its cluster, through port-forwards.
+    /// outside its cluster, through port-forwards. With a cluster's TLS
+    /// dial `localhost:PORT`, a name its certificate holds.
     #[arg(long, env = "TOKENPLANE_REDIS_DIAL", value_delimiter = ',', value_parser = dial_entry)]
     redis_dial: Vec<(String, String)>,
     /// Lifetime of a CA the operator makes (Secret tokenplane-ca in the

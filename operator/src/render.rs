@@ -15,10 +15,10 @@ use tokenplane_api::signing::KeyPair;
 use tokenplane_api::{OAuth2Client, RedisSentinelCluster, TokenPolicy, storage};
 
 use crate::reconcile::Invalid;
-use crate::reconcile::ca::{self, Authorities, Authority, BUNDLE_KEY, Settings};
+use crate::reconcile::ca::{Authorities, BUNDLE_KEY, Settings};
 use crate::reconcile::oauth2client::{self, Credentials};
 use crate::reconcile::redis_password::Credentials as RedisCredentials;
-use crate::reconcile::redissentinelcluster::{self, Passwords};
+use crate::reconcile::redissentinelcluster::{self, Passwords, tls};
 use crate::reconcile::tokenpolicy::{
     self, Environment, Inputs, Keys, Serving, ServingInputs, TLS_CRT, TLS_KEY,
 };
@@ -31,6 +31,7 @@ pub const GENERATED_JWKS: &str = "<generated: the public keys of the signing key
 pub const GENERATED_CERT: &str = "<generated: serving certificate signed by the operator CA>";
 pub const GENERATED_CERT_KEY: &str = "<generated: private key of the serving certificate>";
 pub const CA_BUNDLE: &str = "<the operator CA bundle (Secret tokenplane-system/tokenplane-ca)>";
+pub const TLS_FINGERPRINT: &str = "<the certificate's fingerprint>";
 /// Where issuer pods find the Sentinels is the running operator's setting.
 pub const SENTINELS: &str = "<the operator's --issuer-redis-sentinels>";
 
@@ -65,11 +66,11 @@ pub struct Resources {
     pub skipped: Vec<Skipped>,
 }
 
-/// What `render` says on stderr about a RedisSentinelCluster while its
-/// controller is being built.
-pub const CLUSTER_PREVIEW: &str = "the operator applies these objects, rotates the role passwords and keeps \
-     the issuers' and agents' users of the TokenPolicies with this redisRef on every node and Sentinel; \
-     spec.tls is not acted on";
+/// What `render` says on stderr about a RedisSentinelCluster: what its
+/// controller acts on.
+pub const CLUSTER_PREVIEW: &str = "the operator applies these objects, rotates the role passwords and the \
+     certificate, and keeps the issuers' and agents' users of the TokenPolicies with this redisRef on every \
+     node and Sentinel";
 
 /// A document `render` does not turn into objects.
 #[derive(Debug, PartialEq, Eq)]
@@ -205,13 +206,14 @@ impl Resources {
             cert_manager_issuer: None,
             redis_tls: None,
         };
-        let cas = ca::plan(Authorities::default(), &Settings::default(), 0, Authority::generate).authorities;
+        let cas = Authorities::first(&Settings::default(), 0);
         let inputs = Inputs {
             policy,
             keys: Keys::default(),
             heartbeats: &[],
             clients: &clients,
             cluster: self.cluster_of(policy),
+            cluster_ca: None,
             issuer_redis: &RedisCredentials::new(GENERATED_PASSWORD.to_owned(), 0),
             env: &env,
             serving: ServingInputs { cas: &cas, existing: None, lifetime: Settings::default().leaf_lifetime },
@@ -240,10 +242,7 @@ impl Resources {
         ));
         let serving = match d.serving {
             Serving::Secret(mut secret) => {
-                secret.data = Some(BTreeMap::from(
-                    [(TLS_CRT, GENERATED_CERT), (TLS_KEY, GENERATED_CERT_KEY), (BUNDLE_KEY, CA_BUNDLE)]
-                        .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec()))),
-                ));
+                secret.data = Some(placeholder_tls());
                 readable(secret)
             }
             Serving::Certificate(mut certificate) => {
@@ -265,7 +264,15 @@ impl Resources {
     }
 }
 
-/// A cluster's objects, its passwords as placeholders.
+/// A serving certificate's Secret data, as placeholders.
+fn placeholder_tls() -> BTreeMap<String, ByteString> {
+    BTreeMap::from(
+        [(TLS_CRT, GENERATED_CERT), (TLS_KEY, GENERATED_CERT_KEY), (BUNDLE_KEY, CA_BUNDLE)]
+            .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec()))),
+    )
+}
+
+/// A cluster's objects, its passwords and certificate as placeholders.
 fn render_cluster(cluster: &RedisSentinelCluster, out: &mut String) -> Result<(), RenderError> {
     let env = redissentinelcluster::Environment {
         tokenplane_image: crate::controller::ISSUER_IMAGE.into(),
@@ -273,21 +280,36 @@ fn render_cluster(cluster: &RedisSentinelCluster, out: &mut String) -> Result<()
         cluster_domain: "cluster.local".into(),
         operator_namespace: "tokenplane-system".into(),
     };
-    let d = redissentinelcluster::desired(
+    let cas = Authorities::first(&Settings::default(), 0);
+    // The Secret of spec.tls.secretName is the user's: a placeholder stands in.
+    let theirs = Secret { data: Some(placeholder_tls()), ..Secret::default() };
+    let existing = cluster.spec.tls.secret_name.as_ref().map(|_| &theirs);
+    let tls = ServingInputs { cas: &cas, existing, lifetime: Settings::default().leaf_lifetime };
+    let mut d = redissentinelcluster::desired(
         cluster,
         &env,
-        &Passwords::default(),
+        (&Passwords::default(), tls),
         (|| GENERATED_PASSWORD.into(), 0),
     )
     .map_err(|invalid| RenderError::of(cluster, invalid))?;
+    let owned = d.tls.and_then(|tls| tls.owned).map(|mut secret| {
+        secret.data = Some(placeholder_tls());
+        readable(secret)
+    });
+    for set in [&mut d.redis, &mut d.sentinel] {
+        let template = set.spec.as_mut().and_then(|s| s.template.metadata.as_mut());
+        if let Some(fingerprint) = template.and_then(|m| m.annotations.as_mut()?.get_mut(tls::FINGERPRINT)) {
+            *fingerprint = TLS_FINGERPRINT.into();
+        }
+    }
     out.push_str(&format!(
         "# RedisSentinelCluster {}: clients find the Sentinels at {}:{}\n",
         d.names.cluster,
         d.names.service_host(&d.names.sentinel()),
         redissentinelcluster::SENTINEL_PORT,
     ));
-    let texts =
-        d.role_secrets.into_iter().map(readable).chain([yaml(d.config), yaml(d.redis), yaml(d.sentinel)]);
+    let texts = d.role_secrets.into_iter().map(readable).chain(owned);
+    let texts = texts.chain([yaml(d.config), yaml(d.redis), yaml(d.sentinel)]);
     let texts = texts.chain(d.services.into_iter().map(yaml)).chain(d.budgets.into_iter().map(yaml));
     let texts = texts.chain([yaml(d.network_policy), yaml(d.cleanup)]);
     let texts = texts.chain(d.backup.into_iter().flat_map(|(claim, job)| [yaml(claim), yaml(job)]));

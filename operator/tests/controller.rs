@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokenplane_api::client::{ClientRecord, SecretHash};
 use tokenplane_api::{OAuth2Client, TokenPolicy, storage};
 use tokenplane_operator::controller::{Context, oauth2client, reconcile, tokenpolicy};
-use tokenplane_operator::reconcile::ca::{self, Authorities, Authority};
+use tokenplane_operator::reconcile::ca::{self, Authorities};
 use tokenplane_testkit::{RedisCluster, RedisClusterOptions};
 use tower_test::mock::{self, Handle};
 
@@ -50,9 +50,7 @@ fn context(
 ) -> Arc<Context> {
     let redis = support::admin(cluster);
     let ctx = Context::new(kube::Client::new(api, "default"), redis, generate);
-    ctx.ca.send_replace(
-        ca::plan(Authorities::default(), &ctx.ca_settings, unix_now(), Authority::generate).authorities,
-    );
+    ctx.ca.send_replace(Authorities::first(&ctx.ca_settings, support::unix_now()));
     Arc::new(ctx)
 }
 
@@ -223,10 +221,6 @@ async fn an_invalid_client_gets_a_condition_and_nothing_else() {
     assert_role_allows_what_was_used();
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
 /// A new secret at every call, as in production.
 fn numbered_secret() -> String {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -307,7 +301,7 @@ async fn an_annotation_rotates_the_secret_and_the_old_one_works_until_the_grace_
     let new = base64_text(&second["data"]["client_secret"]);
     assert_ne!(new, old);
     assert_eq!(second["metadata"]["annotations"]["tokenplane.io/rotate-secret"], "2026-11-23T10:00:00Z");
-    let now = unix_now();
+    let now = support::unix_now();
     let record = registration(&cluster).await;
     assert!(
         record.secret_matches(&old, now) && record.secret_matches(&new, now),
@@ -320,14 +314,14 @@ async fn an_annotation_rotates_the_secret_and_the_old_one_works_until_the_grace_
     // An issuer accepted the old secret: the status says so.
     let mut redis = cluster.admin_connection(&cluster.master_addr().await.unwrap()).await.unwrap();
     let old_hash = SecretHash::of(&old).sha256;
-    let () = redis.hset(storage::secret_used("orders.shop"), &old_hash, unix_now()).await.unwrap();
+    let () = redis.hset(storage::secret_used("orders.shop"), &old_hash, support::unix_now()).await.unwrap();
     let (_, status, _) = reconcile_rotating(&ctx, &mut server, client.clone(), &second, false).await;
     assert_eq!(rotation_condition(&status), ("True".into(), "UsedSinceRotation".into()));
     assert!(status["previousSecretLastUsedAt"].is_string(), "{status}");
     assert_eq!(registration(&cluster).await, record, "the same answer: nothing rotated again");
 
     // The grace ends: the old secret is gone from Redis, and so is its use.
-    while unix_now() < now + 3 {
+    while support::unix_now() < now + 3 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (third, status, action) = reconcile_rotating(&ctx, &mut server, client, &second, false).await;
@@ -336,7 +330,10 @@ async fn an_annotation_rotates_the_secret_and_the_old_one_works_until_the_grace_
         "the Secret keeps only the current one"
     );
     let record = registration(&cluster).await;
-    assert!(!record.secret_matches(&old, 0) && record.secret_matches(&new, unix_now()), "{record:?}");
+    assert!(
+        !record.secret_matches(&old, 0) && record.secret_matches(&new, support::unix_now()),
+        "{record:?}"
+    );
     assert!(status.get("previousSecretExpiresAt").is_none(), "{status}");
     assert_eq!(rotation_condition(&status), ("False".into(), "NoPreviousSecret".into()));
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));

@@ -17,6 +17,7 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 use tokenplane_api::RedisSentinelCluster;
 use tokenplane_operator::controller::{Context, generate_secret, redissentinelcluster};
+use tokenplane_operator::reconcile::ca::{self, Authorities};
 use tokenplane_operator::redis::{RedisAdmin, RedisConfig};
 
 use support::api::ApiServer;
@@ -173,14 +174,42 @@ async fn a_cluster_gets_its_objects_keeps_its_passwords_and_reports_its_pods() {
         Action::requeue(Duration::from_secs(10))
     );
 
-    // TLS is not acted on yet, and says so.
+    // TLS before the operator's CA is loaded: a condition, nothing rolled.
     let tls = Patch::Merge(json!({"spec": {"tls": {"enabled": true}}}));
     clusters.patch("tokenplane", &PatchParams::default(), &tls).await.unwrap();
     reconcile(clusters.get("tokenplane").await.unwrap()).await;
-    let rsc = clusters.get("tokenplane").await.unwrap();
-    let pending = rsc.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Complete").unwrap();
-    assert_eq!((pending.status.as_str(), pending.reason.as_str()), ("False", "NotYetActedOn"));
-    assert_eq!(pending.message, "not acted on yet: tls");
+    let (status, reason, _) = ready_condition(&clusters.get("tokenplane").await.unwrap());
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "NoCertificateAuthority"));
+    let template = |set: StatefulSet| set.spec.unwrap().template;
+    let plain = template(sets.get("tokenplane-redis").await.unwrap());
+    assert!(!serde_json::to_string(&plain).unwrap().contains("tls"), "the pods are left as they were");
+
+    // With the CA: a certificate for every member, and the pods serve it.
+    ctx.ca.send_replace(Authorities::first(&ctx.ca_settings, support::unix_now()));
+    reconcile(clusters.get("tokenplane").await.unwrap()).await;
+    let secrets: Api<Secret> = Api::namespaced(kube.clone(), "data");
+    let served = secrets.get("tokenplane-redis-tls").await.unwrap();
+    assert_eq!(served.type_.as_deref(), Some("kubernetes.io/tls"));
+    let data = served.data.unwrap();
+    let leaf = ca::leaf_info(&data["tls.crt"].0).unwrap();
+    assert!(ctx.ca.borrow().signed_by_active(&leaf));
+    assert!(
+        leaf.dns_names.contains(&"tokenplane-redis-0.tokenplane-redis.data.svc.cluster.local".to_owned())
+    );
+    assert!(leaf.dns_names.contains(&"tokenplane-sentinel.data.svc".to_owned()));
+    assert_eq!(data["ca.crt"].0, ctx.ca.borrow().bundle().as_bytes());
+    let config =
+        Api::<ConfigMap>::namespaced(kube.clone(), "data").get("tokenplane-redis-config").await.unwrap();
+    let redis_conf = &config.data.unwrap()["redis.conf"];
+    assert!(redis_conf.contains("\nport 0\n") && redis_conf.contains("tls-replication yes"), "{redis_conf}");
+    let secure = template(sets.get("tokenplane-redis").await.unwrap());
+    let fingerprint = &secure.metadata.unwrap().annotations.unwrap()["tokenplane.io/tls-fingerprint"];
+    let pair = [data["tls.crt"].0.as_slice(), &data["ca.crt"].0].concat();
+    assert!(tokenplane_api::acl::sha256_hex(&pair).starts_with(fingerprint.as_str()));
+    let again = served.metadata.resource_version.clone();
+    reconcile(clusters.get("tokenplane").await.unwrap()).await;
+    let kept = secrets.get("tokenplane-redis-tls").await.unwrap();
+    assert_eq!((kept.metadata.resource_version, &kept.data.unwrap()["tls.crt"]), (again, &data["tls.crt"]));
     let off = Patch::Merge(json!({"spec": {"tls": {"enabled": false}}}));
     clusters.patch("tokenplane", &PatchParams::default(), &off).await.unwrap();
 

@@ -9,7 +9,7 @@ fn render(file: &str) -> std::process::Output {
 }
 
 #[test]
-fn a_cluster_renders_as_a_preview_and_says_what_is_not_acted_on() {
+fn a_cluster_renders_as_a_preview_and_says_what_the_operator_does_beyond_it() {
     let out = render("redissentinelcluster.yaml");
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(out.status.success(), "{stderr}");
@@ -19,7 +19,26 @@ fn a_cluster_renders_as_a_preview_and_says_what_is_not_acted_on() {
         stderr.contains("RedisSentinelCluster tokenplane: the operator applies these objects, rotates"),
         "{stderr}"
     );
-    assert!(stderr.contains("spec.tls is not acted on"), "{stderr}");
+    assert!(!stderr.contains("not acted on") && !stdout.contains("redis-tls"), "{stderr}");
+}
+
+#[test]
+fn a_cluster_with_tls_renders_its_certificate_as_a_placeholder() {
+    let sample = include_str!("../../config/samples/redissentinelcluster.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tls.yaml");
+    std::fs::write(&path, format!("{sample}  tls:\n    enabled: true\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenplane-operator"))
+        .args(["render", "-f"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("name: tokenplane-redis-tls\n") && stdout.contains("type: kubernetes.io/tls"));
+    assert!(stdout.contains("<generated: private key of the serving certificate>"), "{stdout}");
+    assert!(!stdout.contains("PRIVATE KEY"), "no key material in a preview");
+    assert!(stdout.contains("tls-port 6379") && stdout.contains("--redis-ca-file"), "{stdout}");
 }
 
 #[test]

@@ -5,13 +5,20 @@
 //! the protocol, so it is here: `AUTH`, `REPLCONF rdb-only 1` (the master
 //! then sends the snapshot and nothing after it), `SYNC`, and the bulk
 //! reply of the RDB, sized (`$<len>`) or, from a diskless master,
-//! delimited (`$EOF:<40 bytes>`).
+//! delimited (`$EOF:<40 bytes>`). With the cluster's TLS, over TLS,
+//! the master verified against the cluster's CA by its stable name.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokenplane_api::redis_tls::RedisTls;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -23,6 +30,8 @@ pub enum BackupError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("no snapshot within {0:?}: raise --timeout for a large data set")]
     Timeout(Duration),
+    #[error("the TLS settings cannot be used: {0}")]
+    Tls(String),
 }
 
 /// The snapshot written, and the older ones removed to keep `retain`.
@@ -33,18 +42,24 @@ pub struct Backup {
     pub removed: Vec<PathBuf>,
 }
 
-/// Takes a snapshot of the master at `addr` into `dir` as
-/// `dump-<unix time>.rdb` (written to a temporary name first, then
-/// renamed), and keeps the newest `retain` snapshots there.
+/// Where the master is and how to reach it: `host:port`, and TLS.
+pub struct Master<'a> {
+    pub addr: &'a str,
+    pub tls: Option<&'a RedisTls>,
+}
+
+/// Takes a snapshot of `master` into `dir` as `dump-<unix time>.rdb`
+/// (written to a temporary name first, then renamed), and keeps the
+/// newest `retain` snapshots there.
 pub async fn snapshot(
-    addr: &str,
-    (username, password): (&str, &str),
+    master: Master<'_>,
+    login: (&str, &str),
     dir: &Path,
     retain: usize,
     now: u64,
     timeout: Duration,
 ) -> Result<Backup, BackupError> {
-    let rdb = tokio::time::timeout(timeout, fetch(addr, username, password))
+    let rdb = tokio::time::timeout(timeout, fetch(&master, login))
         .await
         .map_err(|_| BackupError::Timeout(timeout))??;
     let file = dir.join(format!("dump-{now}.rdb"));
@@ -64,12 +79,49 @@ fn command(args: &[&[u8]]) -> Vec<u8> {
     out
 }
 
-async fn fetch(addr: &str, username: &str, password: &str) -> Result<Vec<u8>, BackupError> {
+async fn fetch(master: &Master<'_>, login: (&str, &str)) -> Result<Vec<u8>, BackupError> {
+    let addr = master.addr;
+    let connect = |source| BackupError::Connect { addr: addr.into(), source };
+    let stream = TcpStream::connect(addr).await.map_err(connect)?;
+    let Some(tls) = master.tls else { return read_snapshot(addr, BufReader::new(stream), login).await };
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let name = ServerName::try_from(host.to_owned()).map_err(|e| BackupError::Tls(format!("{host}: {e}")))?;
+    let stream = connector(tls)?.connect(name, stream).await.map_err(connect)?;
+    read_snapshot(addr, BufReader::new(stream), login).await
+}
+
+/// A client that trusts the CA bundle given and, if given, presents the
+/// client certificate.
+fn connector(tls: &RedisTls) -> Result<TlsConnector, BackupError> {
+    let failed = |e: &dyn std::fmt::Display| BackupError::Tls(e.to_string());
+    let bundle = tls.ca_bundle.as_deref().ok_or_else(|| {
+        BackupError::Tls("give --redis-ca-file, the CA the cluster's certificate is signed by".into())
+    })?;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(bundle) {
+        roots.add(cert.map_err(|e| failed(&e))?).map_err(|e| failed(&e))?;
+    }
+    let builder = ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| failed(&e))?
+        .with_root_certificates(roots);
+    let config = match &tls.client {
+        None => builder.with_no_client_auth(),
+        Some(client) => {
+            let chain = CertificateDer::pem_slice_iter(&client.cert_chain).collect::<Result<Vec<_>, _>>();
+            let key = PrivateKeyDer::from_pem_slice(&client.key).map_err(|e| failed(&e))?;
+            builder.with_client_auth_cert(chain.map_err(|e| failed(&e))?, key).map_err(|e| failed(&e))?
+        }
+    };
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+async fn read_snapshot<S: AsyncRead + AsyncWrite + Unpin>(
+    addr: &str,
+    mut conn: BufReader<S>,
+    (username, password): (&str, &str),
+) -> Result<Vec<u8>, BackupError> {
     let protocol = |message: String| BackupError::Protocol { addr: addr.to_owned(), message };
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|source| BackupError::Connect { addr: addr.into(), source })?;
-    let mut conn = BufReader::new(stream);
     let io = |e: std::io::Error| protocol(e.to_string());
     let mut send = command(&[b"AUTH", username.as_bytes(), password.as_bytes()]);
     send.extend(command(&[b"REPLCONF", b"rdb-only", b"1"]));
@@ -115,7 +167,7 @@ async fn fetch(addr: &str, username: &str, password: &str) -> Result<Vec<u8>, Ba
 }
 
 /// A diskless master's snapshot: everything up to the 40-byte end mark.
-async fn read_until_mark(conn: &mut BufReader<TcpStream>, mark: &[u8]) -> std::io::Result<Vec<u8>> {
+async fn read_until_mark<R: AsyncRead + Unpin>(conn: &mut R, mark: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut data = Vec::new();
     let mut chunk = [0u8; 64 * 1024];
     while !data.ends_with(mark) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use tokenplane_api::redis_tls::{RedisTls, RedisTlsArgs};
+use tokenplane_api::redis_tls::{RedisTls, RedisTlsArgs, RedisTlsFiles};
 use tokenplane_sidecar::agent::{self, Agent};
 use tokenplane_sidecar::issuer::{Issuer, Settings, managed};
 use tokenplane_sidecar::keys::KeySet;
@@ -113,6 +113,10 @@ struct PodArgs {
     /// Timeout of each question to a Sentinel or a node.
     #[arg(long, env = "TOKENPLANE_REDIS_QUERY_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     query_timeout: Duration,
+    /// With the cluster's TLS: the PEM CA bundle its nodes' and Sentinels'
+    /// certificate is verified against (their names, not their IPs).
+    #[arg(long, env = "TOKENPLANE_REDIS_CA_FILE")]
+    redis_ca_file: Option<PathBuf>,
 }
 
 impl PodArgs {
@@ -122,6 +126,12 @@ impl PodArgs {
 
     fn sentinels(&self) -> anyhow::Result<Vec<redis_node::Addr>> {
         self.sentinels.iter().map(|t| node_addr("--sentinels", t)).collect()
+    }
+
+    fn reach(&self) -> anyhow::Result<redis_node::Reach> {
+        let files = self.redis_ca_file.clone().map(|ca| RedisTlsFiles::new(Some(ca), None, None));
+        let tls = files.map(|f| RedisTls::load(&f, |p| std::fs::read(p))).transpose()?;
+        Ok(redis_node::Reach { timeout: self.query_timeout, tls })
     }
 }
 
@@ -442,10 +452,6 @@ async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
 
 async fn backup(args: BackupArgs) -> anyhow::Result<()> {
     let config = args.redis.config()?.context("backup works on Redis: give --redis-sentinels")?;
-    anyhow::ensure!(
-        config.tls.is_none(),
-        "backup does not speak TLS to Redis yet: run it without --redis-tls"
-    );
     let (user, password) = match (&config.username, &config.password) {
         (Some(u), Some(p)) => (u.clone(), p.read()?),
         _ => anyhow::bail!(
@@ -457,21 +463,18 @@ async fn backup(args: BackupArgs) -> anyhow::Result<()> {
         .context("cannot find the master through the Sentinels")?;
     let now = tokenplane_sidecar::clock::unix_now();
     let dir = &args.out_dir;
-    let taken = tokenplane_sidecar::backup::snapshot(
-        &format!("{host}:{port}"),
-        (&user, &password),
-        dir,
-        args.retain,
-        now,
-        args.timeout,
-    )
-    .await
-    .context("no snapshot was written; the ones there are unchanged")?;
+    let addr = format!("{host}:{port}");
+    let master = tokenplane_sidecar::backup::Master { addr: &addr, tls: config.tls.as_ref() };
+    let taken =
+        tokenplane_sidecar::backup::snapshot(master, (&user, &password), dir, args.retain, now, args.timeout)
+            .await
+            .context("no snapshot was written; the ones there are unchanged")?;
     tracing::info!(file = %taken.file.display(), bytes = taken.bytes, removed = taken.removed.len(), "snapshot written");
     Ok(())
 }
 
 async fn start_redis_node(args: StartArgs) -> anyhow::Result<()> {
+    let reach = args.pod.reach()?;
     let nodes = args.nodes.iter().map(|t| node_addr("--nodes", t)).collect::<anyhow::Result<Vec<_>>>()?;
     let start = redis_node::Start {
         kind: match args.kind {
@@ -488,7 +491,7 @@ async fn start_redis_node(args: StartArgs) -> anyhow::Result<()> {
         master_name: args.pod.master_name,
         quorum: args.quorum,
         wait: args.wait,
-        query_timeout: args.pod.query_timeout,
+        reach,
         copy_self_to: args.copy_self_to,
     };
     start.run().await?;
@@ -496,6 +499,7 @@ async fn start_redis_node(args: StartArgs) -> anyhow::Result<()> {
 }
 
 async fn hand_over(args: HandOverArgs) -> anyhow::Result<()> {
+    let reach = args.pod.reach()?;
     let step = redis_node::HandOver {
         me: args.pod.me()?,
         sentinels: args.pod.sentinels()?,
@@ -503,7 +507,7 @@ async fn hand_over(args: HandOverArgs) -> anyhow::Result<()> {
         users_dir: args.pod.users_dir,
         min_replicas: args.min_replicas,
         timeout: args.timeout,
-        query_timeout: args.pod.query_timeout,
+        reach,
     };
     match step.run().await? {
         redis_node::HandedOver::NotMaster => tracing::info!("not the master: nothing to hand over"),

@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Container, Secret};
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Value};
+use redis::{
+    AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, TlsCertificates, Value,
+};
+use tokenplane_operator::reconcile::ca::{Authorities, ServingInputs, Settings};
 use tokenplane_operator::reconcile::redissentinelcluster::{self, Desired, Environment, Passwords};
 use tokenplane_testkit::free_port;
 use tokio::process::{Child, Command};
@@ -24,6 +27,8 @@ const MASTER_NAME: &str = "tokenplane";
 /// The issuer's user comes from a TokenPolicy: the tests set it by hand.
 const ISSUER_PASSWORD: &str = "issuer-test-password";
 
+/// The sample cluster, edited, as the operator renders it now (its
+/// certificate, with TLS on, signed by a CA of its own).
 fn render(edit: impl FnOnce(&mut serde_json::Value)) -> (Desired, BTreeMap<String, String>) {
     let mut value: serde_json::Value = serde_norway::from_str(SAMPLE).unwrap();
     value["metadata"]["namespace"] = "test".into();
@@ -40,7 +45,10 @@ fn render(edit: impl FnOnce(&mut serde_json::Value)) -> (Desired, BTreeMap<Strin
         n += 1;
         format!("pw{n}-{}", std::process::id())
     };
-    let d = redissentinelcluster::desired(&rsc, &env, &Passwords::default(), (numbered, 0)).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let cas = Authorities::first(&Settings::default(), now);
+    let tls = ServingInputs { cas: &cas, existing: None, lifetime: Settings::default().leaf_lifetime };
+    let d = redissentinelcluster::desired(&rsc, &env, (&Passwords::default(), tls), (numbered, now)).unwrap();
     let config = d.config.data.clone().unwrap();
     (d, config)
 }
@@ -48,17 +56,24 @@ fn render(edit: impl FnOnce(&mut serde_json::Value)) -> (Desired, BTreeMap<Strin
 /// One pod: its directory, port, and the process serving in it.
 struct Pod {
     dir: tempfile::TempDir,
+    /// The name it announces: with TLS one its certificate holds.
+    host: &'static str,
     port: u16,
     child: std::sync::Mutex<Option<Child>>,
 }
 
 impl Pod {
-    fn new() -> Self {
-        Self { dir: tempfile::tempdir().unwrap(), port: free_port().unwrap(), child: Default::default() }
+    fn new(host: &'static str) -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            host,
+            port: free_port().unwrap(),
+            child: Default::default(),
+        }
     }
 
     fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -99,13 +114,18 @@ fn mount_users(set: &StatefulSet, secrets: &[Secret], dir: &Path) {
 }
 
 /// The template as the pod reads it, with the addresses of this machine:
-/// loopback, this pod's port and directory.
+/// loopback, this pod's port and directory, its certificate's files.
 fn localize(template: &str, pod: &Pod) -> String {
     template
         .lines()
         .map(|line| match line.split_whitespace().next() {
-            Some("port") => format!("port {}", pod.port),
-            Some("bind") => "bind 127.0.0.1".into(),
+            Some("port") if line != "port 0" => format!("port {}", pod.port),
+            Some("tls-port") => format!("tls-port {}", pod.port),
+            Some(file @ ("tls-cert-file" | "tls-key-file" | "tls-ca-cert-file")) => {
+                let name = line.rsplit('/').next().unwrap();
+                format!("{file} {}", pod.path("tls").join(name).display())
+            }
+            Some("bind") => "bind 127.0.0.1 -::1".into(),
             Some("dir") => format!("dir {}", pod.dir.path().display()),
             _ => line.into(),
         })
@@ -154,9 +174,27 @@ impl Cluster {
     async fn with(edit: impl FnOnce(&mut serde_json::Value)) -> Self {
         let _turn = ONE_AT_A_TIME.lock().await;
         let (desired, config) = render(edit);
-        let nodes = (0..3).map(|_| Pod::new()).collect();
-        let sentinels = (0..3).map(|_| Pod::new()).collect();
+        let host = if desired.tls.is_some() { "localhost" } else { "127.0.0.1" };
+        let nodes = (0..3).map(|_| Pod::new(host)).collect();
+        let sentinels = (0..3).map(|_| Pod::new(host)).collect();
         Self { _turn, desired, config, nodes, sentinels }
+    }
+
+    /// With TLS, the CA bundle clients verify the members against.
+    fn ca(&self) -> Option<&[u8]> {
+        self.desired.tls.as_ref().map(|tls| tls.ca_bundle.as_slice())
+    }
+
+    /// The files of the `tls` volume, written as the kubelet would from
+    /// the certificate's Secret; the CA bundle's path.
+    fn mount_tls(&self, pod: &Pod) -> String {
+        let dir = pod.path("tls");
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = self.desired.tls.as_ref().and_then(|t| t.owned.as_ref());
+        for (file, value) in secret.and_then(|s| s.data.as_ref()).into_iter().flatten() {
+            std::fs::write(dir.join(file), &value.0).unwrap();
+        }
+        dir.join("ca.crt").display().to_string()
     }
 
     fn password(&self, user: &str) -> String {
@@ -181,10 +219,11 @@ impl Cluster {
         std::fs::write(pod.path("template.conf"), localize(&self.config[template], pod)).unwrap();
         mount_users(set, &self.desired.role_secrets, &pod.path("users"));
         let swap = BTreeMap::from([
+            ("--redis-ca-file", self.mount_tls(pod)),
             ("--template", pod.path("template.conf").display().to_string()),
             ("--out", pod.path("final.conf").display().to_string()),
             ("--users-dir", pod.path("users").display().to_string()),
-            ("--announce-host", "127.0.0.1".to_owned()),
+            ("--announce-host", pod.host.to_owned()),
             ("--announce-port", pod.port.to_string()),
             ("--sentinels", Self::list(&self.sentinels)),
             ("--nodes", Self::list(&self.nodes)),
@@ -224,7 +263,8 @@ impl Cluster {
         let command = hook.command.as_ref().unwrap();
         assert!(command[0].ends_with("tokenplane-sidecar"), "{command:?}");
         let local = BTreeMap::from([
-            ("TOKENPLANE_REDIS_ANNOUNCE_HOST", "127.0.0.1".to_owned()),
+            ("TOKENPLANE_REDIS_ANNOUNCE_HOST", pod.host.to_owned()),
+            ("TOKENPLANE_REDIS_CA_FILE", self.mount_tls(pod)),
             ("TOKENPLANE_REDIS_ANNOUNCE_PORT", pod.port.to_string()),
             ("TOKENPLANE_REDIS_SENTINELS", Self::list(&self.sentinels)),
             ("TOKENPLANE_REDIS_USERS_DIR", pod.path("users").display().to_string()),
@@ -256,7 +296,7 @@ impl Cluster {
     }
 
     async fn connect(&self, addr: &str, user: &str) -> redis::RedisResult<MultiplexedConnection> {
-        connect_as(addr, user, &self.password(user)).await
+        connect_as(addr, (user, &self.password(user)), self.ca()).await
     }
 
     async fn master_by_sentinels(&self) -> Vec<Option<String>> {
@@ -293,15 +333,33 @@ impl Cluster {
     }
 }
 
-async fn connect_as(addr: &str, user: &str, password: &str) -> redis::RedisResult<MultiplexedConnection> {
+/// A connection as `user`; over TLS when given the CA to verify with.
+async fn connect_as(
+    addr: &str,
+    (user, password): (&str, &str),
+    ca: Option<&[u8]>,
+) -> redis::RedisResult<MultiplexedConnection> {
     let (host, port) = addr.rsplit_once(':').unwrap();
-    let info = ConnectionAddr::Tcp(host.into(), port.parse().unwrap()).into_connection_info()?;
+    let (host, port) = (host.to_owned(), port.parse().unwrap());
+    let to = match ca {
+        Some(_) => ConnectionAddr::TcpTls { host, port, insecure: false, tls_params: None },
+        None => ConnectionAddr::Tcp(host, port),
+    };
+    let info = to.into_connection_info()?;
     let info =
         info.set_redis_settings(RedisConnectionInfo::default().set_username(user).set_password(password));
+    let client = match ca {
+        Some(ca) => {
+            tokenplane_sidecar::tls::install_default_provider();
+            let certificates = TlsCertificates { client_tls: None, root_cert: Some(ca.to_vec()) };
+            redis::Client::build_with_tls(info, certificates)?
+        }
+        None => redis::Client::open(info)?,
+    };
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(Duration::from_secs(2)));
-    redis::Client::open(info)?.get_multiplexed_async_connection_with_config(&config).await
+    client.get_multiplexed_async_connection_with_config(&config).await
 }
 
 async fn until<F: AsyncFnMut() -> bool>(
@@ -412,7 +470,7 @@ async fn the_rendered_cluster_replicates_elects_and_brings_an_old_master_back_as
     let mut anon = unauthenticated.get_multiplexed_async_connection().await.unwrap();
     let denied = redis::cmd("GET").arg("auth:x").query_async::<Option<String>>(&mut anon).await.unwrap_err();
     assert_eq!(denied.code(), Some("NOAUTH"), "{denied}");
-    assert!(connect_as(&first, "default", "").await.is_err());
+    assert!(connect_as(&first, ("default", ""), None).await.is_err());
 
     // Kill -9 the master: the Sentinels promote a replica; the old master
     // starts again through the start-up step and comes back as a replica
@@ -424,13 +482,19 @@ async fn the_rendered_cluster_replicates_elects_and_brings_an_old_master_back_as
     .await;
     let promoted = cluster.promoted(&first).await.unwrap();
     eprintln!("failover with the generated settings took {took:?}");
+    comes_back_as_replica_of(&cluster, &promoted).await;
+}
+
+/// The old master (node 0) through its start-up step: placed as a replica
+/// of `promoted`, and replicating from it.
+async fn comes_back_as_replica_of(cluster: &Cluster, promoted: &str) {
     let stderr = cluster.start_step(false, 0).await;
     assert!(stderr.contains("ReplicaOf"), "the returning master is placed as a replica: {stderr}");
     cluster.serve(false, 0);
-    until("the old master replicates from the new one", Duration::from_secs(20), &cluster, async || {
+    let first = cluster.nodes[0].addr();
+    until("the old master replicates from the new one", Duration::from_secs(20), cluster, async || {
         let role = cluster.role(&first).await;
-        role.as_ref()
-            .is_some_and(|r| role_name(r) == "slave" && replica_of(r).as_deref() == Some(promoted.as_str()))
+        role.as_ref().is_some_and(|r| role_name(r) == "slave" && replica_of(r).as_deref() == Some(promoted))
     })
     .await;
 }
@@ -471,6 +535,7 @@ async fn each_user_a_pod_creates_can_do_its_job_and_nothing_more() {
         "NOPERM",
         "cleanup trims, never deletes"
     );
+    denials_are_logged(&cluster, &master, &mut operator).await;
     let replica = cluster.nodes[1].addr();
     let mut on_replica = cluster.connect(&replica, "operator").await.unwrap();
     let written = refused(&mut on_replica, cmd("SET").arg("auth:client:y").arg("1")).await;
@@ -488,6 +553,34 @@ async fn each_user_a_pod_creates_can_do_its_job_and_nothing_more() {
     allowed(&mut operator, cmd("ACL").arg("SETUSER").arg("probe").arg("on").arg(">pw").arg("+ping")).await;
     assert_eq!(refused(&mut operator, cmd("SENTINEL").arg("remove").arg(MASTER_NAME)).await, "NOPERM");
     assert_eq!(refused(&mut operator, cmd("SENTINEL").arg("reset").arg("*")).await, "NOPERM");
+}
+
+/// The master's `ACL LOG` names the refusals above, user and object. No
+/// role may read it: the operator (which may set any user) makes one that may.
+async fn denials_are_logged(cluster: &Cluster, master: &str, operator: &mut MultiplexedConnection) {
+    let mut auditor = redis::cmd("ACL");
+    auditor.arg("SETUSER").arg("auditor").arg("on").arg(">auditor-password").arg("-@all").arg("+acl|log");
+    allowed(operator, &mut auditor).await;
+    let mut auditor = connect_as(master, ("auditor", "auditor-password"), cluster.ca()).await.unwrap();
+    let log: Vec<BTreeMap<String, Value>> =
+        redis::cmd("ACL").arg("LOG").arg(128).query_async(&mut auditor).await.unwrap();
+    let text = |entry: &BTreeMap<String, Value>, field: &str| match entry.get(field) {
+        Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        other => format!("{other:?}"),
+    };
+    let denied: Vec<(String, String, String)> =
+        log.iter().map(|e| (text(e, "username"), text(e, "reason"), text(e, "object"))).collect();
+    for (user, reason, object) in [
+        ("monitor", "command", "get"),
+        ("monitor", "command", "config|set"),
+        ("operator", "key", "other:x"),
+        ("operator", "command", "flushall"),
+        ("cleanup", "command", "del"),
+        ("backup", "command", "get"),
+    ] {
+        let wanted = (user.to_owned(), reason.to_owned(), object.to_owned());
+        assert!(denied.contains(&wanted), "{wanted:?} in the ACL LOG: {denied:?}");
+    }
 }
 
 /// The issuer's user, set on every node as the operator's ACL sync does.
@@ -527,7 +620,7 @@ async fn acknowledged_stream(
     let mut conn = None;
     for i in range {
         if conn.is_none() {
-            conn = connect_as(master, "issuer", ISSUER_PASSWORD).await.ok();
+            conn = connect_as(master, ("issuer", ISSUER_PASSWORD), cluster.ca()).await.ok();
         }
         let Some(c) = conn.as_mut() else {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -696,24 +789,40 @@ async fn the_cleanup_job_runs_as_rendered() {
         refused(&mut cleanup, redis::cmd("ZADD").arg("auth:family:f:access").arg(1).arg("x")).await;
     assert_eq!(refused_write, "NOPERM", "cleanup only removes");
     add_issuer(&cluster).await;
-    let mut issuer = connect_as(&master, "issuer", ISSUER_PASSWORD).await.unwrap();
+    let mut issuer = connect_as(&master, ("issuer", ISSUER_PASSWORD), cluster.ca()).await.unwrap();
     allowed(&mut issuer, redis::cmd("ZADD").arg("auth:family:f:access").arg(1).arg("expired")).await;
 
-    let job = cluster.desired.cleanup.spec.as_ref().unwrap().job_template.spec.as_ref().unwrap();
+    let stderr = run_job(&cluster, &cluster.desired.cleanup, &password, None).await;
+    assert!(stderr.contains("\"family_members\":1"), "{stderr}");
+}
+
+/// Runs a CronJob's container as rendered, loopback addresses and local
+/// files swapped in (`out_dir` for the backup volume); its stderr.
+async fn run_job(
+    cluster: &Cluster,
+    cron: &k8s_openapi::api::batch::v1::CronJob,
+    password: &str,
+    out_dir: Option<&Path>,
+) -> String {
+    let job = cron.spec.as_ref().unwrap().job_template.spec.as_ref().unwrap();
     let container = &job.template.spec.as_ref().unwrap().containers[0];
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("password"), &password).unwrap();
+    std::fs::write(dir.path().join("password"), password).unwrap();
     let local_password = dir.path().join("password").display().to_string();
-    let swap = BTreeMap::from([
+    let mut swap = BTreeMap::from([
         ("--redis-sentinels", Cluster::list(&cluster.sentinels)),
         ("--redis-password-file", local_password.clone()),
         ("--redis-sentinel-password-file", local_password),
+        ("--redis-ca-file", cluster.nodes[0].path("tls/ca.crt").display().to_string()),
     ]);
+    if let Some(out) = out_dir {
+        swap.insert("--out-dir", out.display().to_string());
+    }
     let args = localized(container.args.as_ref().unwrap(), &swap);
     let out = Command::new(env!("CARGO_BIN_EXE_tokenplane-sidecar")).args(&args).output().await.unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{args:?}: {stderr}");
-    assert!(stderr.contains("\"family_members\":1"), "{stderr}");
+    stderr
 }
 
 #[tokio::test]
@@ -804,4 +913,43 @@ async fn a_rolling_restart_of_every_node_loses_no_acknowledged_write() {
             assert!(cluster.connect(&node.addr(), user).await.is_ok(), "{user} on {}", node.addr());
         }
     }
+}
+
+#[tokio::test]
+async fn over_tls_the_cluster_fails_over_hands_over_and_runs_its_jobs_with_verified_members() {
+    let cluster = Cluster::with(|v| {
+        v["spec"]["tls"] = serde_json::json!({"enabled": true});
+        v["spec"]["backup"] = serde_json::json!({"schedule": "@daily"});
+    })
+    .await;
+    start_all(&cluster).await;
+    let first = cluster.nodes[0].addr();
+
+    // TLS only, and only to a client that trusts the cluster's CA.
+    let monitor = cluster.password("monitor");
+    let plain = connect_as(&first, ("monitor", &monitor), None).await;
+    let plain = async { redis::cmd("PING").query_async::<String>(&mut plain?).await };
+    assert!(plain.await.is_err(), "no plain-text Redis");
+    let stranger = Authorities::first(&Settings::default(), 0).bundle();
+    assert!(connect_as(&first, ("monitor", &monitor), Some(stranger.as_bytes())).await.is_err());
+
+    // The jobs find the master through the Sentinels and talk TLS to both.
+    add_issuer(&cluster).await;
+    let mut issuer = connect_as(&first, ("issuer", ISSUER_PASSWORD), cluster.ca()).await.unwrap();
+    allowed(&mut issuer, redis::cmd("ZADD").arg("auth:family:f:access").arg(1).arg("expired")).await;
+    let stderr = run_job(&cluster, &cluster.desired.cleanup, &cluster.password("cleanup"), None).await;
+    assert!(stderr.contains("\"family_members\":1"), "{stderr}");
+    let (_, backup) = cluster.desired.backup.as_ref().expect("spec.backup renders a CronJob");
+    let out = tempfile::tempdir().unwrap();
+    run_job(&cluster, backup, &cluster.password("backup"), Some(out.path())).await;
+    let snapshots: Vec<_> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+    assert!(std::fs::read(&snapshots[0]).unwrap().starts_with(b"REDIS"));
+
+    // The master's preStop hands over; it comes back as a replica.
+    let stderr = cluster.pre_stop(0).await;
+    assert!(stderr.contains("handed over"), "{stderr}");
+    cluster.nodes[0].kill();
+    let promoted = cluster.promoted(&first).await.expect("most Sentinels name the new master");
+    comes_back_as_replica_of(&cluster, &promoted).await;
 }

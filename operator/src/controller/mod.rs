@@ -62,7 +62,10 @@ const WAIT_FOR_OTHERS: Duration = Duration::from_secs(15);
 /// RedisSentinelCluster to appear or to make the operator's user.
 fn after_refusal(invalid: &crate::reconcile::Invalid) -> Action {
     match invalid.reason {
-        "RedisClusterNotFound" | "RedisClusterNotReady" => Action::requeue(WAIT_FOR_OTHERS),
+        // Another controller, or the user's cert-manager, makes what is missing.
+        "RedisClusterNotFound" | "RedisClusterNotReady" | "TlsSecretInvalid" => {
+            Action::requeue(WAIT_FOR_OTHERS)
+        }
         _ => Action::await_change(),
     }
 }

@@ -15,11 +15,12 @@ use tokenplane_api::{RedisSentinelCluster, TokenPolicy};
 use super::Context;
 use crate::error::Error;
 use crate::reconcile::Invalid;
-use crate::reconcile::redissentinelcluster::{self, Names, PASSWORD};
+use crate::reconcile::ca::BUNDLE_KEY;
+use crate::reconcile::redissentinelcluster::{self, Names, PASSWORD, tls};
 use crate::redis::{Dial, RedisAdmin};
 
-/// A login, and the password it logs in with.
-type Login = (String, Arc<RedisAdmin>);
+/// A login: the password and CA bundle it logs in with.
+type Login = ((String, Option<Vec<u8>>), Arc<RedisAdmin>);
 
 /// The operator's logins on the RedisSentinelClusters, by namespace and
 /// name, kept with their connections while the password stays.
@@ -35,19 +36,26 @@ impl ClusterLogins {
         Self { dial, open: Mutex::default() }
     }
 
-    /// The operator's login on `cluster` with `password`: a new one (new
-    /// connections) once the password changed.
-    pub fn admin(&self, cluster: &RedisSentinelCluster, names: &Names, password: &str) -> Arc<RedisAdmin> {
+    /// The operator's login on `cluster` with `password` (over TLS, the
+    /// members verified against `ca`): a new one (new connections) once
+    /// either changed.
+    pub fn admin(
+        &self,
+        cluster: &RedisSentinelCluster,
+        names: &Names,
+        (password, ca): (&str, Option<&[u8]>),
+    ) -> Arc<RedisAdmin> {
         let key = (names.namespace.clone(), names.cluster.clone());
+        let login = (password.to_owned(), ca.map(<[u8]>::to_vec));
         let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some((known, admin)) = open.get(&key)
-            && known == password
+            && *known == login
         {
             return admin.clone();
         }
-        let config = redissentinelcluster::operator_login(cluster, names, password, self.dial.clone());
+        let config = redissentinelcluster::operator_login(cluster, names, (password, ca), self.dial.clone());
         let admin = Arc::new(RedisAdmin::new(config));
-        open.insert(key, (password.to_owned(), admin.clone()));
+        open.insert(key, (login, admin.clone()));
         admin
     }
 
@@ -61,13 +69,15 @@ pub(super) struct Target {
     pub redis: Arc<RedisAdmin>,
     /// Its RedisSentinelCluster, with a `redisRef`.
     pub cluster: Option<RedisSentinelCluster>,
+    /// What the cluster's certificate is verified against, with TLS.
+    pub cluster_ca: Option<Vec<u8>>,
 }
 
 /// The Redis of `policy`; a condition when its cluster is missing or has
 /// no operator user yet.
 pub(super) async fn target_of(policy: &TokenPolicy, ctx: &Context) -> Result<Result<Target, Invalid>, Error> {
     let Some(name) = &policy.spec.redis_ref else {
-        return Ok(Ok(Target { redis: ctx.redis.clone(), cluster: None }));
+        return Ok(Ok(Target { redis: ctx.redis.clone(), cluster: None, cluster_ca: None }));
     };
     let namespace = policy.namespace().ok_or(Error::NotNamespaced)?;
     let clusters: Api<RedisSentinelCluster> = Api::namespaced(ctx.kube.clone(), &namespace);
@@ -75,24 +85,37 @@ pub(super) async fn target_of(policy: &TokenPolicy, ctx: &Context) -> Result<Res
         return Ok(Err(Invalid::redis_cluster_not_found(name, policy)));
     };
     Ok(match cluster_admin(&cluster, ctx).await? {
-        Some(redis) => Ok(Target { redis, cluster: Some(cluster) }),
+        Some((redis, cluster_ca)) => Ok(Target { redis, cluster: Some(cluster), cluster_ca }),
         None => Err(Invalid::redis_cluster_not_ready(&namespace, name)),
     })
 }
 
 /// The operator's login on `cluster`, once its controller wrote the
-/// operator user's Secret.
+/// operator user's Secret (and, with TLS, the certificate's), and the CA
+/// bundle of that certificate.
 async fn cluster_admin(
     cluster: &RedisSentinelCluster,
     ctx: &Context,
-) -> Result<Option<Arc<RedisAdmin>>, Error> {
+) -> Result<Option<(Arc<RedisAdmin>, Option<Vec<u8>>)>, Error> {
     let Ok(names) = Names::of(cluster, &ctx.clusters.cluster_domain) else { return Ok(None) };
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &names.namespace);
-    let password = secrets
-        .get_opt(&names.role_secret(AclRole::Operator))
-        .await?
-        .and_then(|s| s.data?.remove(PASSWORD))
-        .and_then(|p| String::from_utf8(p.0).ok())
-        .filter(|p| !p.is_empty());
-    Ok(password.map(|p| ctx.cluster_logins.admin(cluster, &names, &p)))
+    let Some(password) = entry(&secrets, &names.role_secret(AclRole::Operator), PASSWORD).await? else {
+        return Ok(None);
+    };
+    let password = String::from_utf8_lossy(&password).into_owned();
+    let ca = match tls::secret_name(cluster, &names) {
+        None => None,
+        Some(name) => match entry(&secrets, &name, BUNDLE_KEY).await? {
+            Some(ca) => Some(ca),
+            None => return Ok(None),
+        },
+    };
+    let admin = ctx.cluster_logins.admin(cluster, &names, (&password, ca.as_deref()));
+    Ok(Some((admin, ca)))
+}
+
+/// The non-empty `key` of the Secret `name`, if both exist.
+async fn entry(secrets: &Api<Secret>, name: &str, key: &str) -> Result<Option<Vec<u8>>, Error> {
+    let secret = secrets.get_opt(name).await?;
+    Ok(secret.and_then(|s| s.data?.remove(key)).map(|v| v.0).filter(|v| !v.is_empty()))
 }

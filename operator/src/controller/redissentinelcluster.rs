@@ -28,9 +28,10 @@ use super::acl_sync::{self, Synced};
 use super::password_rotation;
 use super::{CONCURRENCY, Context, apply, error_policy, log, managed, unix_now};
 use crate::error::Error;
+use crate::reconcile::ca::{Authorities, ServingInputs};
 use crate::reconcile::redis_password::rotation::{self, Step};
 use crate::reconcile::redis_password::{Credentials, ROLE_KEYS};
-use crate::reconcile::redissentinelcluster::{self, CLUSTER_ROLES, Desired, Names, Passwords};
+use crate::reconcile::redissentinelcluster::{self, CLUSTER_ROLES, Desired, Names, Passwords, tls};
 use crate::reconcile::{Invalid, MANAGED_BY, rfc3339};
 
 /// The longest a cluster goes unexamined once ready and in sync (also the
@@ -45,6 +46,7 @@ pub(super) async fn run(ctx: Arc<Context>) {
         .owns(Api::<Secret>::all(ctx.kube.clone()), managed())
         .owns(Api::<StatefulSet>::all(ctx.kube.clone()), managed())
         .with_config(ControllerConfig::default().concurrency(CONCURRENCY).debounce(Duration::from_secs(1)))
+        .reconcile_all_on(super::ca::changes(&ctx))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| log("RedisSentinelCluster", result))
@@ -69,11 +71,17 @@ async fn apply_cluster(cluster: &RedisSentinelCluster, ctx: &Context) -> Result<
         now,
         ctx.generate,
     );
-    let mut desired =
-        match redissentinelcluster::desired(cluster, &ctx.clusters, &passwords, (ctx.generate, now)) {
-            Ok(desired) => desired,
-            Err(invalid) => return refuse(cluster, ctx, &invalid).await,
-        };
+    let served = match tls::secret_name(cluster, &names) {
+        Some(name) => Api::<Secret>::namespaced(ctx.kube.clone(), &namespace).get_opt(&name).await?,
+        None => None,
+    };
+    let cas = ctx.ca.borrow().clone();
+    let inputs = (&passwords, tls_inputs(ctx, &cas, served.as_ref()));
+    let mut desired = match redissentinelcluster::desired(cluster, &ctx.clusters, inputs, (ctx.generate, now))
+    {
+        Ok(desired) => desired,
+        Err(invalid) => return refuse(cluster, ctx, &invalid).await,
+    };
     let sets: Api<StatefulSet> = Api::namespaced(ctx.kube.clone(), &namespace);
     if let Some(invalid) = sets
         .get_opt(&desired.names.redis())
@@ -96,7 +104,7 @@ async fn apply_cluster(cluster: &RedisSentinelCluster, ctx: &Context) -> Result<
     if let Live::Seen { master, synced } = &live {
         announce_failover(cluster, ctx, master).await;
         if synced.unreachable.is_empty() {
-            desired = promote(cluster, desired, ctx, now).await?;
+            desired = promote(cluster, desired, (ctx, &cas), now).await?;
         }
     }
     let settled = set_status(cluster, ctx, Ok((&desired, &pods, &live))).await?;
@@ -104,8 +112,11 @@ async fn apply_cluster(cluster: &RedisSentinelCluster, ctx: &Context) -> Result<
         .into_iter()
         .filter_map(|role| desired.passwords.credentials(role))
         .map(|c| rotation::wake_at(c, &cluster.spec.acl));
-    let wake =
-        rotating.map(|at| at.map_or(STARTING, |at| Duration::from_secs(at.saturating_sub(now).max(1)))).min();
+    let renewal = desired.tls.as_ref().map(|t| Some(t.renew_at));
+    let wake = rotating
+        .chain(renewal)
+        .map(|at| at.map_or(STARTING, |at| Duration::from_secs(at.saturating_sub(now).max(1))))
+        .min();
     let idle = if settled { RESYNC } else { STARTING };
     Ok(Action::requeue(wake.map_or(idle, |w| w.min(idle))))
 }
@@ -113,7 +124,7 @@ async fn apply_cluster(cluster: &RedisSentinelCluster, ctx: &Context) -> Result<
 /// Secrets before the pods that mount them, the ConfigMap before the pods
 /// that read it.
 async fn apply_objects(desired: &Desired, ctx: &Context, namespace: &str) -> Result<(), Error> {
-    for secret in &desired.role_secrets {
+    for secret in desired.role_secrets.iter().chain(desired.tls.as_ref().and_then(|t| t.owned.as_ref())) {
         apply(&ctx.kube, secret).await?;
     }
     apply(&ctx.kube, &desired.config).await?;
@@ -143,18 +154,22 @@ async fn apply_objects(desired: &Desired, ctx: &Context, namespace: &str) -> Res
 async fn promote(
     cluster: &RedisSentinelCluster,
     desired: Desired,
-    ctx: &Context,
+    (ctx, cas): (&Context, &Authorities),
     now: u64,
 ) -> Result<Desired, Error> {
     let password =
         desired.passwords.get(AclRole::Operator).expect("desired passwords hold every cluster role");
-    let redis = ctx.cluster_logins.admin(cluster, &desired.names, password);
+    let ca = desired.tls.as_ref().map(|t| t.ca_bundle.as_slice());
+    let redis = ctx.cluster_logins.admin(cluster, &desired.names, (password, ca));
     let (passwords, promoted) =
         password_rotation::promote(cluster, &desired.passwords, (&redis, &desired.names), now).await;
     if promoted.is_empty() {
         return Ok(desired);
     }
-    let after = redissentinelcluster::desired(cluster, &ctx.clusters, &passwords, (ctx.generate, now))
+    // The certificate just applied, kept.
+    let served = desired.tls.as_ref().and_then(|t| t.owned.as_ref());
+    let inputs = (&passwords, tls_inputs(ctx, cas, served));
+    let after = redissentinelcluster::desired(cluster, &ctx.clusters, inputs, (ctx.generate, now))
         .expect("the spec was checked a moment ago");
     for secret in &after.role_secrets {
         apply(&ctx.kube, secret).await?;
@@ -202,7 +217,8 @@ enum Live {
 async fn look(cluster: &RedisSentinelCluster, desired: &Desired, ctx: &Context) -> Result<Live, Error> {
     let password =
         desired.passwords.get(AclRole::Operator).expect("desired passwords hold every cluster role");
-    let redis = ctx.cluster_logins.admin(cluster, &desired.names, password);
+    let ca = desired.tls.as_ref().map(|t| t.ca_bundle.as_slice());
+    let redis = ctx.cluster_logins.admin(cluster, &desired.names, (password, ca));
     let unreachable = |e: &dyn std::fmt::Display| Live::Unreachable(e.to_string());
     let nodes = match redis.nodes().await {
         Ok(nodes) => nodes,
@@ -257,10 +273,10 @@ async fn refuse(cluster: &RedisSentinelCluster, ctx: &Context, invalid: &Invalid
     Ok(super::after_refusal(invalid))
 }
 
-/// What of the spec this operator version does not act on yet, said on
-/// the resource rather than ignored.
-fn not_acted_on(cluster: &RedisSentinelCluster) -> Option<String> {
-    cluster.spec.tls.enabled.then(|| "not acted on yet: tls".to_owned())
+/// What the cluster's certificate is made from: the operator's CA, and the
+/// Secret the pods mount as it is now.
+fn tls_inputs<'a>(ctx: &Context, cas: &'a Authorities, served: Option<&'a Secret>) -> ServingInputs<'a> {
+    ServingInputs { cas, existing: served, lifetime: ctx.ca_settings.leaf_lifetime }
 }
 
 /// Ready pods of a StatefulSet as it reports them.
@@ -324,13 +340,10 @@ async fn set_status(
             let reason = if is_ready { "Ready" } else { "Starting" };
             let (synced, synced_reason, synced_message) = users_synced(live);
             settled = is_ready && synced;
-            let mut conditions = vec![
+            let conditions = vec![
                 condition("Ready", is_ready, reason, message),
                 condition("UsersSynced", synced, synced_reason, synced_message),
             ];
-            if let Some(pending) = not_acted_on(cluster) {
-                conditions.push(condition("Complete", false, "NotYetActedOn", pending));
-            }
             status["conditions"] = json!(conditions);
             status["readyReplicas"] = pods.nodes.into();
             status["readySentinels"] = pods.sentinels.into();

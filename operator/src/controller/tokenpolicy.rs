@@ -77,6 +77,7 @@ async fn apply(policy: &TokenPolicy, ctx: &Context) -> Result<Action, Error> {
         heartbeats: &heartbeats,
         clients: &clients,
         cluster: target.cluster.as_ref(),
+        cluster_ca: target.cluster_ca.as_deref(),
         issuer_redis: &credentials,
         env: &ctx.issuers,
         serving: ServingInputs {

@@ -26,6 +26,9 @@ use super::{Invalid, MANAGED_BY};
 pub const CA_SECRET: &str = "tokenplane-ca";
 /// Key of the trusted CAs (PEM, concatenated) in Secrets and ConfigMaps.
 pub const BUNDLE_KEY: &str = "ca.crt";
+/// Entries of a `kubernetes.io/tls` Secret.
+pub const TLS_CRT: &str = "tls.crt";
+pub const TLS_KEY: &str = "tls.key";
 
 const ACTIVE_CRT: &str = "active.crt";
 const ACTIVE_KEY: &str = "active.key";
@@ -120,6 +123,21 @@ pub struct Authorities {
     pub active: Option<Authority>,
     pub next: Option<Authority>,
     pub retired: Vec<Authority>,
+}
+
+impl Authorities {
+    /// A first CA, made at `now`, as [`plan`] makes it from nothing: for
+    /// previews and tests, which have no CA Secret to read.
+    pub fn first(settings: &Settings, now: u64) -> Self {
+        plan(Self::default(), settings, now, Authority::generate).authorities
+    }
+}
+
+/// One CA for every unit test, made at time 0 for a year.
+#[cfg(test)]
+pub(crate) fn test_authorities() -> &'static Authorities {
+    static CAS: std::sync::OnceLock<Authorities> = std::sync::OnceLock::new();
+    CAS.get_or_init(|| Authorities::first(&Settings::default(), 0))
 }
 
 /// The CAs as they should be now, and when to look again.
@@ -342,6 +360,57 @@ pub fn plan(
 pub fn needs_renewal(cas: &Authorities, cert_pem: Option<&[u8]>, dns_names: &[String], now: u64) -> bool {
     let Some(info) = cert_pem.and_then(|pem| leaf_info(pem).ok()) else { return true };
     !cas.signed_by_active(&info) || info.dns_names != dns_names || now >= info.renew_at()
+}
+
+/// What a server certificate Secret is made from.
+#[derive(Clone, Copy)]
+pub struct ServingInputs<'a> {
+    pub cas: &'a Authorities,
+    /// The Secret as it is, if any.
+    pub existing: Option<&'a Secret>,
+    /// How long a new certificate lives.
+    pub lifetime: u64,
+}
+
+/// A `kubernetes.io/tls` Secret (`metadata` as given) for `names`: the
+/// certificate `inputs.existing` holds while it needs no renewal, else one
+/// the active CA signs afresh; the CA bundle beside it; and when it is due
+/// for renewal. `what` names it in a refusal.
+pub fn server_secret(
+    metadata: ObjectMeta,
+    names: &[String],
+    inputs: ServingInputs<'_>,
+    now: u64,
+    what: &str,
+) -> Result<(Secret, u64), Invalid> {
+    let held = inputs.existing.and_then(|s| s.data.as_ref());
+    let entry = |key: &str| held.and_then(|d| d.get(key)).map(|v| v.0.clone()).filter(|v| !v.is_empty());
+    let (cert, key) = match (entry(TLS_CRT), entry(TLS_KEY)) {
+        (Some(cert), Some(key)) if !needs_renewal(inputs.cas, Some(&cert), names, now) => (cert, key),
+        _ => {
+            let signer = inputs.cas.active.as_ref().ok_or_else(|| Invalid {
+                reason: "NoCertificateAuthority",
+                message: "the operator's CA is not loaded yet; this retries by itself".into(),
+            })?;
+            let leaf = signer.sign_server(names, now, inputs.lifetime).map_err(|e| Invalid {
+                reason: "InvalidCertificateAuthority",
+                message: format!("cannot sign {what}: {e}"),
+            })?;
+            (leaf.cert_pem.into_bytes(), leaf.key_pem.into_bytes())
+        }
+    };
+    let renew_at = leaf_info(&cert).map(|info| info.renew_at()).unwrap_or(now);
+    let secret = Secret {
+        metadata,
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(BTreeMap::from([
+            (TLS_CRT.to_owned(), ByteString(cert)),
+            (TLS_KEY.to_owned(), ByteString(key)),
+            (BUNDLE_KEY.to_owned(), ByteString(inputs.cas.bundle().into_bytes())),
+        ])),
+        ..Secret::default()
+    };
+    Ok((secret, renew_at))
 }
 
 #[cfg(test)]

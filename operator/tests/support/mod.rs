@@ -11,6 +11,11 @@ use tokenplane_api::{OAuth2Client, TokenPolicy};
 use tokenplane_operator::redis::{RedisAdmin, RedisConfig};
 use tokenplane_testkit::RedisCluster;
 
+/// Now, in unix seconds, as the controllers see it.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
 /// The operator's Redis side on `cluster`, as its admin user.
 pub fn admin(cluster: &RedisCluster) -> RedisAdmin {
     RedisAdmin::new(admin_config(cluster))

@@ -8,7 +8,7 @@ use tokenplane_api::acl::{self, DEFAULT_OFF};
 use tokenplane_api::redis::AclRole;
 
 use super::Addr;
-use super::discover::Login;
+use super::discover::{Login, Reach};
 
 /// A user as mounted: its password where this pod logs in with it, and the
 /// hashes of every password it accepts.
@@ -117,8 +117,8 @@ impl Users {
     }
 
     /// How to log in as `role`'s user, with its mounted password.
-    pub(super) fn login(&self, role: AclRole, timeout: std::time::Duration) -> Result<Login<'_>, UsersError> {
-        Ok(Login { username: acl::username(role), password: self.password(role)?, timeout })
+    pub(super) fn login<'a>(&'a self, role: AclRole, reach: &'a Reach) -> Result<Login<'a>, UsersError> {
+        Ok(Login { username: acl::username(role), password: self.password(role)?, reach })
     }
 
     /// `user` directives for every user, with `rules` of its role; users

@@ -8,30 +8,53 @@ use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, Value,
 };
+use tokenplane_api::redis_tls::RedisTls;
 
 use super::Addr;
 
-/// How to log in: the monitor user, on nodes and Sentinels alike.
+/// How every question travels: its timeout, and with the cluster's TLS
+/// the CA its members' certificate is verified against.
+#[derive(Clone, Debug)]
+pub struct Reach {
+    pub timeout: Duration,
+    pub tls: Option<RedisTls>,
+}
+
+/// How to log in: a role's user, on nodes and Sentinels alike.
 pub struct Login<'a> {
     pub username: &'a str,
     pub password: &'a str,
-    pub timeout: Duration,
+    pub reach: &'a Reach,
 }
 
 pub(super) async fn connect(addr: &Addr, login: &Login<'_>) -> redis::RedisResult<MultiplexedConnection> {
-    let info = ConnectionAddr::Tcp(addr.host.clone(), addr.port).into_connection_info()?;
-    let info: ConnectionInfo = info.set_redis_settings(
+    let (host, port) = (addr.host.clone(), addr.port);
+    let to = match login.reach.tls {
+        Some(_) => ConnectionAddr::TcpTls { host, port, insecure: false, tls_params: None },
+        None => ConnectionAddr::Tcp(host, port),
+    };
+    let info: ConnectionInfo = to.into_connection_info()?.set_redis_settings(
         RedisConnectionInfo::default().set_username(login.username).set_password(login.password),
     );
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(login.timeout))
-        .set_response_timeout(Some(login.timeout));
-    redis::Client::open(info)?.get_multiplexed_async_connection_with_config(&config).await
+    let client = match &login.reach.tls {
+        Some(tls) => {
+            crate::tls::install_default_provider();
+            redis::Client::build_with_tls(info, crate::store::certificates(tls))?
+        }
+        None => redis::Client::open(info)?,
+    };
+    let timeout = Some(login.reach.timeout);
+    let config = AsyncConnectionConfig::new().set_connection_timeout(timeout).set_response_timeout(timeout);
+    client.get_multiplexed_async_connection_with_config(&config).await
 }
 
 /// Every address the entries (`host:port`) resolve to: a headless Service
-/// names all its pods.
-pub(super) async fn resolve(entries: &[Addr]) -> Vec<Addr> {
+/// names all its pods. With TLS the names stay, for the certificate is
+/// checked against them (the pods then list each Sentinel by name).
+pub(super) async fn resolve(entries: &[Addr], login: &Login<'_>) -> Vec<Addr> {
+    if login.reach.tls.is_some() {
+        return entries.to_vec();
+    }
     let mut all = Vec::new();
     for entry in entries {
         match tokio::net::lookup_host((entry.host.as_str(), entry.port)).await {
@@ -45,7 +68,7 @@ pub(super) async fn resolve(entries: &[Addr]) -> Vec<Addr> {
 /// The master each reachable Sentinel of `sentinels` names for `master_name`.
 pub async fn sentinel_answers(sentinels: &[Addr], master_name: &str, login: &Login<'_>) -> Vec<Addr> {
     let mut answers = Vec::new();
-    for addr in resolve(sentinels).await {
+    for addr in resolve(sentinels, login).await {
         let asked = async {
             let mut conn = connect(&addr, login).await?;
             redis::cmd("SENTINEL")

@@ -11,7 +11,7 @@ use tokenplane_api::redis::AclRole;
 
 use super::Addr;
 use super::config::{Users, UsersError};
-use super::discover::{self, Login, Role};
+use super::discover::{self, Login, Reach, Role};
 
 #[derive(Clone, Debug)]
 pub struct HandOver {
@@ -26,7 +26,7 @@ pub struct HandOver {
     /// How long to wait for the Sentinels to name another master and for
     /// its replicas; keep it under the pod's termination grace period.
     pub timeout: Duration,
-    pub query_timeout: Duration,
+    pub reach: Reach,
 }
 
 /// What the step did.
@@ -58,8 +58,8 @@ pub enum HandOverError {
 impl HandOver {
     pub async fn run(&self) -> Result<HandedOver, HandOverError> {
         let users = Users::load(&self.users_dir)?;
-        let login = users.login(AclRole::Replication, self.query_timeout)?;
-        let monitor = users.login(AclRole::Monitor, self.query_timeout)?;
+        let login = users.login(AclRole::Replication, &self.reach)?;
+        let monitor = users.login(AclRole::Monitor, &self.reach)?;
         let answers = discover::sentinel_answers(&self.sentinels, &self.master_name, &login).await;
         match discover::majority(&answers) {
             None => return Err(HandOverError::NoSentinel(self.sentinels.clone())),
@@ -161,7 +161,7 @@ impl HandOver {
     ) -> Result<(), HandOverError> {
         loop {
             let mut last = String::from("no Sentinel reachable");
-            for addr in discover::resolve(&self.sentinels).await {
+            for addr in discover::resolve(&self.sentinels, login).await {
                 let known =
                     discover::known_replicas(&addr, &self.master_name, login).await.unwrap_or_default();
                 if let Some(unknown) = replicas.iter().find(|r| !known.iter().any(|k| k.same(r))) {

@@ -19,6 +19,7 @@ mod handover;
 mod start;
 
 pub use config::{Users, UsersError};
+pub use discover::Reach;
 pub use handover::{HandOver, HandOverError, HandedOver};
 pub use start::{Kind, Place, Start, StartError};
 

@@ -10,7 +10,7 @@ use tokenplane_api::redis::AclRole;
 
 use super::Addr;
 use super::config::{self, SentinelSetup, Users, UsersError};
-use super::discover::{self, Login, Role};
+use super::discover::{self, Login, Reach, Role};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -50,7 +50,7 @@ pub struct Start {
     /// How long a data node waits for the Sentinels before it decides from
     /// the nodes alone, and for a failover it must not pre-empt.
     pub wait: Duration,
-    pub query_timeout: Duration,
+    pub reach: Reach,
     /// Where to copy this binary, for the Redis container's preStop.
     pub copy_self_to: Option<PathBuf>,
 }
@@ -84,7 +84,7 @@ impl Start {
         let users = Users::load(&self.users_dir)?;
         let template = std::fs::read_to_string(&self.template)
             .map_err(|source| StartError::Template { file: self.template.clone(), source })?;
-        let login = users.login(AclRole::Monitor, self.query_timeout)?;
+        let login = users.login(AclRole::Monitor, &self.reach)?;
         let (place, conf) = match self.kind {
             Kind::Node => {
                 let place = self.node_place(&template, &login).await?;

@@ -16,8 +16,8 @@ mod throttle;
 
 pub use crate::issuer::Rate;
 pub use memory::MemoryStore;
-pub(crate) use redis::sentinel_client;
 pub use redis::{Password, RedisConfig, RedisStore, master_address, master_connection};
+pub(crate) use redis::{certificates, sentinel_client};
 
 /// The store could not answer. Callers fail closed: nothing is issued or
 /// acknowledged that the store did not record.

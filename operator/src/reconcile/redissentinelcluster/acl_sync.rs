@@ -273,7 +273,11 @@ mod tests {
         assert_eq!(roles.len(), CLUSTER_ROLES.len());
         let backup = roles.iter().find(|w| w.name == "backup").unwrap();
         assert_eq!(backup.node_rules.as_deref(), Some(acl::BACKUP));
-        assert_eq!(backup.sentinel_rules, None, "backups never talk to a Sentinel");
+        assert_eq!(
+            backup.sentinel_rules.as_deref(),
+            Some(SENTINEL_CLIENT),
+            "the backup job finds the master through the Sentinels"
+        );
         let both = BTreeSet::from([acl::password_hash("pw"), acl::password_hash("next")]);
         assert_eq!(backup.hashes, Hashes::Role(both));
         let sentinel = roles.iter().find(|w| w.name == "sentinel").unwrap();

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 use tokenplane_api::RedisSentinelCluster;
 
+use super::tls::TLS_MOUNT;
 use super::{Names, REDIS_PORT, SENTINEL_PORT, labels, meta};
+use crate::reconcile::ca::{BUNDLE_KEY, TLS_CRT, TLS_KEY};
 
 pub const REDIS_CONF: &str = "redis.conf";
 pub const SENTINEL_CONF: &str = "sentinel.conf";
@@ -40,7 +42,7 @@ pub(super) fn redis_conf(rsc: &RedisSentinelCluster, names: &Names) -> String {
     let mut conf = format!(
         "# RedisSentinelCluster {}/{}, written by tokenplane. The start-up step adds\n\
          # replicaof, replica-announce-ip/port, masterauth and the users.\n\
-         port {REDIS_PORT}\n\
+         {}\
          bind * -::*\n\
          # Every connection authenticates: the default user is off.\n\
          protected-mode no\n\
@@ -56,7 +58,10 @@ pub(super) fn redis_conf(rsc: &RedisSentinelCluster, names: &Names) -> String {
          enable-module-command no\n\
          enable-protected-configs no\n\
          save \"\"\n",
-        names.namespace, names.cluster, spec.min_replicas_to_acknowledge,
+        names.namespace,
+        names.cluster,
+        listen(rsc, REDIS_PORT),
+        spec.min_replicas_to_acknowledge,
     );
     if persistence.enabled {
         conf.push_str(&format!("appendonly yes\nappendfsync {}\n", persistence.append_fsync));
@@ -73,7 +78,7 @@ pub(super) fn sentinel_conf(rsc: &RedisSentinelCluster, names: &Names) -> String
     format!(
         "# RedisSentinelCluster {}/{}, written by tokenplane. The start-up step adds\n\
          # sentinel monitor, announce-ip/port, the passwords and the users.\n\
-         port {SENTINEL_PORT}\n\
+         {}\
          dir /data\n\
          protected-mode no\n\
          sentinel resolve-hostnames yes\n\
@@ -84,6 +89,27 @@ pub(super) fn sentinel_conf(rsc: &RedisSentinelCluster, names: &Names) -> String
          sentinel failover-timeout {name} {FAILOVER_TIMEOUT_MS}\n\
          sentinel parallel-syncs {name} 1\n\
          sentinel auth-user {name} sentinel\n",
-        names.namespace, names.cluster,
+        names.namespace,
+        names.cluster,
+        listen(rsc, SENTINEL_PORT),
+    )
+}
+
+/// Where a member listens: `port`, or with TLS that port for TLS only, and
+/// TLS to its master, replicas and peers (a Sentinel's `tls-replication`
+/// covers the nodes it monitors). Clients authenticate by password, not
+/// certificate.
+fn listen(rsc: &RedisSentinelCluster, port: i32) -> String {
+    if !rsc.spec.tls.enabled {
+        return format!("port {port}\n");
+    }
+    format!(
+        "port 0\n\
+         tls-port {port}\n\
+         tls-cert-file {TLS_MOUNT}/{TLS_CRT}\n\
+         tls-key-file {TLS_MOUNT}/{TLS_KEY}\n\
+         tls-ca-cert-file {TLS_MOUNT}/{BUNDLE_KEY}\n\
+         tls-replication yes\n\
+         tls-auth-clients no\n"
     )
 }

@@ -4,6 +4,7 @@ use tokenplane_api::RedisSentinelCluster;
 
 use super::{Desired, Environment, Passwords, desired};
 use crate::reconcile::Invalid;
+use crate::reconcile::ca::{self, ServingInputs};
 
 pub const SAMPLE: &str = include_str!("../../../../config/samples/redissentinelcluster.yaml");
 
@@ -26,10 +27,21 @@ pub fn env() -> Environment {
 
 /// Reconciles `rsc` with `existing` passwords; new ones are numbered.
 pub fn reconcile(rsc: &RedisSentinelCluster, existing: &Passwords) -> Result<Desired, Invalid> {
+    reconcile_tls(rsc, existing, None)
+}
+
+/// Reconciles `rsc` with `existing` passwords and `served` as the TLS
+/// Secret it has (the operator's or `spec.tls.secretName`).
+pub fn reconcile_tls(
+    rsc: &RedisSentinelCluster,
+    existing: &Passwords,
+    served: Option<&k8s_openapi::api::core::v1::Secret>,
+) -> Result<Desired, Invalid> {
     let mut n = 0;
     let numbered = || {
         n += 1;
         format!("generated-{n}")
     };
-    desired(rsc, &env(), existing, (numbered, 0))
+    let tls = ServingInputs { cas: ca::test_authorities(), existing: served, lifetime: 30 * 86_400 };
+    desired(rsc, &env(), (existing, tls), (numbered, 0))
 }

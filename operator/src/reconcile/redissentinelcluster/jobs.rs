@@ -16,8 +16,9 @@ use tokenplane_api::RedisSentinelCluster;
 use tokenplane_api::acl::username;
 use tokenplane_api::redis::{AclRole, Backup};
 
+use super::tls::TLS_MOUNT;
 use super::users::PASSWORD;
-use super::workloads::{TOKENPLANE_UID, resources, sentinels};
+use super::workloads::{TOKENPLANE_UID, ca_file, resources, sentinels};
 use super::{Environment, Names, labels, meta};
 use crate::reconcile::pod::{mount, pod_security, read_only_mount, restricted, secret_volume};
 
@@ -77,7 +78,7 @@ fn cron_job(rsc: &RedisSentinelCluster, env: &Environment, names: &Names, job: J
     let mut args: Vec<String> = [
         component,
         "--redis-sentinels",
-        &sentinels(names),
+        &sentinels(rsc, names),
         "--redis-master",
         &rsc.spec.master_name,
         "--redis-username",
@@ -96,6 +97,11 @@ fn cron_job(rsc: &RedisSentinelCluster, env: &Environment, names: &Names, job: J
     args.extend(job.args);
     let mut mounts = vec![read_only_mount("credentials", CREDENTIALS_MOUNT)];
     let mut volumes = vec![secret_volume("credentials", names.role_secret(job.role))];
+    if let Some(secret) = super::tls::secret_name(rsc, names) {
+        args.extend(["--redis-tls".into(), "--redis-ca-file".into(), ca_file()]);
+        mounts.push(read_only_mount("tls", TLS_MOUNT));
+        volumes.push(secret_volume("tls", secret));
+    }
     if let Some(volume) = job.volume {
         mounts.push(mount(&volume.name, BACKUP_MOUNT));
         volumes.push(volume);

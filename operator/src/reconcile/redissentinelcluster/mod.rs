@@ -15,6 +15,7 @@ mod config;
 mod jobs;
 mod network_policy;
 mod service;
+pub mod tls;
 mod users;
 mod workloads;
 
@@ -28,11 +29,14 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use tokenplane_api::RedisSentinelCluster;
 use tokenplane_api::redis::AclRole;
+use tokenplane_api::redis_tls::RedisTls;
 
 pub use changes::unsafe_change;
+pub use tls::Tls;
 pub use users::{CLUSTER_ROLES, PASSWORD, Passwords};
 pub use workloads::roles_on;
 
+use super::ca::ServingInputs;
 use super::{Invalid, managed_meta};
 use crate::redis::{Dial, Members, RedisConfig};
 
@@ -124,8 +128,14 @@ impl Names {
 
 /// How the operator reaches `rsc` as its operator user (the same login on
 /// the nodes and on the Sentinels), each Sentinel by its stable name: ACL
-/// users live on each.
-pub fn operator_login(rsc: &RedisSentinelCluster, names: &Names, password: &str, dial: Dial) -> RedisConfig {
+/// users live on each. With TLS, `ca` is what the members' certificate is
+/// verified against.
+pub fn operator_login(
+    rsc: &RedisSentinelCluster,
+    names: &Names,
+    (password, ca): (&str, Option<&[u8]>),
+    dial: Dial,
+) -> RedisConfig {
     let sentinels = names.sentinel_addrs(rsc.spec.sentinels);
     let username = tokenplane_api::acl::username(AclRole::Operator).to_owned();
     RedisConfig {
@@ -137,7 +147,7 @@ pub fn operator_login(rsc: &RedisSentinelCluster, names: &Names, password: &str,
         username,
         password: password.to_owned(),
         timeout: std::time::Duration::from_secs(2),
-        tls: None,
+        tls: ca.map(|ca| RedisTls { ca_bundle: Some(ca.to_vec()), client: None }),
         dial,
     }
 }
@@ -159,6 +169,8 @@ pub struct Desired {
     pub cleanup: CronJob,
     /// The backup volume and CronJob, with `spec.backup`.
     pub backup: Option<(PersistentVolumeClaim, CronJob)>,
+    /// The certificate, with `spec.tls`.
+    pub tls: Option<Tls>,
 }
 
 /// The Sentinels that must agree the master is down: a majority.
@@ -168,15 +180,18 @@ pub fn quorum(sentinels: i32) -> i32 {
 
 /// Checks `rsc` and builds what it should have. `existing` holds the
 /// credentials the role Secrets have now; `new_password` makes one for a
-/// role that has none, current from `now`.
+/// role that has none, current from `now`. `tls` is what the cluster's
+/// certificate is made from (with `spec.tls`; `existing` there is the
+/// Secret the pods mount, the operator's or `spec.tls.secretName`).
 pub fn desired(
     rsc: &RedisSentinelCluster,
     env: &Environment,
-    existing: &Passwords,
+    (existing, tls): (&Passwords, ServingInputs<'_>),
     (new_password, now): (impl FnMut() -> String, u64),
 ) -> Result<Desired, Invalid> {
     check(rsc)?;
     let names = Names::of(rsc, &env.cluster_domain)?;
+    let tls = tls::tls(rsc, &names, tls, now)?;
     let passwords = existing.completed(new_password, now);
     let monitor = passwords.get(AclRole::Monitor).expect("completed passwords hold every cluster role");
     let redis_labels = labels(&names.cluster, "redis");
@@ -184,8 +199,8 @@ pub fn desired(
     Ok(Desired {
         role_secrets: users::role_secrets(rsc, &names, &passwords),
         config: config::config_map(rsc, &names),
-        redis: workloads::redis(rsc, env, &names, &redis_labels, monitor),
-        sentinel: workloads::sentinel(rsc, env, &names, &sentinel_labels),
+        redis: workloads::redis(rsc, (env, &names), &redis_labels, monitor, tls.as_ref()),
+        sentinel: workloads::sentinel(rsc, (env, &names), &sentinel_labels, tls.as_ref()),
         services: service::services(rsc, &names, &redis_labels, &sentinel_labels),
         budgets: service::budgets(rsc, &names, &redis_labels, &sentinel_labels),
         network_policy: network_policy::network_policy(rsc, &env.operator_namespace),
@@ -193,6 +208,7 @@ pub fn desired(
         backup: rsc.spec.backup.as_ref().map(|b| jobs::backup(rsc, env, &names, b)),
         names,
         passwords,
+        tls,
     })
 }
 

@@ -24,9 +24,11 @@ use tokenplane_api::redis::AclRole;
 use super::config::{REDIS_CONF, SENTINEL_CONF};
 use tokenplane_api::acl::username;
 
+use super::tls::{FINGERPRINT, TLS_MOUNT, Tls};
 use super::users::{ALSO_HASH, HASH, PASSWORD};
 use super::{EXPORTER_PORT, Environment, Names, REDIS_PORT, SENTINEL_PORT, meta, quorum, selector};
-use crate::reconcile::pod::{mount, pod_security, read_only_mount, restricted};
+use crate::reconcile::ca::BUNDLE_KEY;
+use crate::reconcile::pod::{mount, pod_security, read_only_mount, restricted, secret_volume};
 
 /// The official Redis image's `redis` user.
 const REDIS_UID: i64 = 999;
@@ -89,6 +91,7 @@ impl Kind {
                 (Replication, Secret::Hash),
                 (Operator, Secret::Hash),
                 (Cleanup, Secret::Hash),
+                (Backup, Secret::Hash),
             ],
         }
     }
@@ -107,18 +110,22 @@ pub fn roles_on(sentinel: bool) -> impl Iterator<Item = AclRole> {
 
 pub(super) fn redis(
     rsc: &RedisSentinelCluster,
-    env: &Environment,
-    names: &Names,
+    (env, names): (&Environment, &Names),
     labels: &BTreeMap<String, String>,
     monitor_password: &str,
+    tls: Option<&Tls>,
 ) -> StatefulSet {
     let spec = &rsc.spec;
+    let redis_cli_tls = match tls {
+        Some(_) => format!("--tls --cacert {} ", ca_file()),
+        None => String::new(),
+    };
     let server = Container {
         name: "redis".into(),
         image: Some(spec.image.clone()),
         command: Some(vec!["redis-server".into(), format!("{RUNTIME_MOUNT}/{REDIS_CONF}")]),
         ports: Some(vec![port("redis", REDIS_PORT)]),
-        env: Some(hand_over_env(rsc, names)),
+        env: Some(hand_over_env(rsc, names, tls.is_some())),
         // A master being deleted or evicted first hands over to a replica.
         lifecycle: Some(Lifecycle {
             pre_stop: Some(LifecycleHandler {
@@ -133,7 +140,7 @@ pub(super) fn redis(
         // something other than PONG. The password is read from the mount at
         // each probe: a rotated one arrives there without a restart.
         readiness_probe: Some(exec_probe(&format!(
-            "[ \"$(REDISCLI_AUTH=\"$(cat {USERS_MOUNT}/{user})\" redis-cli --no-auth-warning --user {user} -p {REDIS_PORT} ping)\" = PONG ]",
+            "[ \"$(REDISCLI_AUTH=\"$(cat {USERS_MOUNT}/{user})\" redis-cli {redis_cli_tls}--no-auth-warning --user {user} -p {REDIS_PORT} ping)\" = PONG ]",
             user = username(AclRole::Monitor)
         ))),
         liveness_probe: Some(tcp_probe(REDIS_PORT)),
@@ -149,17 +156,13 @@ pub(super) fn redis(
     let exporter = Container {
         name: "exporter".into(),
         image: Some(env.exporter_image.clone()),
-        env: Some(vec![
-            plain_env("REDIS_ADDR", format!("redis://localhost:{REDIS_PORT}")),
-            plain_env("REDIS_USER", username(AclRole::Monitor).into()),
-            secret_env("REDIS_PASSWORD", names.role_secret(AclRole::Monitor)),
-        ]),
+        env: Some(exporter_env(names, tls.is_some())),
         ports: Some(vec![port("metrics", EXPORTER_PORT)]),
         resources: Some(resources("10m", "16Mi", "64Mi")),
         security_context: Some(restricted(EXPORTER_UID)),
         ..Container::default()
     };
-    let start = start_container(rsc, env, names, Kind::Node);
+    let start = start_container(rsc, env, names, (Kind::Node, tls.is_some()));
     let persistent = spec.persistence.enabled;
     let mut volumes = common_volumes(names, Kind::Node);
     if !persistent {
@@ -176,14 +179,17 @@ pub(super) fn redis(
     if persistent {
         spec.volume_claim_templates = Some(vec![data_claim(rsc)]);
     }
+    if let Some(tls) = tls {
+        mount_tls(&mut set, tls);
+    }
     set
 }
 
 pub(super) fn sentinel(
     rsc: &RedisSentinelCluster,
-    env: &Environment,
-    names: &Names,
+    (env, names): (&Environment, &Names),
     labels: &BTreeMap<String, String>,
+    tls: Option<&Tls>,
 ) -> StatefulSet {
     let spec = &rsc.spec;
     let server = Container {
@@ -200,32 +206,80 @@ pub(super) fn sentinel(
         volume_mounts: Some(vec![mount("data", DATA_MOUNT)]),
         ..Container::default()
     };
-    let start = start_container(rsc, env, names, Kind::Sentinel);
+    let start = start_container(rsc, env, names, (Kind::Sentinel, tls.is_some()));
     let mut volumes = common_volumes(names, Kind::Sentinel);
     volumes.push(empty_dir("data"));
-    stateful_set(rsc, names.sentinel_peers(), labels, spec.sentinels, vec![start], vec![server], volumes)
+    let mut set =
+        stateful_set(rsc, names.sentinel_peers(), labels, spec.sentinels, vec![start], vec![server], volumes);
+    if let Some(tls) = tls {
+        mount_tls(&mut set, tls);
+    }
+    set
+}
+
+/// The CA bundle the pods' own clients verify their peers with.
+pub(super) fn ca_file() -> String {
+    format!("{TLS_MOUNT}/{BUNDLE_KEY}")
+}
+
+/// The certificate in every container of `set` (Redis and Sentinel serve
+/// with it, the others verify with its CA), and its fingerprint on the pod
+/// template: Redis reads it at start only, so a new one rolls the pods.
+fn mount_tls(set: &mut StatefulSet, tls: &Tls) {
+    let template = &mut set.spec.get_or_insert_default().template;
+    let annotations = template.metadata.get_or_insert_default().annotations.get_or_insert_default();
+    annotations.insert(FINGERPRINT.into(), tls.fingerprint[..16].to_owned());
+    let pod = template.spec.get_or_insert_default();
+    pod.volumes.get_or_insert_default().push(secret_volume("tls", tls.secret_name.clone()));
+    for container in pod.init_containers.iter_mut().flatten().chain(pod.containers.iter_mut()) {
+        container.volume_mounts.get_or_insert_default().push(read_only_mount("tls", TLS_MOUNT));
+    }
+}
+
+/// The exporter logs in as `monitor` to the Redis of its own pod.
+fn exporter_env(names: &Names, tls: bool) -> Vec<EnvVar> {
+    let scheme = if tls { "rediss" } else { "redis" };
+    let mut env = vec![
+        plain_env("REDIS_ADDR", format!("{scheme}://localhost:{REDIS_PORT}")),
+        plain_env("REDIS_USER", username(AclRole::Monitor).into()),
+        secret_env("REDIS_PASSWORD", names.role_secret(AclRole::Monitor)),
+    ];
+    if tls {
+        env.push(plain_env("REDIS_EXPORTER_TLS_CA_CERT_FILE", ca_file()));
+    }
+    env
 }
 
 /// What the Redis container's preStop `hand-over` reads from its
 /// environment (hooks get no `$(VAR)` expansion of their arguments), and
 /// the monitor password of the readiness probe.
-fn hand_over_env(rsc: &RedisSentinelCluster, names: &Names) -> Vec<EnvVar> {
-    vec![
+fn hand_over_env(rsc: &RedisSentinelCluster, names: &Names, tls: bool) -> Vec<EnvVar> {
+    let mut env = vec![
         pod_name_env(),
         plain_env(
             "TOKENPLANE_REDIS_ANNOUNCE_HOST",
             format!("$(POD_NAME).{}", names.service_host(&names.redis())),
         ),
         plain_env("TOKENPLANE_REDIS_ANNOUNCE_PORT", REDIS_PORT.to_string()),
-        plain_env("TOKENPLANE_REDIS_SENTINELS", sentinels(names)),
+        plain_env("TOKENPLANE_REDIS_SENTINELS", sentinels(rsc, names)),
         plain_env("TOKENPLANE_REDIS_MASTER_NAME", rsc.spec.master_name.clone()),
         plain_env("TOKENPLANE_REDIS_USERS_DIR", USERS_MOUNT.into()),
         plain_env("TOKENPLANE_REDIS_MIN_REPLICAS", rsc.spec.min_replicas_to_acknowledge.to_string()),
-    ]
+    ];
+    if tls {
+        env.push(plain_env("TOKENPLANE_REDIS_CA_FILE", ca_file()));
+    }
+    env
 }
 
-pub(super) fn sentinels(names: &Names) -> String {
-    format!("{}:{SENTINEL_PORT}", names.service_host(&names.sentinel_peers()))
+/// Where the pods and jobs find the Sentinels: the headless Service, which
+/// names them all; with TLS each by its stable name, the name its
+/// certificate is checked against.
+pub(super) fn sentinels(rsc: &RedisSentinelCluster, names: &Names) -> String {
+    match rsc.spec.tls.enabled {
+        true => names.sentinel_addrs(rsc.spec.sentinels).join(","),
+        false => format!("{}:{SENTINEL_PORT}", names.service_host(&names.sentinel_peers())),
+    }
 }
 
 fn pod_name_env() -> EnvVar {
@@ -241,7 +295,12 @@ fn pod_name_env() -> EnvVar {
 
 /// `tokenplane-sidecar redis-node start`, as pod `$(POD_NAME)` of `kind`'s
 /// StatefulSet; pod 0 of the data nodes is the master of a new cluster.
-fn start_container(rsc: &RedisSentinelCluster, env: &Environment, names: &Names, kind: Kind) -> Container {
+fn start_container(
+    rsc: &RedisSentinelCluster,
+    env: &Environment,
+    names: &Names,
+    (kind, tls): (Kind, bool),
+) -> Container {
     let (template, service, port, writes) = match kind {
         Kind::Node => (REDIS_CONF, names.redis(), REDIS_PORT, mount("runtime", RUNTIME_MOUNT)),
         Kind::Sentinel => (SENTINEL_CONF, names.sentinel_peers(), SENTINEL_PORT, mount("data", DATA_MOUNT)),
@@ -265,7 +324,7 @@ fn start_container(rsc: &RedisSentinelCluster, env: &Environment, names: &Names,
         "--nodes",
         &nodes.join(","),
         "--sentinels",
-        &sentinels(names),
+        &sentinels(rsc, names),
         "--master-name",
         &rsc.spec.master_name,
         "--first-master",
@@ -276,6 +335,9 @@ fn start_container(rsc: &RedisSentinelCluster, env: &Environment, names: &Names,
     let mut args: Vec<String> = args.into_iter().map(str::to_owned).collect();
     if matches!(kind, Kind::Node) {
         args.extend(["--copy-self-to".into(), SELF_COPY.into()]);
+    }
+    if tls {
+        args.extend(["--redis-ca-file".into(), ca_file()]);
     }
     let mounts = vec![read_only_mount("config", CONFIG_MOUNT), read_only_mount("users", USERS_MOUNT), writes];
     Container {

@@ -30,6 +30,8 @@ const SENTINEL_USERNAME: &str = "sentinel_username";
 const SENTINEL_PASSWORD: &str = "sentinel_password";
 /// The CA bundle issuers verify Redis and the Sentinels with.
 const REDIS_CA: &str = "redis_ca.crt";
+/// The pod template annotation that rolls the issuers on a new Redis CA bundle.
+const REDIS_CA_FINGERPRINT: &str = "tokenplane.io/redis-ca-fingerprint";
 
 /// Where a policy's issuers find Redis.
 #[derive(Clone, Copy)]
@@ -38,15 +40,16 @@ pub(crate) enum IssuerRedis<'a> {
     /// operator was told to.
     Operator(&'a Environment),
     /// The policy's RedisSentinelCluster (`redisRef`), logging in to its
-    /// Sentinels as the issuer's own user, over its Sentinel Service.
-    Cluster(&'a RedisSentinelCluster),
+    /// Sentinels as the issuer's own user, over its Sentinel Service; with
+    /// TLS, the CA bundle its certificate is verified against.
+    Cluster(&'a RedisSentinelCluster, Option<&'a [u8]>),
 }
 
 impl IssuerRedis<'_> {
     fn sentinels(&self, policy: &TokenPolicy) -> String {
         match self {
             IssuerRedis::Operator(env) => env.sentinels.join(","),
-            IssuerRedis::Cluster(cluster) => format!(
+            IssuerRedis::Cluster(cluster, _) => format!(
                 "{}-sentinel.{}.svc:{SENTINEL_PORT}",
                 cluster.metadata.name.as_deref().unwrap_or_default(),
                 policy.metadata.namespace.as_deref().unwrap_or_default()
@@ -57,7 +60,7 @@ impl IssuerRedis<'_> {
     fn master_name(&self) -> &str {
         match self {
             IssuerRedis::Operator(env) => &env.master_name,
-            IssuerRedis::Cluster(cluster) => &cluster.spec.master_name,
+            IssuerRedis::Cluster(cluster, _) => &cluster.spec.master_name,
         }
     }
 
@@ -67,7 +70,7 @@ impl IssuerRedis<'_> {
             IssuerRedis::Operator(env) => {
                 env.sentinel_login.as_ref().map(|l| (l.username.clone(), SENTINEL_PASSWORD))
             }
-            IssuerRedis::Cluster(_) => Some((user.name.clone(), REDIS_PASSWORD)),
+            IssuerRedis::Cluster(..) => Some((user.name.clone(), REDIS_PASSWORD)),
         }
     }
 
@@ -75,7 +78,7 @@ impl IssuerRedis<'_> {
     fn tls(&self) -> Option<&[u8]> {
         match self {
             IssuerRedis::Operator(env) => env.redis_tls.as_deref(),
-            IssuerRedis::Cluster(_) => None,
+            IssuerRedis::Cluster(_, ca) => *ca,
         }
     }
 }
@@ -188,7 +191,11 @@ pub(super) fn deployment(
             // No replicas: the HorizontalPodAutoscaler owns the count.
             selector: selector(labels),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels.clone()), ..ObjectMeta::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    annotations: redis_ca_annotation(redis),
+                    ..ObjectMeta::default()
+                }),
                 spec: Some(PodSpec {
                     containers: vec![container],
                     automount_service_account_token: Some(false),
@@ -205,6 +212,15 @@ pub(super) fn deployment(
         }),
         ..Deployment::default()
     }
+}
+
+/// The issuer reads its Redis CA bundle at start: a changed one (a next CA
+/// published, an old one retired) rolls the issuers before a certificate
+/// of the new CA is served.
+fn redis_ca_annotation(redis: IssuerRedis<'_>) -> Option<BTreeMap<String, String>> {
+    let ca = redis.tls().filter(|ca| !ca.is_empty())?;
+    let fingerprint = tokenplane_api::acl::sha256_hex(ca)[..16].to_owned();
+    Some(BTreeMap::from([(REDIS_CA_FINGERPRINT.to_owned(), fingerprint)]))
 }
 
 /// About 26k tokens/s per core were measured (docs/benchmarks.md); a tenth
@@ -264,6 +280,35 @@ mod tests {
     }
 
     #[test]
+    fn on_a_cluster_with_tls_issuers_verify_its_members_against_its_ca() {
+        let user = AclUser { name: "issuer:default.auth".into(), rules: String::new() };
+        let p = policy(&format!("{DEFAULT}  redisRef: tokens\n"));
+        let cluster = crate::reconcile::tokenpolicy::fixtures::cluster("tokens", "auth");
+        let env = crate::reconcile::tokenpolicy::fixtures::env();
+        let redis = IssuerRedis::Cluster(&cluster, Some(b"cluster CA"));
+        let d = deployment(&p, &env, redis, &user, &BTreeMap::new());
+        let args = d.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap().join(" ");
+        assert!(
+            args.contains("--redis-tls --redis-ca-file /var/run/tokenplane/redis/redis_ca.crt"),
+            "{args}"
+        );
+        let secret = issuer_secret(&p, &user, &Credentials::new("pw".into(), 0), redis);
+        assert_eq!(secret.data.unwrap()[REDIS_CA].0, b"cluster CA");
+        let rolled = |ca: &'static [u8]| {
+            let d = deployment(&p, &env, IssuerRedis::Cluster(&cluster, Some(ca)), &user, &BTreeMap::new());
+            d.spec.unwrap().template.metadata.unwrap().annotations.unwrap()[REDIS_CA_FINGERPRINT].clone()
+        };
+        assert_ne!(
+            rolled(b"cluster CA"),
+            rolled(b"cluster CA and the next"),
+            "a new bundle rolls the issuers"
+        );
+        let plain = deployment(&p, &env, IssuerRedis::Cluster(&cluster, None), &user, &BTreeMap::new());
+        assert!(!serde_json::to_string(&plain).unwrap().contains("--redis-tls"));
+        assert!(plain.spec.unwrap().template.metadata.unwrap().annotations.is_none());
+    }
+
+    #[test]
     fn the_issuer_secret_keeps_a_rotation_under_its_own_keys() {
         let user = AclUser { name: "issuer:default.auth".into(), rules: String::new() };
         let env = crate::reconcile::tokenpolicy::fixtures::env();
@@ -288,6 +333,7 @@ mod tests {
             heartbeats: &[],
             clients: &[],
             cluster: None,
+            cluster_ca: None,
             issuer_redis: &Credentials::new("x".into(), 0),
             env: &env,
             serving: crate::reconcile::tokenpolicy::fixtures::serving(),

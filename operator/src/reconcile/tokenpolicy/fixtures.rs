@@ -8,7 +8,7 @@ use tokenplane_api::tokenpolicy::{KeyState, SigningAlgorithm};
 use tokenplane_api::{OAuth2Client, RedisSentinelCluster, TokenPolicy};
 
 use super::{Desired, Environment, Inputs, Keys, SentinelLogin, ServingInputs, desired};
-use crate::reconcile::ca::{self, Authorities, Authority, Settings};
+use crate::reconcile::ca;
 use crate::reconcile::redis_password::Credentials;
 
 pub(super) const DAY: u64 = 86_400;
@@ -62,17 +62,9 @@ pub(super) fn cluster(name: &str, namespace: &str) -> RedisSentinelCluster {
     .unwrap()
 }
 
-/// One CA for every test, made at time 0 for a year.
-pub(crate) fn cas() -> &'static Authorities {
-    static CAS: std::sync::OnceLock<Authorities> = std::sync::OnceLock::new();
-    CAS.get_or_init(|| {
-        ca::plan(Authorities::default(), &Settings::default(), 0, Authority::generate).authorities
-    })
-}
-
 /// A first serving certificate of 30 days from [`cas`].
 pub(super) fn serving() -> ServingInputs<'static> {
-    ServingInputs { cas: cas(), existing: None, lifetime: 30 * DAY }
+    ServingInputs { cas: ca::test_authorities(), existing: None, lifetime: 30 * DAY }
 }
 
 pub(super) fn new_key() -> (String, Vec<u8>) {
@@ -96,6 +88,7 @@ pub(super) fn reconcile(
         heartbeats,
         clients: &clients,
         cluster: cluster.as_ref(),
+        cluster_ca: None,
         issuer_redis: &Credentials::new("issuer-password".into(), 0),
         env: &env,
         serving: serving(),

@@ -87,6 +87,8 @@ pub(crate) struct Inputs<'a> {
     /// The RedisSentinelCluster of the policy's `redisRef`, if it has one
     /// and the cluster exists.
     pub cluster: Option<&'a RedisSentinelCluster>,
+    /// With the cluster's TLS, the CA bundle its certificate is verified against.
+    pub cluster_ca: Option<&'a [u8]>,
     /// The issuer user's passwords.
     pub issuer_redis: &'a Credentials,
     pub env: &'a Environment,
@@ -135,7 +137,7 @@ pub(crate) fn desired(
         _ => return Err(Invalid::spec("a TokenPolicy needs a name and a namespace".into())),
     };
     let policy_id = TokenPolicy::id_for(name, namespace);
-    let redis = issuer_redis(policy, inputs.cluster, inputs.env)?;
+    let redis = issuer_redis(policy, (inputs.cluster, inputs.cluster_ca), inputs.env)?;
     let issuer_url = super::oauth2client::issuer_url(policy);
     let (rotation, pems) = keys::rotate(&inputs, &issuer_url, new_key);
     let jwks = keys::jwks(&rotation.keys, &pems);
@@ -171,12 +173,12 @@ pub(crate) fn desired(
 /// The policy's RedisSentinelCluster when it names one, which must exist.
 fn issuer_redis<'a>(
     policy: &TokenPolicy,
-    cluster: Option<&'a RedisSentinelCluster>,
+    (cluster, ca): (Option<&'a RedisSentinelCluster>, Option<&'a [u8]>),
     env: &'a Environment,
 ) -> Result<IssuerRedis<'a>, Invalid> {
     match (&policy.spec.redis_ref, cluster) {
         (None, _) => Ok(IssuerRedis::Operator(env)),
-        (Some(_), Some(cluster)) => Ok(IssuerRedis::Cluster(cluster)),
+        (Some(_), Some(cluster)) => Ok(IssuerRedis::Cluster(cluster, ca)),
         (Some(name), None) => Err(Invalid::redis_cluster_not_found(name, policy)),
     }
 }
@@ -239,6 +241,7 @@ mod tests {
             heartbeats: &[],
             clients: &[],
             cluster: None,
+            cluster_ca: None,
             issuer_redis: &Credentials::new("x".into(), 0),
             env: &env,
             serving: super::fixtures::serving(),

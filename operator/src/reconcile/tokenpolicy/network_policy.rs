@@ -121,6 +121,7 @@ mod tests {
             heartbeats: &[],
             clients: &[client("batch", "jobs", None)],
             cluster: None,
+            cluster_ca: None,
             issuer_redis: &Credentials::new("x".into(), 0),
             env: &env,
             serving: serving(),

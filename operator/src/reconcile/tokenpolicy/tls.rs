@@ -3,21 +3,15 @@
 //! lifetime or until another CA takes over, with the CA bundle beside it;
 //! or a cert-manager `Certificate` that has cert-manager write that Secret.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::json;
 use tokenplane_api::TokenPolicy;
 use tokenplane_api::tokenpolicy::CertManagerIssuerRef;
 
-use crate::reconcile::ca::{self, Authorities, BUNDLE_KEY};
+use crate::reconcile::ca;
+pub use crate::reconcile::ca::{ServingInputs, TLS_CRT, TLS_KEY};
 use crate::reconcile::{Invalid, managed_meta};
-
-/// Entries of a `kubernetes.io/tls` Secret.
-pub const TLS_CRT: &str = "tls.crt";
-pub const TLS_KEY: &str = "tls.key";
 
 /// Where the serving certificate comes from.
 #[derive(Clone, Debug)]
@@ -31,16 +25,6 @@ pub enum Serving {
 /// cert-manager's `Certificate` kind.
 pub fn certificate_resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate"))
-}
-
-/// What the serving certificate is made from.
-#[derive(Clone, Copy)]
-pub(crate) struct ServingInputs<'a> {
-    pub cas: &'a Authorities,
-    /// The policy's serving Secret as it is, if any.
-    pub existing: Option<&'a Secret>,
-    /// How long a new certificate lives.
-    pub lifetime: u64,
 }
 
 /// The Secret's name for the policy named `policy`.
@@ -112,42 +96,16 @@ fn serving_secret(
     inputs: ServingInputs<'_>,
     now: u64,
 ) -> Result<(Secret, u64), Invalid> {
-    let names = dns_names(policy);
-    let held = inputs.existing.and_then(|s| s.data.as_ref());
-    let entry = |key: &str| held.and_then(|d| d.get(key)).map(|v| v.0.clone()).filter(|v| !v.is_empty());
-    let (cert, key) = match (entry(TLS_CRT), entry(TLS_KEY)) {
-        (Some(cert), Some(key)) if !ca::needs_renewal(inputs.cas, Some(&cert), &names, now) => (cert, key),
-        _ => {
-            let signer = inputs.cas.active.as_ref().ok_or_else(|| Invalid {
-                reason: "NoCertificateAuthority",
-                message: "the operator's CA is not loaded yet; this retries by itself".into(),
-            })?;
-            let leaf = signer.sign_server(&names, now, inputs.lifetime).map_err(|e| Invalid {
-                reason: "InvalidCertificateAuthority",
-                message: format!("cannot sign the issuer's serving certificate: {e}"),
-            })?;
-            (leaf.cert_pem.into_bytes(), leaf.key_pem.into_bytes())
-        }
-    };
-    let renew_at = ca::leaf_info(&cert).map(|info| info.renew_at()).unwrap_or(now);
     let name = policy.metadata.name.clone().unwrap_or_default();
-    let secret = Secret {
-        metadata: managed_meta(policy, serving_secret_name(&name), [("tokenplane.io/policy", name)]),
-        type_: Some("kubernetes.io/tls".into()),
-        data: Some(BTreeMap::from([
-            (TLS_CRT.to_owned(), ByteString(cert)),
-            (TLS_KEY.to_owned(), ByteString(key)),
-            (BUNDLE_KEY.to_owned(), ByteString(inputs.cas.bundle().into_bytes())),
-        ])),
-        ..Secret::default()
-    };
-    Ok((secret, renew_at))
+    let metadata = managed_meta(policy, serving_secret_name(&name), [("tokenplane.io/policy", name)]);
+    ca::server_secret(metadata, &dns_names(policy), inputs, now, "the issuer's serving certificate")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconcile::tokenpolicy::fixtures::{DAY, DEFAULT, cas, policy, reconcile};
+    use crate::reconcile::ca::{self, BUNDLE_KEY};
+    use crate::reconcile::tokenpolicy::fixtures::{DAY, DEFAULT, policy, reconcile};
 
     fn cert(secret: &Secret) -> Vec<u8> {
         secret.data.as_ref().unwrap()[TLS_CRT].0.clone()
@@ -194,13 +152,14 @@ mod tests {
         let info = ca::leaf_info(&cert(secret)).unwrap();
         assert_eq!(info.dns_names[0], "default-issuer.auth.svc");
         assert!(info.dns_names.contains(&"default-issuer".to_owned()));
-        assert!(cas().signed_by_active(&info));
+        assert!(ca::test_authorities().signed_by_active(&info));
         assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
-        assert_eq!(secret.data.as_ref().unwrap()[BUNDLE_KEY].0, cas().bundle().as_bytes());
+        assert_eq!(secret.data.as_ref().unwrap()[BUNDLE_KEY].0, ca::test_authorities().bundle().as_bytes());
         assert_eq!(d.serving_renew_at, 1000 + 20 * DAY, "two thirds of 30 days");
 
         let renewed = |secret: &Secret, now| {
-            let inputs = ServingInputs { cas: cas(), existing: Some(secret), lifetime: 30 * DAY };
+            let inputs =
+                ServingInputs { cas: ca::test_authorities(), existing: Some(secret), lifetime: 30 * DAY };
             serving_secret(&p, inputs, now).unwrap().0
         };
         assert_eq!(cert(&renewed(secret, 1000 + 20 * DAY - 1)), cert(secret), "kept");

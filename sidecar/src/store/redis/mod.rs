@@ -40,6 +40,7 @@ pub use config::{Password, RedisConfig};
 use link::{Link, Links};
 use records::{CodeState, family_fields, family_from};
 use scripts::Scripts;
+pub(crate) use sentinel::certificates;
 pub(crate) use sentinel::sentinel_client;
 
 use super::batch::Batcher;
@@ -95,11 +96,13 @@ pub async fn master_connection(config: &RedisConfig) -> Result<redis::aio::Multi
     client.get_multiplexed_async_connection_with_config(&settings).await.map_err(unavailable)
 }
 
-/// Where the master the Sentinels name is, `(host, port)`, over plain TCP.
+/// Where the master the Sentinels name is, `(host, port)`.
 pub async fn master_address(config: &RedisConfig) -> Result<(String, u16)> {
     let client = master_client(config).await?;
     match client.get_connection_info().addr() {
-        redis::ConnectionAddr::Tcp(host, port) => Ok((host.clone(), *port)),
+        redis::ConnectionAddr::Tcp(host, port) | redis::ConnectionAddr::TcpTls { host, port, .. } => {
+            Ok((host.clone(), *port))
+        }
         other => Err(StoreError(format!("the master is at {other}, not a plain TCP address"))),
     }
 }

@@ -27,7 +27,7 @@ fn addr(spec: &str, tls: bool) -> std::result::Result<ConnectionAddr, StoreError
 }
 
 /// What the redis crate verifies the servers with and presents to them.
-fn certificates(tls: &RedisTls) -> TlsCertificates {
+pub(crate) fn certificates(tls: &RedisTls) -> TlsCertificates {
     let client = tls.client.clone();
     let client_tls = client.map(|c| ClientTlsConfig { client_cert: c.cert_chain, client_key: c.key });
     TlsCertificates { client_tls, root_cert: tls.ca_bundle.clone() }

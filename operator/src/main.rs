@@ -38,6 +38,79 @@ enum Command {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
     },
+    /// Serve the admission webhooks (agent injection, validation) over
+    /// HTTPS without a cluster, from the custom resources in manifest files.
+    Webhook(WebhookArgs),
+}
+
+#[derive(clap::Args)]
+struct WebhookArgs {
+    /// Folder of YAML files with OAuth2Client, TokenPolicy and
+    /// RedisSentinelCluster documents (other kinds are skipped, and said so).
+    #[arg(long, env = "TOKENPLANE_MANIFESTS")]
+    manifests: PathBuf,
+    /// Address to serve HTTPS on.
+    #[arg(long, env = "TOKENPLANE_WEBHOOK_LISTEN", default_value = "127.0.0.1:8443")]
+    listen: std::net::SocketAddr,
+    /// PEM certificate chain to serve with (reloaded when it changes).
+    #[arg(long, env = "TOKENPLANE_TLS_CERT_FILE")]
+    tls_cert_file: PathBuf,
+    /// PEM private key of that certificate.
+    #[arg(long, env = "TOKENPLANE_TLS_KEY_FILE")]
+    tls_key_file: PathBuf,
+    /// How often the certificate files are checked for a change.
+    #[arg(long, env = "TOKENPLANE_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    tls_reload_interval: std::time::Duration,
+    #[command(flatten)]
+    inject: InjectArgs,
+}
+
+/// How agents are injected.
+#[derive(clap::Args)]
+struct InjectArgs {
+    /// The agent's image (the tokenplane sidecar).
+    #[arg(long, env = "TOKENPLANE_AGENT_IMAGE", default_value = controller::ISSUER_IMAGE)]
+    agent_image: String,
+    /// Sentinels as agents reach them, for policies without a redisRef.
+    #[arg(long = "agent-redis-sentinels", env = "TOKENPLANE_AGENT_REDIS_SENTINELS", value_delimiter = ',')]
+    redis_sentinels: Vec<String>,
+    /// The master's name at those Sentinels.
+    #[arg(long = "agent-redis-master", env = "TOKENPLANE_AGENT_REDIS_MASTER", default_value = "tokenplane")]
+    redis_master: String,
+    /// Agents talk TLS to that Redis, verifying it against the bundle
+    /// the OAuth2Client controller puts beside the issuer CA.
+    #[arg(long = "agent-redis-tls", env = "TOKENPLANE_AGENT_REDIS_TLS")]
+    redis_tls: bool,
+    /// Inject the agent as a plain container (Kubernetes before 1.29, no
+    /// native sidecars); it then starts alongside the others.
+    #[arg(long, env = "TOKENPLANE_LEGACY_SIDECAR")]
+    legacy_sidecar: bool,
+    /// Admit a pod whose client is missing or not Ready without the agent
+    /// (with a warning) instead of refusing it.
+    #[arg(long, env = "TOKENPLANE_ADMIT_WITHOUT_CLIENT")]
+    admit_without_client: bool,
+    /// Namespace the operator runs in: never injected.
+    #[arg(long, env = "TOKENPLANE_OPERATOR_NAMESPACE", default_value = "tokenplane-system")]
+    operator_namespace: String,
+}
+
+impl InjectArgs {
+    fn settings(self) -> tokenplane_operator::admission::inject::Settings {
+        let env = tokenplane_operator::reconcile::tokenpolicy::Environment {
+            image: self.agent_image,
+            sentinels: self.redis_sentinels,
+            master_name: self.redis_master,
+            sentinel_login: None,
+            operator_namespace: self.operator_namespace,
+            redis_tls: self.redis_tls.then(|| b"(the bundle beside the issuer CA)".to_vec()),
+            cert_manager_issuer: None,
+        };
+        tokenplane_operator::admission::inject::Settings {
+            env,
+            native_sidecar: !self.legacy_sidecar,
+            admit_without_client: self.admit_without_client,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -184,6 +257,53 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     })
 }
 
+/// The three kinds from every YAML file of `dir`.
+fn read_manifests(dir: &std::path::Path) -> anyhow::Result<tokenplane_operator::render::Resources> {
+    let mut resources = tokenplane_operator::render::Resources::default();
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot read --manifests {}", dir.display()))?;
+    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.retain(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"));
+    files.sort();
+    for file in files {
+        let text =
+            std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        resources.add(file, &text)?;
+    }
+    for skipped in &resources.skipped {
+        tracing::warn!("{skipped}");
+    }
+    Ok(resources)
+}
+
+async fn webhook(args: WebhookArgs) -> anyhow::Result<()> {
+    use tokenplane_sidecar::{server, tls};
+    let catalog = tokenplane_operator::admission::Manifests::new(read_manifests(&args.manifests)?);
+    let (clients, policies, clusters) = catalog.counts();
+    let files = tls::PairFiles { cert: args.tls_cert_file, key: args.tls_key_file };
+    let serving = Arc::new(
+        tls::ServingTls::load(files).context("cannot serve HTTPS (--tls-cert-file, --tls-key-file)")?,
+    );
+    tokio::spawn(serving.clone().follow(args.tls_reload_interval));
+    let admission = tokenplane_operator::admission::Admission {
+        catalog,
+        inject: args.inject.settings(),
+        clusters: tokenplane_operator::reconcile::redissentinelcluster::Environment {
+            tokenplane_image: controller::ISSUER_IMAGE.into(),
+            exporter_image: controller::EXPORTER_IMAGE.into(),
+            cluster_domain: "cluster.local".into(),
+            operator_namespace: "tokenplane-system".into(),
+        },
+    };
+    let tcp = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
+    tracing::info!(listen = %args.listen, clients, policies, clusters, "admission webhooks serving");
+    let listener = server::Listener::https(tcp, &serving);
+    server::serve(listener, Arc::new(admission), controller::shutdown_signal()).await;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -194,6 +314,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(run(*args)),
+        Command::Webhook(args) => tokio::runtime::Runtime::new()?.block_on(webhook(args)),
         Command::Crdgen { out: Some(dir) } => tokenplane_operator::crdgen::write(&dir),
         Command::Crdgen { out: None } => {
             for (_, yaml) in tokenplane_operator::crdgen::render()? {

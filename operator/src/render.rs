@@ -86,7 +86,7 @@ impl std::fmt::Display for Skipped {
         write!(
             f,
             "{} (document {}): skipped {kind}: only OAuth2Client, TokenPolicy and RedisSentinelCluster \
-             documents are rendered",
+             documents are read",
             self.file.display(),
             self.document
         )
@@ -181,7 +181,10 @@ impl Resources {
             out.push_str("---\n");
             out.push_str(&readable(desired.secret));
             out.push_str("---\n");
-            out.push_str(&yaml(oauth2client::issuer_ca(client, CA_BUNDLE)));
+            let redis_tls =
+                self.policy_of(client).and_then(|p| self.cluster_of(p)).is_some_and(|c| c.spec.tls.enabled);
+            let redis_ca = redis_tls.then_some(CA_BUNDLE.as_bytes());
+            out.push_str(&yaml(oauth2client::issuer_ca(client, CA_BUNDLE, redis_ca)));
         }
         Ok(out)
     }

@@ -195,6 +195,10 @@ struct AgentArgs {
     /// Address to listen on; keep it on loopback, next to the workload.
     #[arg(long, env = "TOKENPLANE_LISTEN", default_value = "127.0.0.1:8081")]
     listen: SocketAddr,
+    /// Also serve `/healthz` and `/readyz` alone, plain HTTP, on this
+    /// address (the pod's, for the kubelet's probes; nothing else is there).
+    #[arg(long, env = "TOKENPLANE_HEALTH_LISTEN")]
+    health_listen: Option<SocketAddr>,
     /// PEM bundle of the CAs the issuer's certificate must chain to; only
     /// these are trusted. Without it, the system's roots.
     #[arg(long, env = "TOKENPLANE_ISSUER_CA_FILE")]
@@ -541,8 +545,17 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(tls) = &tls {
         agent = agent.with_tls_metrics(tls.metrics());
     }
+    let agent = Arc::new(agent);
+    if let Some(addr) = args.health_listen {
+        let probes = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on --health-listen {addr}"))?;
+        tracing::info!(health_listen = %addr, "probes served");
+        let probes = server::serve(probes, Arc::new(agent::Probes(agent.clone())), shutdown_signal());
+        tokio::spawn(probes);
+    }
     tracing::info!(listen = %listener.tcp.local_addr()?, tls = listener.tls.is_some(), %issuer, %audiences, "agent ready");
-    server::serve(listener, Arc::new(agent), shutdown_signal()).await;
+    server::serve(listener, agent, shutdown_signal()).await;
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use support::redis::{cluster, store};
 use support::{Auth, SVC_SECRET, TestIssuer};
 use tokenplane_api::storage;
-use tokenplane_sidecar::agent::{Agent, Settings};
+use tokenplane_sidecar::agent::{Agent, Probes, Settings};
 use tokenplane_sidecar::keys::{KeyPair, KeySet};
 use tokenplane_sidecar::server;
 use tokenplane_testkit::RedisCluster;
@@ -28,6 +28,8 @@ const API: &str = "https://api.test";
 
 struct TestAgent {
     base: String,
+    /// The probes' listener (`--health-listen`).
+    probes: String,
     agent: Arc<Agent>,
     http: reqwest::Client,
     _stop: oneshot::Sender<()>,
@@ -92,7 +94,10 @@ async fn launch_agent(cluster: &RedisCluster, issuer: &str, options: Options) ->
     tokio::spawn(server::serve(listener, agent.clone(), async move {
         let _ = stopped.await;
     }));
-    TestAgent { base, agent, http: reqwest::Client::new(), _stop: stop, dir }
+    let health = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let probes = format!("http://{}", health.local_addr().unwrap());
+    tokio::spawn(server::serve(health, Arc::new(Probes(agent.clone())), std::future::pending()));
+    TestAgent { base, probes, agent, http: reqwest::Client::new(), _stop: stop, dir }
 }
 
 impl TestAgent {
@@ -323,12 +328,20 @@ async fn a_cut_feed_fails_closed_and_resyncs_before_trusting_again() {
     assert_eq!((status, body["reason"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("feed_stale")));
     let ready = agent.http.get(format!("{}/readyz", agent.base)).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let probed = agent.http.get(format!("{}/readyz", agent.probes)).send().await.unwrap();
+    assert_eq!(probed.status(), StatusCode::SERVICE_UNAVAILABLE, "the kubelet's probe sees it too");
 
     let () =
         redis::cmd("ACL").arg("SETUSER").arg("agent-svc").arg("on").query_async(&mut admin).await.unwrap();
     agent.wait_ready().await;
     assert_eq!(agent.validate(&kept).await.0, StatusCode::OK);
     assert_eq!(agent.reason(&revoked).await, "revoked", "the resync brought the missed revocation");
+    let probe = |path: &str| agent.http.get(format!("{}{path}", agent.probes)).send();
+    assert_eq!(probe("/readyz").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(probe("/healthz").await.unwrap().status(), StatusCode::OK);
+    for path in ["/v1/token", "/v1/validate", "/metrics"] {
+        assert_eq!(probe(path).await.unwrap().status(), StatusCode::NOT_FOUND, "{path}: probes only");
+    }
 }
 
 #[tokio::test]

@@ -65,7 +65,8 @@ async fn release(
     }
 }
 
-async fn shutdown_signal() {
+/// SIGTERM (the kubelet) or Ctrl-C.
+pub async fn shutdown_signal() {
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {

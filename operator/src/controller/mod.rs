@@ -15,7 +15,7 @@ pub mod redissentinelcluster;
 pub mod tokenpolicy;
 
 pub use context::{Context, EXPORTER_IMAGE, ISSUER_IMAGE, generate_secret};
-pub use leader::{LEASE, lead};
+pub use leader::{LEASE, lead, shutdown_signal};
 pub use redis_target::ClusterLogins;
 
 use std::sync::Arc;

@@ -86,7 +86,13 @@ async fn apply(client: &OAuth2Client, ctx: &Context) -> Result<Action, Error> {
         super::event(client, ctx, EventType::Normal, step.reason(), &note).await;
     }
     match issuer_bundle(&policy, ctx).await? {
-        Some(bundle) => super::apply(&ctx.kube, &oauth2client::issuer_ca(client, &bundle)).await?,
+        Some(bundle) => {
+            let redis_ca = match &target.cluster {
+                Some(_) => target.cluster_ca.as_deref(),
+                None => ctx.issuers.redis_tls.as_deref(),
+            };
+            super::apply(&ctx.kube, &oauth2client::issuer_ca(client, &bundle, redis_ca)).await?
+        }
         None => {
             let note = "the policy's cert-manager issuer wrote no ca.crt into its serving Secret (yet): agents of this client cannot verify the issuer with --issuer-ca-file";
             super::event(client, ctx, EventType::Warning, "IssuerCaUnknown", note).await;

@@ -127,16 +127,24 @@ fn credentials_secret(
     Secret { metadata, type_: Some("Opaque".into()), data: Some(data), ..Secret::default() }
 }
 
+/// The key of the Redis CA bundle in the issuer CA ConfigMap.
+pub const REDIS_CA_KEY: &str = "redis-ca.crt";
+
 /// The CA bundle of the client's issuer, in a ConfigMap beside its
-/// credentials Secret: not secret, and mounted by its agents.
-pub fn issuer_ca(client: &OAuth2Client, bundle: &str) -> ConfigMap {
+/// credentials Secret: not secret, and mounted by its agents. With Redis
+/// over TLS, the bundle Redis is verified against beside it.
+pub fn issuer_ca(client: &OAuth2Client, bundle: &str, redis_ca: Option<&[u8]>) -> ConfigMap {
+    let mut data = BTreeMap::from([(super::ca::BUNDLE_KEY.to_owned(), bundle.to_owned())]);
+    if let Some(ca) = redis_ca.filter(|ca| !ca.is_empty()) {
+        data.insert(REDIS_CA_KEY.to_owned(), String::from_utf8_lossy(ca).into_owned());
+    }
     ConfigMap {
         metadata: managed_meta(
             client,
             client.issuer_ca_name(),
             [("tokenplane.io/client", client.metadata.name.clone().unwrap_or_default())],
         ),
-        data: Some(BTreeMap::from([(super::ca::BUNDLE_KEY.to_owned(), bundle.to_owned())])),
+        data: Some(data),
         ..ConfigMap::default()
     }
 }
@@ -297,5 +305,14 @@ mod tests {
         let Err(e) = desired(&client(ORDERS), None, &credentials()) else { panic!("accepted") };
         assert_eq!(e.reason, "PolicyNotFound");
         assert!(e.message.contains("auth/default"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_issuer_ca_config_map_carries_the_redis_ca_only_with_redis_over_tls() {
+        let c = client(ORDERS);
+        let plain = issuer_ca(&c, "issuer CA", None).data.unwrap();
+        assert_eq!(plain.keys().collect::<Vec<_>>(), [crate::reconcile::ca::BUNDLE_KEY]);
+        let tls = issuer_ca(&c, "issuer CA", Some(b"redis CA")).data.unwrap();
+        assert_eq!(tls[REDIS_CA_KEY], "redis CA", "what injected agents pass as --redis-ca-file");
     }
 }

@@ -306,6 +306,31 @@ fn vend_error(e: &VendError) -> Reply {
     reply
 }
 
+/// The agent's probes alone, for the kubelet: it reaches a pod's IP, and
+/// the agent's own listener stays on loopback. Nothing else is served.
+pub struct Probes(pub Arc<Agent>);
+
+impl Probes {
+    fn reply(&self, req: &Request<hyper::body::Incoming>) -> Reply {
+        let get = req.method() == Method::GET || req.method() == Method::HEAD;
+        let answer = match req.uri().path() {
+            "/healthz" => only_get(get).map(|()| text(StatusCode::OK, "ok\n".into())),
+            "/readyz" => only_get(get).map(|()| self.0.ready()),
+            _ => Err(OAuthError::not_found()),
+        };
+        answer.unwrap_or_else(|e| error_reply(&e))
+    }
+}
+
+impl crate::server::Handler for Probes {
+    fn handle(
+        &self,
+        req: Request<hyper::body::Incoming>,
+    ) -> impl Future<Output = http::Response<http_body_util::Full<Bytes>>> + Send {
+        std::future::ready(self.reply(&req))
+    }
+}
+
 impl crate::server::Handler for Agent {
     fn handle(
         &self,

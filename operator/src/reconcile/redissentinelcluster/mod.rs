@@ -212,6 +212,22 @@ pub fn desired(
     })
 }
 
+/// Why `new` may not replace `old`, as admission sees it before anything
+/// runs: the checks of [`desired`], and the volume changes a running
+/// cluster cannot take (the controller refuses them again, against the
+/// StatefulSet as it runs).
+pub fn admit(
+    old: Option<&RedisSentinelCluster>,
+    new: &RedisSentinelCluster,
+    env: &Environment,
+) -> Result<(), Invalid> {
+    check(new)?;
+    let names = Names::of(new, &env.cluster_domain)?;
+    let Some(old) = old else { return Ok(()) };
+    let nodes = |rsc: &RedisSentinelCluster| workloads::redis(rsc, (env, &names), &BTreeMap::new(), "", None);
+    changes::unsafe_change(&nodes(old), &nodes(new)).map_or(Ok(()), Err)
+}
+
 /// What the CRD's rules say, again (a resource written before a rule
 /// existed, or by `render`), and what they cannot say: the strings that
 /// reach redis.conf and sentinel.conf must not carry a directive.

@@ -46,7 +46,7 @@ pub(crate) enum IssuerRedis<'a> {
 }
 
 impl IssuerRedis<'_> {
-    fn sentinels(&self, policy: &TokenPolicy) -> String {
+    pub(crate) fn sentinels(&self, policy: &TokenPolicy) -> String {
         match self {
             IssuerRedis::Operator(env) => env.sentinels.join(","),
             IssuerRedis::Cluster(cluster, _) => format!(
@@ -57,7 +57,7 @@ impl IssuerRedis<'_> {
         }
     }
 
-    fn master_name(&self) -> &str {
+    pub(crate) fn master_name(&self) -> &str {
         match self {
             IssuerRedis::Operator(env) => &env.master_name,
             IssuerRedis::Cluster(cluster, _) => &cluster.spec.master_name,

@@ -27,7 +27,7 @@ use tokenplane_api::storage::{self, VerifierHeartbeat};
 use tokenplane_api::tokenpolicy::PolicyRecord;
 use tokenplane_api::{OAuth2Client, RedisSentinelCluster, TokenPolicy};
 
-use deployment::IssuerRedis;
+pub(crate) use deployment::IssuerRedis;
 pub(crate) use keys::{Keys, Rotation};
 pub(crate) use tls::ServingInputs;
 pub use tls::{Serving, TLS_CRT, TLS_KEY, cert_manager_issuer, certificate_resource, serving_secret_name};

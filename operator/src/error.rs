@@ -19,4 +19,6 @@ pub enum Error {
     CertificateAuthority(String),
     #[error("the object has no namespace; tokenplane resources are namespaced")]
     NotNamespaced,
+    #[error("the admission webhooks: {0}")]
+    Webhooks(String),
 }

@@ -189,6 +189,18 @@ struct RunArgs {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "TOKENPLANE_METRICS_LISTEN", default_value = "0.0.0.0:8090")]
     metrics_listen: std::net::SocketAddr,
+    /// Serve the admission webhooks (agent injection, validation) over
+    /// HTTPS here, on every replica; the leader applies their certificate
+    /// and webhook configurations. Off without it.
+    #[arg(long, env = "TOKENPLANE_WEBHOOK_LISTEN")]
+    webhook_listen: Option<std::net::SocketAddr>,
+    /// A writable folder for the webhooks' certificate files.
+    #[arg(long, env = "TOKENPLANE_WEBHOOK_CERT_DIR", default_value = "/var/run/tokenplane/webhook")]
+    webhook_cert_dir: PathBuf,
+    /// Admit a pod whose client is missing or not Ready without the agent
+    /// (with a warning) instead of refusing it.
+    #[arg(long, env = "TOKENPLANE_ADMIT_WITHOUT_CLIENT")]
+    admit_without_client: bool,
 }
 
 fn dial_entry(entry: &str) -> Result<(String, String), String> {
@@ -246,6 +258,30 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if !args.issuer_redis_sentinels.is_empty() {
         ctx.issuers.sentinels = args.issuer_redis_sentinels;
     }
+    if let Some(listen) = args.webhook_listen {
+        ctx.webhooks = true;
+        let inject = tokenplane_operator::admission::inject::Settings {
+            env: ctx.issuers.clone(),
+            native_sidecar: native_sidecars(&ctx.kube).await,
+            admit_without_client: args.admit_without_client,
+        };
+        let place = tokenplane_operator::admission::cluster::Place {
+            listen,
+            namespace: args.lease_namespace.clone(),
+            cert_dir: args.webhook_cert_dir,
+        };
+        let serving = tokenplane_operator::admission::cluster::serve(
+            ctx.kube.clone(),
+            place,
+            inject,
+            ctx.clusters.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(error) = serving.await {
+                tracing::error!(%error, "the admission webhooks stopped");
+            }
+        });
+    }
     let ctx = Arc::new(ctx);
     let listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
@@ -255,6 +291,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     controller::lead(ctx, &args.lease_namespace, identity).await.with_context(|| {
         format!("leader election on the Lease {}/{} failed", args.lease_namespace, controller::LEASE)
     })
+}
+
+/// Whether the API server runs native sidecars (Kubernetes 1.29 or later);
+/// a plain container is injected when it does not say.
+async fn native_sidecars(kube: &kube::Client) -> bool {
+    match kube.apiserver_version().await {
+        Ok(info) => {
+            let minor: u32 = info.minor.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0);
+            info.major == "1" && minor >= 29 || info.major.parse::<u32>().is_ok_and(|m| m > 1)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the Kubernetes version: injecting the agent as a plain container");
+            false
+        }
+    }
 }
 
 /// The three kinds from every YAML file of `dir`.

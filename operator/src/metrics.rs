@@ -121,6 +121,7 @@ fn class(error: &Error) -> &'static str {
         Error::Redis(_) => "redis",
         Error::NotNamespaced => "invalid_object",
         Error::CertificateAuthority(_) => "certificate_authority",
+        Error::Webhooks(_) => "webhooks",
         Error::Finalizer(e) => match e.as_ref() {
             finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => class(inner),
             _ => "finalizer",

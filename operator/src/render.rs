@@ -370,7 +370,7 @@ mod tests {
         assert_eq!(
             r.skipped[0].to_string(),
             "test.yaml (document 3): skipped ConfigMap: only OAuth2Client, TokenPolicy and \
-             RedisSentinelCluster documents are rendered"
+             RedisSentinelCluster documents are read"
         );
         assert!(r.skipped[1].to_string().contains("skipped (no kind)"));
         assert_eq!(r.clusters.len(), 1);

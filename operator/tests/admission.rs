@@ -187,13 +187,15 @@ fn an_injected_pod_is_left_alone_when_admission_runs_again() {
 #[test]
 fn pods_that_do_not_ask_and_namespaces_never_injected_get_no_patch() {
     let admission = admission(settings());
-    let unannotated =
-        pod_review(|pod| pod["metadata"]["annotations"] = json!({"tokenplane.io/inject": "false"}));
+    let unlabelled = pod_review(|pod| {
+        pod["metadata"]["labels"] = json!({"app": "demo"});
+        pod["metadata"]["annotations"] = json!({"tokenplane.io/client": "demo"});
+    });
     let mut system = pod_review(|pod| pod["metadata"]["namespace"] = "kube-system".into());
     system["request"]["namespace"] = "kube-system".into();
     let mut own = pod_review(|_| {});
     own["request"]["namespace"] = "tokenplane-system".into();
-    for review in [unannotated, system, own] {
+    for review in [unlabelled, system, own] {
         let response = mutate(&admission, &review);
         assert_eq!((response["allowed"].as_bool(), response.get("patch")), (Some(true), None), "{response}");
     }
@@ -213,7 +215,7 @@ fn a_missing_client_is_refused_by_name_or_admitted_without_the_agent_when_so_set
     let response = mutate(&lenient, &review);
     assert_eq!((response["allowed"].as_bool(), response.get("patch")), (Some(true), None));
     assert!(response["warnings"][0].as_str().unwrap().contains("without the tokenplane agent"), "{response}");
-    let unnamed = pod_review(|pod| pod["metadata"]["annotations"] = json!({"tokenplane.io/inject": "true"}));
+    let unnamed = pod_review(|pod| pod["metadata"]["annotations"] = json!({}));
     assert!(denied(&mutate(&admission(settings()), &unnamed)).contains("tokenplane.io/client"));
 }
 

@@ -18,27 +18,10 @@ use serde_json::json;
 use tokenplane_api::RedisSentinelCluster;
 use tokenplane_operator::controller::{Context, generate_secret, redissentinelcluster};
 use tokenplane_operator::reconcile::ca::{self, Authorities};
-use tokenplane_operator::redis::{RedisAdmin, RedisConfig};
 
 use support::api::ApiServer;
 
 const SAMPLE: &str = include_str!("../../config/samples/redissentinelcluster.yaml");
-
-/// The operator's own Redis is not involved: nothing here connects to it.
-fn unused_redis() -> RedisAdmin {
-    RedisAdmin::new(RedisConfig {
-        sentinels: vec!["127.0.0.1:9".into()],
-        master_name: "unused".into(),
-        username: "unused".into(),
-        password: "unused".into(),
-        sentinel_username: None,
-        sentinel_password: None,
-        timeout: Duration::from_millis(100),
-        tls: None,
-        members: None,
-        dial: Default::default(),
-    })
-}
 
 async fn names<K>(kube: &kube::Client) -> Vec<String>
 where
@@ -75,7 +58,7 @@ fn ready_condition(rsc: &RedisSentinelCluster) -> (String, String, String) {
 async fn a_cluster_gets_its_objects_keeps_its_passwords_and_reports_its_pods() {
     let server = ApiServer::default();
     let kube = server.client();
-    let ctx = Arc::new(Context::new(kube.clone(), unused_redis(), generate_secret));
+    let ctx = Arc::new(Context::new(kube.clone(), support::unused_redis(), generate_secret));
     let clusters: Api<RedisSentinelCluster> = Api::namespaced(kube.clone(), "data");
     let sample: RedisSentinelCluster = serde_norway::from_str(SAMPLE).unwrap();
     clusters.create(&PostParams::default(), &sample).await.unwrap();

@@ -26,29 +26,13 @@ use tokenplane_operator::controller::{
 };
 use tokenplane_operator::error::Error;
 use tokenplane_operator::reconcile::ca::{self, Authorities, Authority};
-use tokenplane_operator::redis::{Dial, RedisAdmin, RedisConfig};
+use tokenplane_operator::redis::Dial;
 use tokenplane_testkit::{Credentials, RedisCluster, RedisClusterOptions};
 
 use support::api::ApiServer;
 
 const ISSUER: &str = "issuer:default.auth";
 const AGENT: &str = "agent:orders.shop";
-
-/// The operator's own Redis is not involved: nothing here connects to it.
-fn unused_redis() -> RedisAdmin {
-    RedisAdmin::new(RedisConfig {
-        sentinels: vec!["127.0.0.1:9".into()],
-        master_name: "unused".into(),
-        username: "unused".into(),
-        password: "unused".into(),
-        sentinel_username: None,
-        sentinel_password: None,
-        timeout: Duration::from_millis(100),
-        tls: None,
-        members: None,
-        dial: Dial::default(),
-    })
-}
 
 /// The pods' stable names, dialled at the harness's loopback ports.
 fn dial(redis: &RedisCluster) -> Dial {
@@ -124,7 +108,7 @@ impl Setup {
         let redis = RedisCluster::start(RedisClusterOptions::default()).await.unwrap();
         let server = ApiServer::default();
         let kube = server.client();
-        let mut ctx = Context::new(kube.clone(), unused_redis(), generate_secret);
+        let mut ctx = Context::new(kube.clone(), support::unused_redis(), generate_secret);
         ctx.cluster_logins = ClusterLogins::new(dial(&redis));
         let cas =
             ca::plan(Authorities::default(), &ctx.ca_settings, unix_now(), Authority::generate).authorities;

@@ -22,7 +22,7 @@ use crate::reconcile::oauth2client::{REDIS_CA_KEY, agent_user, issuer_url};
 use crate::reconcile::pod::{read_only_mount, restricted};
 use crate::reconcile::tokenpolicy::{Environment, IssuerRedis};
 
-/// The annotation that asks for the agent.
+/// The label (or, standalone, annotation) that asks for the agent.
 pub const INJECT: &str = "tokenplane.io/inject";
 /// The annotation naming the OAuth2Client (same namespace) the pod acts as.
 pub const CLIENT: &str = "tokenplane.io/client";
@@ -89,13 +89,18 @@ pub enum Outcome {
 /// left alone (not annotated, already injected, or in a namespace never
 /// injected), else the client's name or why the request is refused.
 pub fn requested(pod: &Pod, namespace: &str, env: &Environment) -> Option<Result<String, String>> {
-    let annotations = pod.metadata.annotations.as_ref()?;
-    if annotations.get(INJECT).map(String::as_str) != Some("true") {
+    // The label is what the webhook configuration selects pods by; the
+    // annotation alone serves where nothing selects (standalone).
+    let asks = |marks: Option<&BTreeMap<String, String>>| {
+        marks.and_then(|m| m.get(INJECT)).is_some_and(|v| v == "true")
+    };
+    if !asks(pod.metadata.labels.as_ref()) && !asks(pod.metadata.annotations.as_ref()) {
         return None;
     }
     if namespace == "kube-system" || namespace == env.operator_namespace || injected(pod) {
         return None;
     }
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
     Some(annotations.get(CLIENT).filter(|c| !c.is_empty()).cloned().ok_or_else(|| {
         format!("the pod asks for the agent ({INJECT}) but names no client: annotate it {CLIENT}: <OAuth2Client name>")
     }))

@@ -6,6 +6,8 @@
 //! or standalone from manifest files.
 
 pub mod catalog;
+pub mod cluster;
+pub mod configuration;
 pub mod inject;
 pub mod review;
 pub mod serve;

@@ -15,12 +15,34 @@ where
         + Clone
         + std::fmt::Debug,
 {
-    let meta = object.meta();
-    let api: Api<K> = Api::namespaced(kube.clone(), meta.namespace.as_deref().ok_or(Error::NotNamespaced)?);
+    let namespace = object.meta().namespace.as_deref().ok_or(Error::NotNamespaced)?;
+    patch(Api::namespaced(kube.clone(), namespace), object).await
+}
+
+/// The same for an object of a cluster-scoped kind.
+pub(super) async fn apply_cluster_scoped<K>(kube: &kube::Client, object: &K) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    patch(Api::all(kube.clone()), object).await
+}
+
+async fn patch<K>(api: Api<K>, object: &K) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = ()>
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
     let mut body = serde_json::to_value(object).expect("a Kubernetes object serializes");
     body["apiVersion"] = K::api_version(&()).into();
     body["kind"] = K::kind(&()).into();
-    let name = meta.name.clone().unwrap_or_default();
+    let name = object.meta().name.clone().unwrap_or_default();
     api.patch(&name, &PatchParams::apply(MANAGED_BY).force(), &Patch::Apply(body)).await?;
     Ok(())
 }

@@ -31,6 +31,9 @@ pub struct Context {
     pub ca: tokio::sync::watch::Sender<Authorities>,
     /// Lifetimes of the CAs and of the certificates they sign.
     pub ca_settings: Settings,
+    /// The replicas serve the admission webhooks (`--webhook-listen`): the
+    /// leader keeps their certificate and configurations applied.
+    pub webhooks: bool,
 }
 
 /// Issuers log in to the Sentinels as the operator does.
@@ -77,6 +80,7 @@ impl Context {
             metrics,
             ca: tokio::sync::watch::Sender::new(Authorities::default()),
             ca_settings: Settings::default(),
+            webhooks: false,
         }
     }
 }

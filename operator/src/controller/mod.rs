@@ -13,6 +13,7 @@ mod password_rotation;
 mod redis_target;
 pub mod redissentinelcluster;
 pub mod tokenpolicy;
+pub mod webhooks;
 
 pub use context::{Context, EXPORTER_IMAGE, ISSUER_IMAGE, generate_secret};
 pub use leader::{LEASE, lead, shutdown_signal};
@@ -114,8 +115,8 @@ pub async fn reconcile<K: Reconciled>(object: Arc<K>, ctx: Arc<Context>) -> Resu
 }
 
 /// Loads the CA, then runs the OAuth2Client, TokenPolicy and
-/// RedisSentinelCluster controllers and the CA's rotation until a shutdown
-/// signal.
+/// RedisSentinelCluster controllers, the CA's rotation and, when they are
+/// served, the webhooks' objects until a shutdown signal.
 pub async fn run(ctx: Arc<Context>) {
     ca::load(&ctx).await;
     let controllers = async {
@@ -125,8 +126,15 @@ pub async fn run(ctx: Arc<Context>) {
             redissentinelcluster::run(ctx.clone())
         )
     };
+    let webhooks = async {
+        match ctx.webhooks {
+            true => webhooks::keep(ctx.clone()).await,
+            false => std::future::pending().await,
+        }
+    };
     tokio::select! {
         () = ca::keep(ctx.clone()) => {}
+        () = webhooks => {}
         _ = controllers => {}
     }
 }

@@ -16,6 +16,22 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
+/// An operator Redis that nothing connects to.
+pub fn unused_redis() -> RedisAdmin {
+    RedisAdmin::new(RedisConfig {
+        sentinels: vec!["127.0.0.1:9".into()],
+        master_name: "unused".into(),
+        username: "unused".into(),
+        password: "unused".into(),
+        sentinel_username: None,
+        sentinel_password: None,
+        timeout: Duration::from_millis(100),
+        tls: None,
+        members: None,
+        dial: Default::default(),
+    })
+}
+
 /// The operator's Redis side on `cluster`, as its admin user.
 pub fn admin(cluster: &RedisCluster) -> RedisAdmin {
     RedisAdmin::new(admin_config(cluster))

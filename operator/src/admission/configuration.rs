@@ -1,7 +1,9 @@
 //! What the operator applies for its webhooks to be called: the serving
 //! certificate Secret, signed by its CA for the webhook Service, and the
 //! Mutating- and ValidatingWebhookConfiguration with that CA as their
-//! `caBundle`. Pure: built from the namespace, the CAs and what exists.
+//! `caBundle`; or, with a cert-manager issuer, a Certificate for that
+//! Secret and configurations whose `caBundle` cert-manager's CA injector
+//! fills in. Pure: built from the namespace, the CAs and what exists.
 
 use std::collections::BTreeMap;
 
@@ -10,12 +12,13 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference, ValidatingWebhook,
     ValidatingWebhookConfiguration, WebhookClientConfig,
 };
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
 
 use super::inject::INJECT;
+use tokenplane_api::tokenpolicy::CertManagerIssuerRef;
+
 use crate::reconcile::Invalid;
-use crate::reconcile::ca::{self, ServingInputs};
+use crate::reconcile::ca::{self, Serving, ServingInputs};
 
 /// The Service in front of every operator replica's webhook listener.
 pub const SERVICE: &str = "tokenplane-webhook";
@@ -27,9 +30,13 @@ pub const VALIDATING: &str = "tokenplane-validate";
 /// and a pod creation waits on it.
 const TIMEOUT_SECONDS: i32 = 5;
 
-/// Everything to apply, and when the certificate is due for renewal.
+/// The annotation that has cert-manager's CA injector set `caBundle`.
+const INJECT_CA_FROM: &str = "cert-manager.io/inject-ca-from";
+
+/// Everything to apply, and when the certificate is due for renewal
+/// (never, for cert-manager's).
 pub struct Webhooks {
-    pub serving: Secret,
+    pub serving: Serving,
     pub renew_at: u64,
     pub mutating: MutatingWebhookConfiguration,
     pub validating: ValidatingWebhookConfiguration,
@@ -52,15 +59,36 @@ pub fn dns_names(namespace: &str) -> Vec<String> {
     vec![format!("{SERVICE}.{namespace}.svc"), format!("{SERVICE}.{namespace}.svc.cluster.local")]
 }
 
-/// The webhooks of an operator in `namespace`, its certificate kept from
-/// `inputs.existing` until renewal.
-pub fn webhooks(namespace: &str, inputs: ServingInputs<'_>, now: u64) -> Result<Webhooks, Invalid> {
-    let what = "the admission webhooks' certificate";
+/// The webhooks of an operator in `namespace`: their certificate from
+/// `cert_manager` when given, else signed by the operator's CA and kept
+/// from `inputs.existing` until renewal.
+pub fn webhooks(
+    namespace: &str,
+    (inputs, cert_manager): (ServingInputs<'_>, Option<&CertManagerIssuerRef>),
+    now: u64,
+) -> Result<Webhooks, Invalid> {
     let metadata = meta(SERVING_SECRET, Some(namespace));
-    let (serving, renew_at) = ca::server_secret(metadata, &dns_names(namespace), inputs, now, what)?;
-    let bundle = ByteString(inputs.cas.bundle().into_bytes());
+    let (serving, renew_at, bundle) = match cert_manager {
+        Some(issuer) => {
+            let certificate = ca::certificate(metadata, &dns_names(namespace), issuer, inputs.lifetime);
+            (Serving::Certificate(certificate), u64::MAX, None)
+        }
+        None => {
+            let what = "the admission webhooks' certificate";
+            let (secret, at) = ca::server_secret(metadata, &dns_names(namespace), inputs, now, what)?;
+            (Serving::Secret(secret), at, Some(ByteString(inputs.cas.bundle().into_bytes())))
+        }
+    };
+    let configuration = |name: &str| {
+        let mut metadata = meta(name, None);
+        if cert_manager.is_some() {
+            let from = format!("{namespace}/{SERVING_SECRET}");
+            metadata.annotations = Some(BTreeMap::from([(INJECT_CA_FROM.to_owned(), from)]));
+        }
+        metadata
+    };
     let client = |path: &str| WebhookClientConfig {
-        ca_bundle: Some(bundle.clone()),
+        ca_bundle: bundle.clone(),
         service: Some(ServiceReference {
             name: SERVICE.into(),
             namespace: namespace.into(),
@@ -121,11 +149,11 @@ pub fn webhooks(namespace: &str, inputs: ServingInputs<'_>, now: u64) -> Result<
         serving,
         renew_at,
         mutating: MutatingWebhookConfiguration {
-            metadata: meta(MUTATING, None),
+            metadata: configuration(MUTATING),
             webhooks: Some(vec![inject]),
         },
         validating: ValidatingWebhookConfiguration {
-            metadata: meta(VALIDATING, None),
+            metadata: configuration(VALIDATING),
             webhooks: Some(vec![validate]),
         },
     })
@@ -133,17 +161,30 @@ pub fn webhooks(namespace: &str, inputs: ServingInputs<'_>, now: u64) -> Result<
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::Secret;
+
     use super::*;
     use crate::reconcile::ca::{Authorities, Settings, TLS_CRT};
 
     const DAY: u64 = 86_400;
 
+    fn secret(w: &Webhooks) -> &Secret {
+        match &w.serving {
+            Serving::Secret(secret) => secret,
+            Serving::Certificate(_) => panic!("the operator's CA signs it"),
+        }
+    }
+
+    fn at(cas: &Authorities, existing: Option<&Secret>, now: u64) -> Webhooks {
+        webhooks("ns", (ServingInputs { cas, existing, lifetime: 30 * DAY }, None), now).unwrap()
+    }
+
     #[test]
     fn the_webhooks_trust_the_operator_ca_and_only_labelled_pods_wait_on_injection() {
         let cas = ca::test_authorities();
         let inputs = ServingInputs { cas, existing: None, lifetime: 30 * DAY };
-        let w = webhooks("tokenplane-system", inputs, 0).unwrap();
-        let leaf = ca::leaf_info(&w.serving.data.as_ref().unwrap()[TLS_CRT].0).unwrap();
+        let w = webhooks("tokenplane-system", (inputs, None), 0).unwrap();
+        let leaf = ca::leaf_info(&secret(&w).data.as_ref().unwrap()[TLS_CRT].0).unwrap();
         assert!(cas.signed_by_active(&leaf));
         assert_eq!(leaf.dns_names, dns_names("tokenplane-system"));
         let inject = &w.mutating.webhooks.as_ref().unwrap()[0];
@@ -166,28 +207,36 @@ mod tests {
     #[test]
     fn the_certificate_is_kept_until_renewal_and_a_new_ca_bundle_reaches_the_configurations() {
         let cas = ca::test_authorities();
-        let first = webhooks("ns", ServingInputs { cas, existing: None, lifetime: 30 * DAY }, 0).unwrap();
-        let kept =
-            webhooks("ns", ServingInputs { cas, existing: Some(&first.serving), lifetime: 30 * DAY }, DAY)
-                .unwrap();
-        assert_eq!(kept.serving.data, first.serving.data);
+        let first = at(cas, None, 0);
+        let kept = at(cas, Some(secret(&first)), DAY);
+        assert_eq!(secret(&kept).data, secret(&first).data);
         assert_eq!(kept.renew_at, first.renew_at);
-        let renewed = webhooks(
-            "ns",
-            ServingInputs { cas, existing: Some(&first.serving), lifetime: 30 * DAY },
-            first.renew_at,
-        )
-        .unwrap();
-        assert_ne!(renewed.serving.data, first.serving.data);
+        let renewed = at(cas, Some(secret(&first)), first.renew_at);
+        assert_ne!(secret(&renewed).data, secret(&first).data);
         let other = Authorities::first(&Settings::default(), 0);
-        let moved = webhooks(
-            "ns",
-            ServingInputs { cas: &other, existing: Some(&first.serving), lifetime: 30 * DAY },
-            DAY,
-        )
-        .unwrap();
+        let moved = at(&other, Some(secret(&first)), DAY);
         let bundle = &moved.validating.webhooks.as_ref().unwrap()[0].client_config.ca_bundle;
         assert_eq!(bundle.as_ref().unwrap().0, other.bundle().as_bytes());
-        assert_ne!(moved.serving.data, first.serving.data, "signed by the CA that is now active");
+        assert_ne!(secret(&moved).data, secret(&first).data, "signed by the CA that is now active");
+    }
+
+    #[test]
+    fn with_cert_manager_a_certificate_is_ordered_and_its_ca_injector_fills_the_bundle() {
+        let issuer = CertManagerIssuerRef {
+            name: "corp".into(),
+            kind: "ClusterIssuer".into(),
+            group: "cert-manager.io".into(),
+        };
+        let inputs = ServingInputs { cas: ca::test_authorities(), existing: None, lifetime: 30 * DAY };
+        let w = webhooks("ops", (inputs, Some(&issuer)), 0).unwrap();
+        let Serving::Certificate(certificate) = &w.serving else { panic!("a Certificate") };
+        assert_eq!(certificate.data["spec"]["secretName"], SERVING_SECRET, "the Secret the replicas read");
+        assert_eq!(certificate.data["spec"]["dnsNames"][0], "tokenplane-webhook.ops.svc");
+        assert_eq!(w.renew_at, u64::MAX, "cert-manager renews it");
+        let annotations = w.mutating.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations[INJECT_CA_FROM], "ops/tokenplane-webhook-tls");
+        let inject = &w.mutating.webhooks.as_ref().unwrap()[0];
+        assert_eq!(inject.client_config.ca_bundle, None, "left to the CA injector");
+        assert!(w.validating.metadata.annotations.as_ref().unwrap().contains_key(INJECT_CA_FROM));
     }
 }

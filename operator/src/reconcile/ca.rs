@@ -362,6 +362,52 @@ pub fn needs_renewal(cas: &Authorities, cert_pem: Option<&[u8]>, dns_names: &[St
     !cas.signed_by_active(&info) || info.dns_names != dns_names || now >= info.renew_at()
 }
 
+/// Where a serving certificate comes from.
+#[derive(Clone, Debug)]
+pub enum Serving {
+    /// Signed by the operator's CA.
+    Secret(Secret),
+    /// Asked of cert-manager, which writes the Secret of the same name.
+    Certificate(kube::api::DynamicObject),
+}
+
+/// cert-manager's `Certificate` kind.
+pub fn certificate_resource() -> kube::api::ApiResource {
+    kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+        "cert-manager.io",
+        "v1",
+        "Certificate",
+    ))
+}
+
+/// A cert-manager Certificate (`metadata` as given) that has `issuer` write
+/// the Secret of the same name for `dns_names`, renewed at two thirds of
+/// `lifetime`, with a fresh ECDSA P-256 key each time.
+pub fn certificate(
+    metadata: ObjectMeta,
+    dns_names: &[String],
+    issuer: &tokenplane_api::tokenpolicy::CertManagerIssuerRef,
+    lifetime: u64,
+) -> kube::api::DynamicObject {
+    let secret_name = metadata.name.clone().unwrap_or_default();
+    let hours = |secs: u64| format!("{}h", secs.div_ceil(3600));
+    let mut certificate =
+        kube::api::DynamicObject::new(&secret_name, &certificate_resource()).data(serde_json::json!({
+            "spec": {
+                "secretName": secret_name,
+                "secretTemplate": {"labels": {"app.kubernetes.io/managed-by": super::MANAGED_BY}},
+                "dnsNames": dns_names,
+                "duration": hours(lifetime),
+                "renewBefore": hours(lifetime / 3),
+                "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+                "usages": ["digital signature", "server auth"],
+                "issuerRef": {"name": issuer.name, "kind": issuer.kind, "group": issuer.group},
+            }
+        }));
+    certificate.metadata = metadata;
+    certificate
+}
+
 /// What a server certificate Secret is made from.
 #[derive(Clone, Copy)]
 pub struct ServingInputs<'a> {

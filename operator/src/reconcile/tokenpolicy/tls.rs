@@ -4,28 +4,12 @@
 //! or a cert-manager `Certificate` that has cert-manager write that Secret.
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
-use serde_json::json;
 use tokenplane_api::TokenPolicy;
 use tokenplane_api::tokenpolicy::CertManagerIssuerRef;
 
 use crate::reconcile::ca;
-pub use crate::reconcile::ca::{ServingInputs, TLS_CRT, TLS_KEY};
+pub use crate::reconcile::ca::{Serving, ServingInputs, TLS_CRT, TLS_KEY, certificate_resource};
 use crate::reconcile::{Invalid, managed_meta};
-
-/// Where the serving certificate comes from.
-#[derive(Clone, Debug)]
-pub enum Serving {
-    /// Signed by the operator's CA.
-    Secret(Secret),
-    /// Asked of cert-manager, which writes the Secret of the same name.
-    Certificate(DynamicObject),
-}
-
-/// cert-manager's `Certificate` kind.
-pub fn certificate_resource() -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate"))
-}
 
 /// The Secret's name for the policy named `policy`.
 pub fn serving_secret_name(policy: &str) -> String {
@@ -63,31 +47,14 @@ pub(super) fn serving(
     now: u64,
 ) -> Result<(Serving, u64), Invalid> {
     match cert_manager_issuer(policy, operator_issuer) {
-        Some(issuer) => Ok((Serving::Certificate(certificate(policy, issuer, inputs.lifetime)), u64::MAX)),
+        Some(issuer) => {
+            let name = policy.metadata.name.clone().unwrap_or_default();
+            let metadata = managed_meta(policy, serving_secret_name(&name), [("tokenplane.io/policy", name)]);
+            let certificate = ca::certificate(metadata, &dns_names(policy), issuer, inputs.lifetime);
+            Ok((Serving::Certificate(certificate), u64::MAX))
+        }
         None => serving_secret(policy, inputs, now).map(|(secret, at)| (Serving::Secret(secret), at)),
     }
-}
-
-/// A Certificate for the issuer Service's names, renewed by cert-manager
-/// at two thirds of `lifetime`, with a fresh ECDSA P-256 key each time.
-fn certificate(policy: &TokenPolicy, issuer: &CertManagerIssuerRef, lifetime: u64) -> DynamicObject {
-    let name = policy.metadata.name.clone().unwrap_or_default();
-    let secret_name = serving_secret_name(&name);
-    let hours = |secs: u64| format!("{}h", secs.div_ceil(3600));
-    let mut certificate = DynamicObject::new(&secret_name, &certificate_resource()).data(json!({
-        "spec": {
-            "secretName": secret_name,
-            "secretTemplate": {"labels": {"app.kubernetes.io/managed-by": crate::reconcile::MANAGED_BY}},
-            "dnsNames": dns_names(policy),
-            "duration": hours(lifetime),
-            "renewBefore": hours(lifetime / 3),
-            "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
-            "usages": ["digital signature", "server auth"],
-            "issuerRef": {"name": issuer.name, "kind": issuer.kind, "group": issuer.group},
-        }
-    }));
-    certificate.metadata = managed_meta(policy, secret_name, [("tokenplane.io/policy", name)]);
-    certificate
 }
 
 /// The serving Secret and when its certificate is due for renewal.
@@ -103,6 +70,8 @@ fn serving_secret(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
     use crate::reconcile::ca::{self, BUNDLE_KEY};
     use crate::reconcile::tokenpolicy::fixtures::{DAY, DEFAULT, policy, reconcile};

@@ -42,6 +42,7 @@ fn admission() -> Admission<Manifests> {
             cluster_domain: "cluster.local".into(),
             operator_namespace: "tokenplane-system".into(),
         },
+        metrics: Default::default(),
     }
 }
 

@@ -273,8 +273,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let serving = tokenplane_operator::admission::cluster::serve(
             ctx.kube.clone(),
             place,
-            inject,
-            ctx.clusters.clone(),
+            (inject, ctx.clusters.clone()),
+            ctx.metrics.clone(),
         );
         tokio::spawn(async move {
             if let Err(error) = serving.await {
@@ -345,6 +345,7 @@ async fn webhook(args: WebhookArgs) -> anyhow::Result<()> {
             cluster_domain: "cluster.local".into(),
             operator_namespace: "tokenplane-system".into(),
         },
+        metrics: Arc::default(),
     };
     let tcp = tokio::net::TcpListener::bind(args.listen)
         .await

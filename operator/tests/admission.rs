@@ -73,6 +73,7 @@ fn admission(settings: Settings) -> Admission<Manifests> {
             cluster_domain: "cluster.local".into(),
             operator_namespace: "tokenplane-system".into(),
         },
+        metrics: Default::default(),
     }
 }
 

@@ -108,6 +108,14 @@ async fn the_standalone_webhook_injects_over_https_and_refuses_what_is_not_a_rev
     assert!(
         trusting(&[&TestCa::new("another CA")]).get(format!("{}/healthz", webhook.url)).send().await.is_err()
     );
+    let metrics = client.get(format!("{}/metrics", webhook.url)).send().await.unwrap().text().await.unwrap();
+    for counted in [
+        r#"tokenplane_operator_admissions_total{webhook="mutate-pods",outcome="patched"} 1"#,
+        r#"tokenplane_operator_admissions_total{webhook="mutate-pods",outcome="bad_request"} 2"#,
+        r#"tokenplane_operator_admission_duration_seconds_count{webhook="mutate-pods"} 3"#,
+    ] {
+        assert!(metrics.contains(counted), "{counted} in {metrics}");
+    }
 }
 
 #[tokio::test]

@@ -115,7 +115,7 @@ async fn a_replica_serves_with_the_leaders_certificate_and_its_own_watches() {
         cert_dir: dir.path().into(),
     };
     let settings = Settings { env: ctx.issuers.clone(), native_sidecar: true, admit_without_client: false };
-    tokio::spawn(cluster::serve(kube.clone(), place, settings, ctx.clusters.clone()));
+    tokio::spawn(cluster::serve(kube.clone(), place, (settings, ctx.clusters.clone()), ctx.metrics.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "no serving before a certificate");
     webhooks::refresh(&ctx).await.unwrap();
@@ -145,4 +145,6 @@ async fn a_replica_serves_with_the_leaders_certificate_and_its_own_watches() {
         serde_json::from_slice(&base64_decode(review["response"]["patch"].as_str().unwrap())).unwrap();
     let agent = patch.iter().find(|op| op["path"] == "/spec/initContainers/0/image").unwrap();
     assert_eq!(agent["value"], ctx.issuers.image.as_str());
+    let counted = r#"tokenplane_operator_admissions_total{webhook="mutate-pods",outcome="patched"} 1"#;
+    assert!(ctx.metrics.encode().contains(counted), "on the replica's /metrics");
 }

@@ -37,8 +37,8 @@ pub struct Place {
 pub async fn serve(
     kube: kube::Client,
     place: Place,
-    inject: inject::Settings,
-    clusters: redissentinelcluster::Environment,
+    (inject, clusters): (inject::Settings, redissentinelcluster::Environment),
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<(), Error> {
     let catalog = watch(&kube).await?;
     let files = tls::PairFiles { cert: place.cert_dir.join(TLS_CRT), key: place.cert_dir.join(TLS_KEY) };
@@ -59,7 +59,7 @@ pub async fn serve(
         .await
         .map_err(|e| Error::Webhooks(format!("cannot listen on --webhook-listen {}: {e}", place.listen)))?;
     tracing::info!(listen = %place.listen, "admission webhooks serving");
-    let admission = Admission { catalog, inject, clusters };
+    let admission = Admission { catalog, inject, clusters, metrics };
     server::serve(
         server::Listener::https(tcp, &serving),
         Arc::new(admission),

@@ -28,6 +28,8 @@ pub struct Admission<C> {
     pub inject: inject::Settings,
     /// The RedisSentinelClusters' builders, for their update checks.
     pub clusters: crate::reconcile::redissentinelcluster::Environment,
+    /// Where admissions are counted (the operator's `/metrics`).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl<C: Catalog> Admission<C> {

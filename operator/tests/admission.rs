@@ -380,6 +380,12 @@ fn the_validating_webhook_refuses_what_the_controllers_would_naming_the_field() 
     };
     assert!(cluster(json!({}), None).allowed);
     assert!(cluster(json!({"sentinels": 2}), None).result.message.contains("sentinels is 2"));
+    let short = cluster(json!({"acl": {"passwordOverlap": "10s"}}), None);
+    assert!(
+        !short.allowed && short.result.message.contains("acl.passwordOverlap is 10s"),
+        "{}",
+        short.result.message
+    );
     let grown =
         cluster(json!({"persistence": {"size": "5Gi"}}), Some(json!({"persistence": {"size": "1Gi"}})));
     assert!(

@@ -228,6 +228,9 @@ pub fn admit(
     changes::unsafe_change(&nodes(old), &nodes(new)).map_or(Ok(()), Err)
 }
 
+/// The shortest time old and new passwords both work.
+const MIN_PASSWORD_OVERLAP: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// What the CRD's rules say, again (a resource written before a rule
 /// existed, or by `render`), and what they cannot say: the strings that
 /// reach redis.conf and sentinel.conf must not carry a directive.
@@ -263,6 +266,29 @@ fn check(rsc: &RedisSentinelCluster) -> Result<(), Invalid> {
     }
     if spec.image.trim().is_empty() {
         return bad("image is empty: name a Redis 7 image".into());
+    }
+    check_rotation(&spec.acl)
+}
+
+/// A rotation must leave every consumer time to read its new password:
+/// the kubelet updates a mounted Secret within a minute or two, and the
+/// consumers read it at their next connection.
+fn check_rotation(acl: &tokenplane_api::redis::Acl) -> Result<(), Invalid> {
+    let interval = std::time::Duration::from(acl.password_rotation_interval);
+    let overlap = std::time::Duration::from(acl.password_overlap);
+    let bad = |message: String| Err(Invalid::spec(message));
+    if interval < std::time::Duration::from_secs(3600) {
+        return bad(format!(
+            "acl.passwordRotationInterval is {interval:?}: passwords rotate at most once an hour"
+        ));
+    }
+    if overlap < MIN_PASSWORD_OVERLAP || overlap >= interval {
+        return bad(format!(
+            "acl.passwordOverlap is {}: give at least {}s (a mounted Secret takes up to a minute or two to \
+             change in every pod) and less than passwordRotationInterval",
+            acl.password_overlap,
+            MIN_PASSWORD_OVERLAP.as_secs()
+        ));
     }
     Ok(())
 }

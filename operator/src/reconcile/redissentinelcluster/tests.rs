@@ -182,6 +182,23 @@ fn a_spec_that_cannot_run_safely_builds_nothing() {
             "masterName",
         ),
         (&|c: &mut serde_json::Value| c["spec"]["persistence"]["appendFsync"] = "no".into(), "appendFsync"),
+        (
+            &|c: &mut serde_json::Value| {
+                c["spec"]["acl"] = serde_json::json!({"passwordRotationInterval": "30m"})
+            },
+            "at most once an hour",
+        ),
+        (
+            &|c: &mut serde_json::Value| c["spec"]["acl"] = serde_json::json!({"passwordOverlap": "30s"}),
+            "acl.passwordOverlap",
+        ),
+        (
+            &|c: &mut serde_json::Value| {
+                c["spec"]["acl"] =
+                    serde_json::json!({"passwordRotationInterval": "2h", "passwordOverlap": "2h"})
+            },
+            "less than passwordRotationInterval",
+        ),
     ] {
         let (reason, message) = invalid(edit).expect("refused");
         assert_eq!(reason, "InvalidSpec");

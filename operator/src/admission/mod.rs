@@ -71,7 +71,12 @@ impl<C: Catalog> Admission<C> {
     pub fn validate(&self, review: &Review) -> AdmissionResponse {
         let response = AdmissionResponse::from(&review.request);
         match validate::check(review, &self.catalog, &self.clusters) {
-            Ok(()) => response,
+            Ok(warnings) if warnings.is_empty() => response,
+            Ok(warnings) => {
+                let mut response = response;
+                response.warnings = Some(warnings);
+                response
+            }
             Err(why) => response.deny(why),
         }
     }

@@ -22,14 +22,9 @@ cargo build --release -p tokenplane-operator --bin tokenplane-operator
 
 tmp=$(mktemp -d)
 trap 'kill "${pid:-}" 2>/dev/null || true; [[ -n ${KEEP:-} ]] || rm -rf "$tmp"' EXIT
-# A CA and a P-256 serving pair for 127.0.0.1 (rustls, in oha, refuses a CA as the server's own).
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=bench-ca \
-  -keyout "$tmp/ca.key" -out "$tmp/ca.crt" 2>/dev/null || die "openssl cannot make the CA"
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 \
-  -keyout "$tmp/tls.key" -out "$tmp/tls.csr" 2>/dev/null || die "openssl cannot make the serving key"
-printf 'subjectAltName=IP:127.0.0.1\n' >"$tmp/san.ext"
-openssl x509 -req -in "$tmp/tls.csr" -CA "$tmp/ca.crt" -CAkey "$tmp/ca.key" -CAcreateserial -days 1 \
-  -extfile "$tmp/san.ext" -out "$tmp/tls.crt" 2>/dev/null || die "openssl cannot sign the serving certificate"
+# shellcheck source=hack/serving-pair.sh
+source hack/serving-pair.sh
+serving_pair "$tmp"
 
 taskset -c 0 "${CARGO_TARGET_DIR:-target}/release/tokenplane-operator" webhook --manifests config/samples \
   --listen "$ADDR" --tls-cert-file "$tmp/tls.crt" --tls-key-file "$tmp/tls.key" \

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tokenplane_operator::admission::inject::Settings;
 use tokenplane_operator::admission::{Admission, Manifests, review};
-use tokenplane_operator::reconcile::{redissentinelcluster, tokenpolicy};
+use tokenplane_operator::reconcile::tokenpolicy;
 
 const POD_REVIEW: &str = include_str!("../tests/fixtures/pod-review.json");
 
@@ -36,12 +36,7 @@ fn admission() -> Admission<Manifests> {
     Admission {
         catalog: Manifests::new(resources),
         inject: Settings { env, native_sidecar: true, admit_without_client: false },
-        clusters: redissentinelcluster::Environment {
-            tokenplane_image: "unused".into(),
-            exporter_image: "unused".into(),
-            cluster_domain: "cluster.local".into(),
-            operator_namespace: "tokenplane-system".into(),
-        },
+        clusters: Default::default(),
         metrics: Default::default(),
     }
 }

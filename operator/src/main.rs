@@ -339,12 +339,7 @@ async fn webhook(args: WebhookArgs) -> anyhow::Result<()> {
     let admission = tokenplane_operator::admission::Admission {
         catalog,
         inject: args.inject.settings(),
-        clusters: tokenplane_operator::reconcile::redissentinelcluster::Environment {
-            tokenplane_image: controller::ISSUER_IMAGE.into(),
-            exporter_image: controller::EXPORTER_IMAGE.into(),
-            cluster_domain: "cluster.local".into(),
-            operator_namespace: "tokenplane-system".into(),
-        },
+        clusters: Default::default(),
         metrics: Arc::default(),
     };
     let tcp = tokio::net::TcpListener::bind(args.listen)

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokenplane_operator::admission::inject::{AGENT, AGENT_URL, INJECTED, Settings};
 use tokenplane_operator::admission::review::{self, Review};
 use tokenplane_operator::admission::{Admission, Manifests};
-use tokenplane_operator::reconcile::{redissentinelcluster, tokenpolicy};
+use tokenplane_operator::reconcile::tokenpolicy;
 
 const POD_REVIEW: &str = include_str!("fixtures/pod-review.json");
 const SAMPLES: [&str; 3] = [
@@ -67,12 +67,7 @@ fn admission(settings: Settings) -> Admission<Manifests> {
     Admission {
         catalog: Manifests::new(resources),
         inject: settings,
-        clusters: redissentinelcluster::Environment {
-            tokenplane_image: "unused".into(),
-            exporter_image: "unused".into(),
-            cluster_domain: "cluster.local".into(),
-            operator_namespace: "tokenplane-system".into(),
-        },
+        clusters: Default::default(),
         metrics: Default::default(),
     }
 }

@@ -11,7 +11,8 @@ use serde_json::Value;
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
 
 /// A request as the API server sent it, with the objects' JSON as sent
-/// (a patch must apply to exactly that).
+/// (a patch must apply to exactly that); they are taken out of `request`,
+/// which so decodes only the request's own fields.
 pub struct Review {
     pub request: AdmissionRequest<DynamicObject>,
     pub object: Option<Value>,
@@ -34,8 +35,8 @@ pub fn read(body: &[u8]) -> Result<Review, String> {
     if text(request, "uid").is_empty() {
         return Err("the AdmissionReview's request has no uid".into());
     }
-    let object = request.get("object").filter(|o| !o.is_null()).cloned();
-    let old_object = request.get("oldObject").filter(|o| !o.is_null()).cloned();
+    let mut take = |key: &str| request.get_mut(key).map(Value::take).filter(|o| !o.is_null());
+    let (object, old_object) = (take("object"), take("oldObject"));
     let review: AdmissionReview<DynamicObject> =
         serde_json::from_value(value).map_err(|e| format!("the AdmissionReview cannot be read: {e}"))?;
     let request = review.try_into().map_err(|_| "the AdmissionReview has no request".to_owned())?;

@@ -19,14 +19,14 @@ use super::{Admission, Catalog};
 impl<C: Catalog> tokenplane_sidecar::server::Handler for Admission<C> {
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let started = Instant::now();
-        let answer: fn(&Self, &Review) -> AdmissionResponse = match (req.method(), req.uri().path()) {
-            (&Method::POST, "/mutate-pods") => Self::mutate,
-            (&Method::POST, "/validate") => Self::validate,
-            (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n".into()),
-            (&Method::GET, "/metrics") => return metrics(&self.metrics),
-            _ => return text(StatusCode::NOT_FOUND, "POST /mutate-pods or /validate\n".into()),
-        };
-        let webhook = if req.uri().path() == "/validate" { "validate" } else { "mutate-pods" };
+        let (webhook, answer): (_, fn(&Self, &Review) -> AdmissionResponse) =
+            match (req.method(), req.uri().path()) {
+                (&Method::POST, "/mutate-pods") => ("mutate-pods", Self::mutate),
+                (&Method::POST, "/validate") => ("validate", Self::validate),
+                (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n".into()),
+                (&Method::GET, "/metrics") => return metrics(&self.metrics),
+                _ => return text(StatusCode::NOT_FOUND, "POST /mutate-pods or /validate\n".into()),
+            };
         let (reply, outcome) = self.answer(req, answer).await;
         self.metrics.admitted(webhook, outcome, started.elapsed().as_secs_f64());
         tracing::debug!(webhook, outcome, took = ?started.elapsed(), "admission");

@@ -62,12 +62,7 @@ impl Context {
             cert_manager_issuer: None,
             redis_tls: redis.config().tls.as_ref().map(|tls| tls.ca_bundle.clone().unwrap_or_default()),
         };
-        let clusters = crate::reconcile::redissentinelcluster::Environment {
-            tokenplane_image: ISSUER_IMAGE.into(),
-            exporter_image: EXPORTER_IMAGE.into(),
-            cluster_domain: "cluster.local".into(),
-            operator_namespace: issuers.operator_namespace.clone(),
-        };
+        let clusters = crate::reconcile::redissentinelcluster::Environment::default();
         let metrics = Arc::default();
         Self {
             clusters,
@@ -81,6 +76,19 @@ impl Context {
             ca: tokio::sync::watch::Sender::new(Authorities::default()),
             ca_settings: Settings::default(),
             webhooks: false,
+        }
+    }
+}
+
+/// This release's images, `cluster.local`, the operator in
+/// `tokenplane-system`: what flags change.
+impl Default for crate::reconcile::redissentinelcluster::Environment {
+    fn default() -> Self {
+        Self {
+            tokenplane_image: ISSUER_IMAGE.into(),
+            exporter_image: EXPORTER_IMAGE.into(),
+            cluster_domain: "cluster.local".into(),
+            operator_namespace: "tokenplane-system".into(),
         }
     }
 }
